@@ -1,0 +1,4 @@
+"""The PyTorch backend (``pip install certmask[torch]``)."""
+from .backend import TorchBackend
+
+__all__ = ["TorchBackend"]

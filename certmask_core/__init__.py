@@ -1,0 +1,22 @@
+"""certmask core: mask-set geometry, coverage verification and certification, in numpy and numba.
+
+This package never imports torch or sympy; model work happens in a backend (``get_backend``).
+
+Examples
+--------
+>>> from certmask_core import PatchThreat, make_maskset, coverage_counts
+>>> ms = make_maskset(PatchThreat(28, 3), k=2, strategy="replicated", masks_per_axis=4)
+>>> len(ms), int(coverage_counts(ms, 3).min())
+(32, 2)
+"""
+from .certification import ALERT, CertificationReport, certify, defend
+from .constructions import make_maskset, plan_summary
+from .coverage import coverage_counts, coverage_counts_bruteforce, is_k_covered
+from .errors import CertMaskError
+from .geometry import MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
+from .registry import get_backend
+
+__version__ = "0.1.0"
+__all__ = ["ALERT", "CertMaskError", "CertificationReport", "MaskSet", "MaskSpec", "PatchThreat",
+           "certify", "coverage_counts", "coverage_counts_bruteforce", "defend", "effective_coverage",
+           "get_backend", "is_k_covered", "lower_bound", "make_maskset", "plan_summary"]

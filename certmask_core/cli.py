@@ -1,0 +1,199 @@
+"""The ``certmask`` command line: plan, coverage, certify, attack."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .certification import MODES
+from .constructions import make_maskset, plan_summary
+from .coverage import coverage_counts
+from .errors import CertMaskError
+from .geometry import STRATEGIES, MaskSet, PatchThreat
+
+
+def _pair_arg(values, name):
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        raise CertMaskError(f"{name} takes one or two integers, got {values}")
+    return (values[0], values[-1])
+
+
+def cmd_plan(args) -> int:
+    threat = PatchThreat(tuple(args.image), tuple(args.patch))
+    ms = make_maskset(threat, args.k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
+                      masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
+    summary = plan_summary(ms)
+    if args.plot:
+        from .plots import plan_figure
+        plan_figure(ms, threat, args.plot)
+    if args.json:
+        print(json.dumps({**ms.to_dict(), "summary": summary}))
+        return 0
+    print(f"{summary['strategy']} k={summary['k']} on {threat.image_size[0]}x{threat.image_size[1]}, "
+          f"patch {threat.patch_size[0]}x{threat.patch_size[1]}, mask {summary['mask_size'][0]}x"
+          f"{summary['mask_size'][1]}")
+    print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  gap {summary['gap']}  "
+          f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
+          f"distinct {summary['distinct']}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_coverage(args) -> int:
+    path = Path(args.masks)
+    if not path.is_file():
+        raise CertMaskError(f"mask-set file not found: {str(path)!r}")
+    ms = MaskSet.from_json(path.read_text())
+    counts = coverage_counts(ms, tuple(args.patch))
+    k = args.k if args.k is not None else 1
+    short = np.argwhere(counts < k)
+    report = {"num_masks": len(ms), "positions": list(counts.shape), "min_coverage": int(counts.min()),
+              "max_coverage": int(counts.max()), "k": k, "k_fold": bool(short.size == 0),
+              "distinct": ms.is_distinct(), "positions_below_k": int(len(short)),
+              "first_positions_below_k": short[:20].tolist()}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{len(ms)} masks, {counts.shape[0]}x{counts.shape[1]} patch positions: coverage min "
+              f"{report['min_coverage']}, max {report['max_coverage']}; distinct {report['distinct']}")
+        verdict = "is" if report["k_fold"] else "is NOT"
+        print(f"the set {verdict} {k}-fold" + ("" if report["k_fold"] else
+              f": {len(short)} positions below {k}, first (a, b): {short[:10].tolist()}"))
+    return 0 if report["k_fold"] else 1
+
+
+def _backend(args):
+    from .registry import get_backend
+    autocast = {"none": None, "bf16": "bfloat16", "fp16": "float16"}[args.autocast]
+    options = {"device": args.device, "batch_size": args.batch_size, "fill": args.fill,
+               "memory_budget_mb": args.memory_budget_mb, "channels_last": args.channels_last}
+    if autocast:
+        import importlib
+        options["autocast_dtype"] = getattr(importlib.import_module("torch"), autocast)
+    return get_backend(args.backend, **options)
+
+
+def cmd_certify(args) -> int:
+    from .experiment import RunConfig, load_dataset, results_table, run_certification, write_outputs
+    backend = _backend(args)
+    rank, world, gather = backend.init_distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+        else (0, 1, None)
+    images, labels, source = load_dataset(args.data, args.data_root, args.limit)
+    model = backend.load_model(args.model)
+    config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
+                       masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
+                       mask_size=_pair_arg(args.mask, "--mask"))
+    results = run_certification(backend, model, images, labels, config, rank, world, gather,
+                                show_progress=None if not args.quiet else False)
+    if results is None:
+        return 0
+    results.update({"data": args.data, "data_source": source, "model": args.model,
+                    "device": args.device, "backend": args.backend})
+    out = write_outputs(results, args.out, images, plots=not args.no_plots)
+    print(f"data: {source}")
+    print(results_table(results), end="")
+    print(f"wrote {out}/results.json, results.md" + ("" if args.no_plots else ", accuracy_vs_k.png, "
+                                                     "examples.png"))
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from .experiment import load_dataset
+    backend = _backend(args)
+    images, labels, source = load_dataset(args.data, args.data_root, args.limit)
+    model = backend.load_model(args.model)
+    results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
+                             args.mode, steps=args.steps, stride=args.stride,
+                             masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
+                             mask_size=_pair_arg(args.mask, "--mask"), out_dir=args.out,
+                             show_progress=None if not args.quiet else False)
+    results.update({"data_source": source, "model": args.model})
+    print(f"data: {source}")
+    for key in ("mode", "images", "clean_accuracy", "certified_accuracy", "robust_accuracy",
+                "certified_broken", "undefended_robust_accuracy"):
+        if key in results:
+            print(f"{key:28s} {results[key]}")
+    print(f"wrote {args.out}/attack.json, attack.png")
+    return 0
+
+
+def _add_model_args(p):
+    p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-subset"],
+                   help="fashion-mnist: the Debian package's 10k test set, else the bundled subset")
+    p.add_argument("--data-root", help="folder with the idx files (default /usr/share/datasets/...)")
+    p.add_argument("--model", default="bundled", help="'bundled' or a state-dict path")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
+    p.add_argument("--k", type=int, nargs="+", default=[1])
+    p.add_argument("--strategy", nargs="+", default=["replicated"], choices=STRATEGIES)
+    p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N")
+    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"))
+    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=512, help="masked images per forward pass")
+    p.add_argument("--memory-budget-mb", type=float)
+    p.add_argument("--fill", type=float, default=0.0, help="mask fill in pixel space")
+    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certmask", description="Certified defence against "
+                                     "adversarial patches by k-fold mask coverage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="build a mask set; print its count, lower bound and gap")
+    p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"))
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
+    p.add_argument("--k", type=int, default=1)
+    p.add_argument("--strategy", default="patchcleanser", choices=STRATEGIES)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"))
+    group.add_argument("--masks-per-axis", type=int, nargs="+", metavar="N")
+    p.add_argument("--json", action="store_true", help="print the mask set as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the layout and coverage heatmap")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("coverage", help="verify the coverage of a mask set read from JSON")
+    p.add_argument("masks", metavar="MASKS.json")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
+    p.add_argument("--k", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_coverage)
+
+    p = sub.add_parser("certify", help="certify a model on a dataset (needs a backend, e.g. torch)")
+    _add_model_args(p)
+    p.add_argument("--mode", nargs="+", default=["detection"], choices=MODES)
+    p.add_argument("--out", default="results/certify")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_certify)
+
+    p = sub.add_parser("attack", help="adaptive patch attack on the defended model")
+    _add_model_args(p)
+    p.add_argument("--mode", default="detection", choices=MODES)
+    p.add_argument("--steps", type=int, default=40, help="PGD steps per patch position")
+    p.add_argument("--stride", type=int, default=3, help="position search stride before refinement")
+    p.add_argument("--out", default="results/attack")
+    p.set_defaults(func=cmd_attack)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CertMaskError as err:
+        print(f"certmask: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Offline real data: Fashion-MNIST from the Debian package, or the subset bundled in the wheel.
+
+The reader parses the idx format with numpy alone (no torchvision).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CertMaskError
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_SUBSET = "fashion_mnist_test_subset.npz"
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (optionally gzip-compressed) into an array of its stored shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise CertMaskError(f"idx file not found: {str(path)!r}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise CertMaskError(f"{str(path)!r} is not an idx file (magic bytes {raw[:4]!r})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {data.size} values")
+    return data.reshape(shape)
+
+
+def bundled_subset_path() -> Path:
+    return Path(__file__).with_name("data") / _SUBSET
+
+
+def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = None,
+                       allow_subset: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
+    """Load Fashion-MNIST.
+
+    Parameters
+    ----------
+    split : {"test", "train"}
+    root : path, optional
+        Folder holding the four ``*-idx?-ubyte.gz`` files. Defaults to the Debian package's folder.
+        A root that was named explicitly and does not exist is an error.
+    allow_subset : bool
+        When no root is named and the Debian files are absent, fall back to the bundled test subset
+        (1,000 images, MIT licence).
+
+    Returns
+    -------
+    images : ndarray, shape (N, 28, 28), uint8
+    labels : ndarray, shape (N,), int64
+    source : str
+        Where the data came from (printed by the CLI so that results name their data).
+    """
+    if split not in ("test", "train"):
+        raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
+    prefix = "t10k" if split == "test" else "train"
+    folder = Path(root) if root is not None else FASHION_MNIST_ROOT
+    images_file = folder / f"{prefix}-images-idx3-ubyte.gz"
+    if images_file.is_file():
+        images = read_idx(images_file)
+        labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+        if len(images) != len(labels):
+            raise CertMaskError(f"{len(images)} images but {len(labels)} labels in {str(folder)!r}")
+        return images, labels, str(folder)
+    if root is not None or not allow_subset or split != "test":
+        raise CertMaskError(f"Fashion-MNIST {split} files not found in {str(folder)!r} "
+                            "(install the Debian package dataset-fashion-mnist)")
+    with np.load(bundled_subset_path()) as z:
+        return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"

@@ -1,0 +1,95 @@
+"""PNG figures (matplotlib, the ``plot`` extra): mask layouts, coverage heatmaps, accuracy vs k."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .coverage import coverage_counts
+from .errors import CertMaskError
+from .geometry import MaskSet
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise CertMaskError("plots need matplotlib: pip install 'certmask[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plan_figure(maskset: MaskSet, patch, path) -> None:
+    """Mask layout (every rectangle outlined) beside the coverage heatmap over patch positions."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+    counts = coverage_counts(maskset, patch)
+    H, W = maskset.image_size
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
+    ax1.set_xlim(0, W)
+    ax1.set_ylim(H, 0)
+    ax1.set_aspect("equal")
+    colors = plt.cm.tab10(np.arange(len(maskset)) % 10)
+    for (y, x), (h, w), c in zip(maskset.origins, maskset.sizes, colors):
+        ax1.add_patch(Rectangle((x, y), w, h, fill=True, alpha=0.08, facecolor=c, edgecolor=c, lw=1))
+    ax1.set_title(f"{len(maskset)} masks on {H}x{W}")
+    im = ax2.imshow(counts, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax2, label="masks covering the patch")
+    ax2.set_title(f"coverage per patch position (min {counts.min()}, max {counts.max()})")
+    ax2.set_xlabel("b (patch column)")
+    ax2.set_ylabel("a (patch row)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_vs_k(results: dict, path) -> None:
+    """Clean (dashed) and certified (solid) accuracy against k, one colour per strategy and mode."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict = {}
+    for r in results["runs"]:
+        groups.setdefault((r["strategy"], r["mode"]), []).append(r)
+    for i, ((strategy, mode), runs) in enumerate(sorted(groups.items())):
+        runs.sort(key=lambda r: r["k"])
+        ks = [r["k"] for r in runs]
+        color = plt.cm.tab10(i % 10)
+        ax.plot(ks, [r["clean_accuracy"] for r in runs], "--o", color=color, ms=3,
+                label=f"{strategy}/{mode} clean")
+        if runs[0].get("certified_accuracy") is not None:  # unsound modes get no certified curve
+            ax.plot(ks, [r["certified_accuracy"] for r in runs], "-s", color=color, ms=3,
+                    label=f"{strategy}/{mode} certified")
+    ax.axhline(results["undefended_accuracy"], color="gray", lw=0.8, label="undefended")
+    ax.set_xlabel("k (coverage multiplicity)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"patch {results['patch'][0]}x{results['patch'][1]}, {results['images']} images")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, class_names: Sequence[str],
+                   path, patch_boxes: Sequence | None = None) -> None:
+    """A row of images with every mask outlined; titles give the defended output."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.3), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(images[i, 0] if images.shape[1] == 1 else images[i].transpose(1, 2, 0),
+                  cmap="gray", vmin=0, vmax=1)
+        for (y, x), (h, w) in zip(maskset.origins, maskset.sizes):
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="tab:cyan",
+                                   lw=0.4, alpha=0.6))
+        if patch_boxes is not None and patch_boxes[i] is not None:
+            (a, b), (ph, pw) = patch_boxes[i]
+            ax.add_patch(Rectangle((b - 0.5, a - 0.5), pw, ph, fill=False, edgecolor="red", lw=1.2))
+        out = outputs[i]
+        ax.set_title("ALERT" if out == -1 else class_names[out], fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,21 @@
+"""T6 (detection): if every one-mask prediction on the clean image is ``y`` and the set is 1-fold,
+the unanimity defence outputs ``y`` or ALERT under every patch.
+
+Proof: a patch at ``l`` leaves the masks of ``S(l) != {}`` at ``y``; a unanimous attacked vector is
+therefore all ``y``; any other vector gives ALERT.
+"""
+from .soundness import check, small_geometries
+
+THEOREM = "T6"
+STATEMENT = "detection: certificate (all one-mask = y) => output in {y, ALERT}"
+MODE, GUARANTEE = "detection", "label-or-alert"
+symbolic = None
+
+
+def exhaustive(alphabet: int = 3) -> int:
+    checked = 0
+    for name, ms, patch in small_geometries():
+        result = check(ms, patch, MODE, alphabet, geometry=name)
+        assert result.held[GUARANTEE], result.counterexamples
+        checked += result.patterns
+    return checked
