@@ -157,8 +157,8 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     Examples
     --------
     >>> ms = make_maskset(PatchThreat(28, 3), k=1, masks_per_axis=6)
-    >>> len(ms), tuple(ms.sizes[0])
-    (36, (7, 7))
+    >>> len(ms), ms.sizes[0].tolist()
+    (36, [7, 7])
     """
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")

@@ -25,7 +25,7 @@ def _threat_for(maskset: MaskSet, patch) -> PatchThreat:
     if small.size:
         i = int(small[0])
         raise CertMaskError(f"patch {threat.patch_size} is larger than mask {i} of size "
-                            f"{tuple(maskset.sizes[i])} ({small.size} masks smaller than the patch)")
+                            f"{tuple(maskset.sizes[i].tolist())} ({small.size} masks smaller than the patch)")
     return threat
 
 

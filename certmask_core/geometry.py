@@ -196,8 +196,9 @@ class MaskSet:
                              | (origins[:, 0] + sizes[:, 0] > H) | (origins[:, 1] + sizes[:, 1] > W))
         if bad.size:
             i = int(bad[0])
-            raise CertMaskError(f"mask {i} (origin {tuple(origins[i])}, size {tuple(sizes[i])}) is "
-                                f"empty or leaves the {H}x{W} image ({bad.size} such masks)")
+            raise CertMaskError(f"mask {i} (origin {tuple(origins[i].tolist())}, size "
+                                f"{tuple(sizes[i].tolist())}) is empty or leaves the {H}x{W} image "
+                                f"({bad.size} such masks)")
         object.__setattr__(self, "image_size", (H, W))
         object.__setattr__(self, "origins", origins)
         object.__setattr__(self, "sizes", sizes)

@@ -169,7 +169,7 @@ def recovery_outcomes_bruteforce(maskset: MaskSet, patch, position, y: int, alph
             for (i, j), v in zip(free_pairs, values):
                 table[i, j] = table[j, i] = v
             out = defend(pat[None], maskset, "recovery", patch=patch,
-                         pair_predictor=lambda b, pairs: table[pairs[:, 0], pairs[:, 1]]).output[0]
+                         pair_predictor=lambda b, pairs, t=table: t[pairs[:, 0], pairs[:, 1]]).output[0]
             outcomes.add((tuple(int(v) for v in pat), int(out)))
     return outcomes
 

@@ -6,6 +6,7 @@ Proof: window ``i`` ends at ``(i + 1) w - 1`` where window ``i + 1`` begins, and
 increasing, so masks are distinct.
 """
 import itertools
+
 import sympy as sp
 
 from certmask_core import PatchThreat, coverage_counts, lower_bound, make_maskset

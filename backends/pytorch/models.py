@@ -19,7 +19,7 @@ BUNDLED_WEIGHTS = "fmnist_cnn_cutout.pt"
 
 
 class FashionCNN(nn.Module):
-    """A 4-conv CNN (about 3.7 M multiply-adds) for ``(B, 1, 28, 28)`` inputs in ``[0, 1]``; returns ``(B, 10)`` logits."""
+    """A 4-conv CNN (about 3.7 M multiply-adds): ``(B, 1, 28, 28)`` in ``[0, 1]`` -> ``(B, 10)`` logits."""
 
     def __init__(self, num_classes: int = 10, width: int = 16):
         super().__init__()

@@ -1,0 +1,97 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from certmask_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plan_prints_count_bound_and_gap(capsys, tmp_path):
+    png = tmp_path / "plan.png"
+    assert main(["plan", "--image", "28", "28", "--patch", "3", "3", "--k", "2", "--strategy", "offset",
+                 "--masks-per-axis", "4", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "masks 40  lower bound 32  gap 8" in out and "coverage min 2" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_json_feeds_coverage(capsys, tmp_path):
+    assert main(["plan", "--image", "20", "24", "--patch", "3", "4", "--k", "3", "--strategy",
+                 "replicated", "--mask", "7", "9", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["summary"]["min_coverage"] >= 3 and len(plan["origins"]) == plan["summary"]["num_masks"]
+    path = tmp_path / "masks.json"
+    path.write_text(json.dumps(plan))
+    assert main(["coverage", str(path), "--patch", "3", "4", "--k", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k_fold"] and report["min_coverage"] >= 3 and report["positions_below_k"] == 0
+    # replicated k=3 is exactly 3-fold: asking for 4 fails with exit 1 and names positions
+    assert main(["coverage", str(path), "--patch", "3", "4", "--k", "4"]) == 1
+    assert "is NOT 4-fold" in capsys.readouterr().out
+    # a patch larger than the masks is bad input, not a coverage verdict
+    assert main(["coverage", str(path), "--patch", "6", "10"]) == 2
+    assert "is larger than mask" in capsys.readouterr().err
+
+
+def test_cli_errors_are_clear(capsys, tmp_path):
+    assert main(["plan", "--image", "8", "8", "--patch", "9", "3", "--mask", "9", "9"]) == 2
+    assert "patch 9x3 is larger than the image 8x8" in capsys.readouterr().err
+    assert main(["coverage", str(tmp_path / "none.json"), "--patch", "2", "2"]) == 2
+    assert "mask-set file not found" in capsys.readouterr().err
+    assert main(["certify", "--patch", "3", "3", "--data-root", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "Fashion-MNIST test files not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_certify_end_to_end_on_the_bundled_subset(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["certify", "--data", "fashion-mnist-subset", "--patch", "3", "3", "--k", "1", "2",
+                 "--strategy", "replicated", "--mode", "detection", "covering_consensus", "recovery",
+                 "paper", "--limit", "12", "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == 12 and len(results["runs"]) == 8
+    for run in results["runs"]:
+        assert 0 <= run["clean_accuracy"] <= 1 and len(run["per_image"]["output"]) == 12
+        if run["mode"] == "paper":
+            assert not run["sound"] and "certified_accuracy" not in run
+        else:
+            assert run["certified_accuracy"] <= run["clean_accuracy"] + 1e-12
+    for name in ("results.md", "accuracy_vs_k.png", "examples.png"):
+        assert (out / name).stat().st_size > 0
+    assert "UNSOUND" in (out / "results.md").read_text()
+    assert not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
+    common = ["certify", "--data", "fashion-mnist-subset", "--patch", "4", "4", "--k", "1", "2",
+              "--mode", "detection", "recovery", "--limit", "16", "--quiet", "--no-plots"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    "2", "-m", "certmask_core.cli", *common, "--out", str(tmp_path / "dist")],
+                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    dist = json.loads((tmp_path / "dist" / "results.json").read_text())
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert dist["world_size"] == 2 and single["world_size"] == 1
+    assert dist["images"] == single["images"] == 16
+    for a, b in zip(dist["runs"], single["runs"]):
+        assert a["per_image"] == b["per_image"]
+        for key in ("clean_accuracy", "certified_accuracy", "alert_rate", "certificate_passes_per_image"):
+            assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--patch", "30", "30"], "patch 30x30 is larger than the image 28x28"),
+    (["--patch", "3", "3", "--model", "/no/such.pt"], "model weights not found"),
+])
+def test_certify_bad_input(capsys, tmp_path, argv, message):
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "2", "--out",
+                 str(tmp_path / "x"), "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from certmask_backends.pytorch import TorchBackend  # noqa: E402
+from certmask_backends.pytorch.models import FashionCNN, load_model  # noqa: E402
+
+from certmask_core import CertMaskError, PatchThreat, get_backend, make_maskset  # noqa: E402
+from certmask_core.certification import all_pairs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = FashionCNN().double().eval()  # float64: batch composition cannot flip an argmax
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 1, 28, 28))
+    ms = make_maskset(PatchThreat(28, 4), 2, "replicated", masks_per_axis=3)
+    return model, images, ms
+
+
+def reference_logits(model, images, ms, fill=0.0):
+    """Dense numpy masks, one masked image at a time."""
+    dense = ms.dense()
+    out = np.zeros((len(images), len(ms), 10))
+    with torch.no_grad():
+        for i, x in enumerate(images):
+            for j, hidden in enumerate(dense):
+                masked = np.where(hidden[None], fill, x)
+                out[i, j] = model(torch.from_numpy(masked[None])).numpy()[0]
+    return out
+
+
+def test_masked_predictions_match_the_dense_reference(setup):
+    model, images, ms = setup
+    ref = reference_logits(model, images, ms)
+    backend = TorchBackend(batch_size=7)
+    logits = backend.masked_predictions(model, images, ms, return_logits=True)
+    assert logits.shape == (3, len(ms), 10)
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    assert (backend.masked_predictions(model, images, ms) == ref.argmax(2)).all()
+    # deterministic and channels-last gives the same answer
+    again = backend.masked_predictions(model, images, ms)
+    assert (backend.masked_predictions(model, images, ms) == again).all()
+    cl = TorchBackend(channels_last=True).masked_predictions(model, images, ms, return_logits=True)
+    np.testing.assert_allclose(cl, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fill_in_normalized_space(setup):
+    model, images, ms = setup
+    backend = TorchBackend(fill=1.0, fill_space="normalized", mean=[0.25], std=[0.5])
+    ref = reference_logits(model, images[:1], ms, fill=0.75)
+    np.testing.assert_allclose(backend.masked_predictions(model, images[:1], ms, return_logits=True),
+                               ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pair_predictions_match_the_dense_reference(setup):
+    model, images, ms = setup
+    pairs = all_pairs(len(ms))[::5]
+    dense = ms.dense()
+    with torch.no_grad():
+        ref = [model(torch.from_numpy(np.where(dense[i] | dense[j], 0.0, images[1])[None])).argmax(1).item()
+               for i, j in pairs]
+    got = TorchBackend(batch_size=4).pair_predictions(model, images[1], ms, pairs)
+    assert got.tolist() == ref
+    predictor = TorchBackend().pair_predictor(model, images, ms)
+    assert predictor(1, pairs).tolist() == ref
+
+
+class FlakyMemoryModel(torch.nn.Module):
+    """Raises an out-of-memory error for batches above a limit, like a full GPU."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.seen = inner, limit, []
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.seen.append(len(x))
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_chunk_and_loses_nothing(setup):
+    model, images, ms = setup
+    flaky = FlakyMemoryModel(model, limit=5)
+    labels = TorchBackend(batch_size=64).masked_predictions(flaky, images, ms)
+    assert (labels == reference_logits(model, images, ms).argmax(2)).all()
+    assert sum(flaky.seen) == len(images) * len(ms) and max(flaky.seen) <= 5
+
+
+def test_other_runtime_errors_propagate(setup):
+    model, images, ms = setup
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        TorchBackend().masked_predictions(Broken(), images, ms)
+
+
+def test_memory_budget_caps_the_batch(setup):
+    model, images, ms = setup
+    flaky = FlakyMemoryModel(model, limit=10_000)
+    backend = TorchBackend(batch_size=512, memory_budget_mb=1.0)
+    labels = backend.masked_predictions(flaky, images, ms)
+    per_image = backend._activation_bytes[id(flaky)] + 2 * 28 * 28 * 8
+    cap = int(2**20 // per_image)
+    assert 1 <= cap < 512 and max(flaky.seen[1:]) <= cap  # seen[0] is the one-image probe
+    assert (labels == reference_logits(model, images, ms).argmax(2)).all()
+
+
+def test_bundled_model_loads_and_is_accurate_on_the_subset():
+    from certmask_core.experiment import load_dataset
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=300)
+    backend = get_backend("torch")
+    pred = backend.predict(backend.load_model("bundled"), x)
+    assert (pred == y).mean() > 0.85
+
+
+def test_autocast_bf16_runs_and_mostly_agrees():
+    from certmask_core.experiment import load_dataset
+    x, _, _ = load_dataset("fashion-mnist-subset", limit=20)
+    model = load_model("bundled")
+    ms = make_maskset(PatchThreat(28, 3), 1, "patchcleanser", masks_per_axis=3)
+    full = TorchBackend().masked_predictions(model, x, ms)
+    bf16 = TorchBackend(autocast_dtype=torch.bfloat16).masked_predictions(model, x, ms)
+    assert bf16.shape == full.shape and (bf16 == full).mean() > 0.9
+
+
+@pytest.mark.parametrize("images,fill,message", [
+    (np.zeros((2, 28, 28), np.float32), 0.0, r"images must have shape \(B, C, H, W\), got \(2, 28, 28\)"),
+    (np.zeros((2, 1, 28, 28), np.uint8), 0.0, "images must be floating point"),
+    (np.zeros((2, 1, 20, 28), np.float32), 0.0, r"images are \(20, 28\) but the mask set is for \(28, 28\)"),
+    (np.zeros((2, 3, 28, 28), np.float32), [0.0, 0.0], "fill has 2 values but images have 3 channels"),
+])
+def test_bad_images_are_named(setup, images, fill, message):
+    model, _, ms = setup
+    with pytest.raises(CertMaskError, match=message):
+        TorchBackend(fill=fill).masked_predictions(model, images, ms)
+
+
+def test_nan_model_and_bad_options_are_named(setup):
+    _, images, ms = setup
+
+    class NaNModel(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 10), float("nan"), dtype=x.dtype)
+
+    with pytest.raises(CertMaskError, match="model returned NaN logits"):
+        TorchBackend().masked_predictions(NaNModel(), images, ms)
+    with pytest.raises(CertMaskError, match="needs mean and std"):
+        TorchBackend(fill_space="normalized")
+    with pytest.raises(CertMaskError, match="batch_size must be an integer >= 1, got 0"):
+        TorchBackend(batch_size=0)
+    with pytest.raises(CertMaskError, match=r"pair indices must lie in \[0, 18\)"):
+        TorchBackend().pair_predictions(NaNModel(), images[0], ms, [[0, 99]])
+    with pytest.raises(CertMaskError, match="model weights not found"):
+        load_model("/nonexistent/weights.pt")
+    with pytest.raises(CertMaskError, match="unknown backend 'jax'"):
+        get_backend("jax")
