@@ -113,11 +113,13 @@ def cmd_attack(args) -> int:
                              args.mode, steps=args.steps, stride=args.stride,
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                              mask_size=_pair_arg(args.mask, "--mask"), out_dir=args.out,
-                             show_progress=None if not args.quiet else False)
+                             show_progress=None if not args.quiet else False,
+                             attack_all=args.attack_all)
     results.update({"data_source": source, "model": args.model})
     print(f"data: {source}")
-    for key in ("mode", "images", "clean_accuracy", "certified_accuracy", "robust_accuracy",
-                "certified_broken", "undefended_robust_accuracy"):
+    for key in ("mode", "guarantee", "images", "num_masks", "clean_accuracy", "certified_accuracy",
+                "claimed_certified_accuracy_UNSOUND", "empirical_robust_accuracy", "certified_broken",
+                "undefended_clean_accuracy", "undefended_robust_accuracy"):
         if key in results:
             print(f"{key:28s} {results[key]}")
     print(f"wrote {args.out}/attack.json, attack.png")
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="detection", choices=MODES)
     p.add_argument("--steps", type=int, default=40, help="PGD steps per patch position")
     p.add_argument("--stride", type=int, default=3, help="position search stride before refinement")
+    p.add_argument("--attack-all", action="store_true",
+                   help="attack uncertified images too (empirical robust accuracy), not only certified ones")
     p.add_argument("--out", default="results/attack")
     p.set_defaults(func=cmd_attack)
     return parser

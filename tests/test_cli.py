@@ -95,3 +95,14 @@ def test_certify_bad_input(capsys, tmp_path, argv, message):
                  str(tmp_path / "x"), "--quiet", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_attack_command_writes_json_and_png(capsys, tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "--data", "fashion-mnist-subset", "--patch", "5", "5", "--k", "1",
+                 "--masks-per-axis", "3", "--mode", "covering_consensus", "--limit", "2", "--steps", "3",
+                 "--stride", "12", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert result["mode"] == "covering_consensus" and result["images"] == 2
+    assert result["certified_broken"] == 0
+    assert "certified_broken" in capsys.readouterr().out

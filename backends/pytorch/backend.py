@@ -108,6 +108,11 @@ class TorchBackend:
 
         return rank, world, gather
 
+    def attack(self, model, images, labels, patch, k, strategy, mode, **options) -> dict:
+        """Adaptive patch attack on the defended model: see :func:`.attack.run_attack`."""
+        from .attack import run_attack
+        return run_attack(self, model, images, labels, patch, k, strategy, mode, **options)
+
     # ----------------------------------------------------------------- models and inputs
     def load_model(self, name: str = "bundled") -> nn.Module:
         """The bundled Fashion-MNIST CNN (``"bundled"``) or a state-dict path, on this device."""
@@ -130,7 +135,7 @@ class TorchBackend:
             raise CertMaskError(f"images are {tuple(x.shape[2:])} but the mask set is for "
                                 f"{maskset.image_size}")
 
-    def _rasterise(self, rects: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    def rasterise(self, rects: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """``(m, 4)`` rectangles ``(y0, x0, y1, x1)`` -> ``(m, 1, H, W)`` bool, True = hidden."""
         ys = torch.arange(H, device=self.device).view(1, H, 1)
         xs = torch.arange(W, device=self.device).view(1, 1, W)
@@ -229,7 +234,7 @@ class TorchBackend:
         self._check_geometry(x, maskset)
         B, C, H, W = x.shape
         n = len(maskset)
-        hidden = self._rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
+        hidden = self.rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
         fill = self.fill.to(self.device, x.dtype).view(1, -1, 1, 1)
         flat_index = torch.arange(B * n, device=self.device)
         results: list[torch.Tensor] = []
@@ -256,7 +261,7 @@ class TorchBackend:
             raise CertMaskError(f"pair indices must lie in [0, {len(maskset)}), got "
                                 f"[{int(pairs.min())}, {int(pairs.max())}]")
         H, W = maskset.image_size
-        hidden = self._rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
+        hidden = self.rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
         fill = self.fill.to(self.device, x.dtype).view(1, -1, 1, 1)
         out: list[torch.Tensor] = []
 
