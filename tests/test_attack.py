@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 from certmask_backends.pytorch import TorchBackend  # noqa: E402
 from certmask_backends.pytorch.attack import PatchAttack, attack_undefended, run_attack  # noqa: E402
 from certmask_backends.pytorch.models import load_model  # noqa: E402
+
 from certmask_core import ALERT, PatchThreat, certify, defend, make_maskset  # noqa: E402
 from certmask_core.experiment import load_dataset  # noqa: E402
 

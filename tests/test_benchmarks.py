@@ -1,0 +1,28 @@
+"""The benchmark code runs and checks itself on a small case (timings are not asserted)."""
+import pytest
+
+from benchmarks.bench_coverage import random_maskset
+from certmask_core import coverage_counts, coverage_counts_bruteforce
+
+
+def test_random_masksets_of_the_benchmark_verify_equal():
+    ms = random_maskset(128, 96, 50, 8)
+    assert (coverage_counts(ms, 8) == coverage_counts_bruteforce(ms, 8)).all()
+
+
+def test_reference_patchcleanser_loop_agrees_with_early_exit_certify():
+    pytest.importorskip("torch")
+    from certmask_backends.pytorch import TorchBackend
+    from certmask_backends.pytorch.models import load_model
+
+    from benchmarks.bench_inference import reference_patchcleanser
+    from certmask_core import PatchThreat, certify, make_maskset
+    from certmask_core.experiment import load_dataset
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=6)
+    backend, model = TorchBackend(), load_model("bundled")
+    ms = make_maskset(PatchThreat(28, 3), 1, "patchcleanser", masks_per_axis=3)
+    ref, passes = reference_patchcleanser(backend, model, x, y, ms)
+    ours = certify(backend.masked_predictions(model, x, ms), y, ms, "recovery",
+                   pair_predictor=backend.pair_predictor(model, x, ms), pair_chunk=8)
+    assert (ref == ours.certified).all() and passes == 6 * (9 + 36)
+    assert ours.certificate_passes.sum() <= passes
