@@ -41,7 +41,8 @@ def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
     return np.stack([o[:, 0], o[:, 1], o[:, 0] + s[:, 0] - ph, o[:, 1] + s[:, 1] - pw], axis=1)
 
 
-@numba.njit(cache=True)
+# no cache=True: concurrent ranks of a distributed run race on numba's cache files (numba#10128)
+@numba.njit
 def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
     diff = np.zeros((P_h + 1, P_w + 1), dtype=np.int64)
     for i in range(windows.shape[0]):

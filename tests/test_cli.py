@@ -72,9 +72,11 @@ def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
     common = ["certify", "--data", "fashion-mnist-subset", "--patch", "4", "4", "--k", "1", "2",
               "--mode", "detection", "recovery", "--limit", "16", "--quiet", "--no-plots"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                    "2", "-m", "certmask_core.cli", *common, "--out", str(tmp_path / "dist")],
-                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "certmask_core.cli", *common,
+                           "--out", str(tmp_path / "dist")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
     dist = json.loads((tmp_path / "dist" / "results.json").read_text())
     single = json.loads((tmp_path / "single" / "results.json").read_text())
