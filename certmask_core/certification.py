@@ -137,6 +137,14 @@ def _paper(labels: np.ndarray, geo: _Geometry) -> np.ndarray:
     return np.where(unanimous, labels[:, 0], out)
 
 
+def _pair_labels(pair_predictor: PairPredictor, index: int, pairs: np.ndarray, num_classes) -> np.ndarray:
+    answer = np.asarray(pair_predictor(index, pairs))
+    labels = as_labels(answer[None], None, num_classes, "pair predictions")[0]
+    if len(labels) != len(pairs):
+        raise CertMaskError(f"pair_predictor returned {len(labels)} predictions for {len(pairs)} pairs")
+    return labels
+
+
 def _recovery_one(first: np.ndarray, index: int, pair_predictor: PairPredictor,
                   num_classes: int | None) -> tuple[int, int]:
     """PatchCleanser's double-masking defence on one image; returns (output, second-round passes)."""
@@ -146,8 +154,7 @@ def _recovery_one(first: np.ndarray, index: int, pair_predictor: PairPredictor,
     n, passes = len(first), 0
     for i in np.flatnonzero(first != majority):
         pairs = np.stack([np.full(n - 1, i), np.delete(np.arange(n), i)], axis=1)
-        second = as_labels(np.asarray(pair_predictor(index, pairs))[None], None, num_classes,
-                           "pair predictions")[0]
+        second = _pair_labels(pair_predictor, index, pairs, num_classes)
         passes += len(pairs)
         if (second == first[i]).all():
             return int(first[i]), passes
@@ -323,8 +330,7 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
         for b in np.flatnonzero(certified):
             for start in range(0, len(pairs), pair_chunk):
                 chunk = pairs[start:start + pair_chunk]
-                second = as_labels(np.asarray(pair_predictor(int(b), chunk))[None], None,
-                                   num_classes, "pair predictions")[0]
+                second = _pair_labels(pair_predictor, int(b), chunk, num_classes)
                 passes[b] += len(chunk)
                 if (second != y[b]).any():
                     certified[b] = False

@@ -206,6 +206,18 @@ def small_geometries(max_masks: int = 8):
             yield f"{image[0]}x{image[1]} p{patch[0]}x{patch[1]} {strategy} k={k} n={len(ms)}", ms, patch
 
 
+def exhaustive_mode(mode: str, guarantee: str, alphabet: int = 3, max_masks: int | None = None) -> int:
+    """Check ``guarantee`` for ``mode`` on every small geometry; returns the patterns enumerated."""
+    checked = 0
+    for name, ms, patch in small_geometries():
+        if max_masks is not None and len(ms) > max_masks:
+            continue
+        result = check(ms, patch, mode, alphabet, geometry=name)
+        assert result.held[guarantee], (name, result.counterexamples)
+        checked += result.patterns
+    return checked
+
+
 def table(alphabet: int = 3, recovery_max_masks: int = 5) -> list[CheckResult]:
     results = []
     for name, ms, patch in small_geometries():

@@ -16,8 +16,10 @@ import math
 
 import sympy as sp
 
-from certmask_core import CertMaskError, PatchThreat, coverage_counts, lower_bound, make_maskset
+from certmask_core import CertMaskError, coverage_counts, lower_bound, make_maskset
 from certmask_core.constructions import shifted_cover_windows
+
+from .common import counts_1d, small_threats
 
 THEOREM = "T4"
 STATEMENT = "replicated: k-fold, distinct; count = T2 bound when k shifts fit in the slack"
@@ -40,28 +42,20 @@ def exhaustive(limit: int = 14) -> int:
     for P in range(1, 30):
         for w in range(1, 12):
             for o in range(w):
-                counts = [0] * P
-                for a0, a1 in shifted_cover_windows(P, w, o):
-                    for a in range(a0, a1 + 1):
-                        counts[a] += 1
-                assert min(counts) >= 1 and len(shifted_cover_windows(P, w, o)) == math.ceil((P + o) / w)
-    for H, W in itertools.product(range(2, limit + 1), repeat=2):
-        for p in (1, 2, 3):
-            if p > min(H, W):
+                windows = shifted_cover_windows(P, w, o)
+                assert min(counts_1d(windows, P)) >= 1 and len(windows) == math.ceil((P + o) / w)
+    for t in small_threats(limit):
+        for n_axis, k in itertools.product((1, 2, 3), range(1, 7)):
+            try:
+                ms = make_maskset(t, k, "replicated", masks_per_axis=n_axis)
+            except CertMaskError:
+                w = [min(math.ceil(P / n_axis), P) for P in t.num_positions]
+                assert k > w[0] * w[1]
                 continue
-            t = PatchThreat((H, W), p)
-            for n_axis in (1, 2, 3):
-                for k in range(1, 7):
-                    try:
-                        ms = make_maskset(t, k, "replicated", masks_per_axis=n_axis)
-                    except CertMaskError:
-                        w = [min(math.ceil(P / n_axis), P) for P in t.num_positions]
-                        assert k > w[0] * w[1]
-                        continue
-                    assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
-                    w = [math.ceil(P / n_axis) for P in t.num_positions]
-                    slack = [math.ceil(P / wi) * wi - P for P, wi in zip(t.num_positions, w)]
-                    if (slack[0] + 1) * (slack[1] + 1) >= k:
-                        assert len(ms) == lower_bound(t, ms.spec.mask_size, k), (t, n_axis, k)
-                    checked += 1
+            assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
+            w = [math.ceil(P / n_axis) for P in t.num_positions]
+            slack = [math.ceil(P / wi) * wi - P for P, wi in zip(t.num_positions, w)]
+            if (slack[0] + 1) * (slack[1] + 1) >= k:
+                assert len(ms) == lower_bound(t, ms.spec.mask_size, k), (t, n_axis, k)
+            checked += 1
     return checked

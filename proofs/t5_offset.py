@@ -12,8 +12,10 @@ import math
 
 import sympy as sp
 
-from certmask_core import CertMaskError, PatchThreat, coverage_counts, make_maskset
+from certmask_core import CertMaskError, coverage_counts, make_maskset
 from certmask_core.constructions import offset_windows
+
+from .common import counts_1d, small_threats
 
 THEOREM = "T5"
 STATEMENT = "offset: stride floor(w/k) grid is k-fold with distinct masks when k <= min(w, P)"
@@ -36,27 +38,18 @@ def exhaustive(limit: int = 14) -> int:
                 if wins is None:
                     assert k > min(w, P)
                     continue
-                counts = [0] * P
-                for a0, a1 in wins:
-                    assert 0 <= a0 <= a1 <= P - 1 and a1 - a0 + 1 <= w
-                    for a in range(a0, a1 + 1):
-                        counts[a] += 1
-                assert min(counts) >= k and len(set(wins)) == len(wins), (P, w, k)
+                assert all(0 <= a0 <= a1 <= P - 1 and a1 - a0 + 1 <= w for a0, a1 in wins)
+                assert min(counts_1d(wins, P)) >= k and len(set(wins)) == len(wins), (P, w, k)
                 checked += 1
-    for H, W in itertools.product(range(2, limit + 1), repeat=2):
-        for p in (1, 2, 3):
-            if p > min(H, W):
+    for t in small_threats(limit):
+        for n_axis, k in itertools.product((1, 2, 3), range(1, 7)):
+            w = [math.ceil(P / n_axis) for P in t.num_positions]
+            try:
+                ms = make_maskset(t, k, "offset", masks_per_axis=n_axis)
+            except CertMaskError:
+                cap = [min(wi, P) for wi, P in zip(w, t.num_positions)]
+                assert cap[0] * cap[1] < k
                 continue
-            t = PatchThreat((H, W), p)
-            for n_axis in (1, 2, 3):
-                w = [math.ceil(P / n_axis) for P in t.num_positions]
-                for k in range(1, 7):
-                    try:
-                        ms = make_maskset(t, k, "offset", masks_per_axis=n_axis)
-                    except CertMaskError:
-                        cap = [min(wi, P) for wi, P in zip(w, t.num_positions)]
-                        assert cap[0] * cap[1] < k
-                        continue
-                    assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
-                    checked += 1
+            assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
+            checked += 1
     return checked

@@ -4,7 +4,7 @@ the unanimity defence outputs ``y`` or ALERT under every patch.
 Proof: a patch at ``l`` leaves the masks of ``S(l) != {}`` at ``y``; a unanimous attacked vector is
 therefore all ``y``; any other vector gives ALERT.
 """
-from .soundness import check, small_geometries
+from .soundness import exhaustive_mode
 
 THEOREM = "T6"
 STATEMENT = "detection: certificate (all one-mask = y) => output in {y, ALERT}"
@@ -13,9 +13,4 @@ symbolic = None
 
 
 def exhaustive(alphabet: int = 3) -> int:
-    checked = 0
-    for name, ms, patch in small_geometries():
-        result = check(ms, patch, MODE, alphabet, geometry=name)
-        assert result.held[GUARANTEE], result.counterexamples
-        checked += result.patterns
-    return checked
+    return exhaustive_mode(MODE, GUARANTEE, alphabet)

@@ -7,7 +7,7 @@ rejected. An accepted disagreer therefore has label ``y``. If none is accepted t
 returned; were it not ``y``, mask ``m`` would be a disagreer whose every pair hides the patch and
 predicts ``y``, so ``m`` would have been accepted. Hence the output is ``y``.
 """
-from .soundness import check, small_geometries
+from .soundness import exhaustive_mode
 
 THEOREM = "T8"
 STATEMENT = "recovery: certificate (all one- and two-mask = y) => output = y"
@@ -15,12 +15,5 @@ MODE, GUARANTEE = "recovery", "label"
 symbolic = None
 
 
-def exhaustive(alphabet: int = 3, max_masks: int = 6) -> int:
-    checked = 0
-    for name, ms, patch in small_geometries():
-        if len(ms) > max_masks:
-            continue
-        result = check(ms, patch, MODE, alphabet, geometry=name)
-        assert result.held[GUARANTEE], result.counterexamples
-        checked += result.patterns
-    return checked
+def exhaustive(alphabet: int = 3) -> int:
+    return exhaustive_mode(MODE, GUARANTEE, alphabet, max_masks=6)

@@ -66,6 +66,8 @@ def test_recovery_second_round_accepts_a_consistent_disagreer():
     assert defend(pred, STRIP, "recovery", pair_predictor=constant_pairs(0)).output.tolist() == [1]
     with pytest.raises(CertMaskError, match="needs pair_predictor"):
         defend(pred, STRIP, "recovery")
+    with pytest.raises(CertMaskError, match="pair_predictor returned 3 predictions for 1 pairs"):
+        defend(pred, STRIP, "recovery", pair_predictor=lambda b, pairs: np.zeros(3, int))
 
 
 def test_recovery_certificate_uses_early_exit():
