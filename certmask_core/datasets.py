@@ -76,5 +76,10 @@ def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = Non
     if root is not None or not allow_subset or split != "test":
         raise CertMaskError(f"Fashion-MNIST {split} files not found in {str(folder)!r} "
                             "(install the Debian package dataset-fashion-mnist)")
+    return load_bundled_subset()
+
+
+def load_bundled_subset() -> tuple[np.ndarray, np.ndarray, str]:
+    """The first 1,000 Fashion-MNIST test images, shipped in the package: ``(images, labels, source)``."""
     with np.load(bundled_subset_path()) as z:
         return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"

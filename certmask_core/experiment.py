@@ -20,7 +20,7 @@ import numpy as np
 
 from .certification import GUARANTEES, MODES, SOUND, CertificationReport, certify
 from .constructions import make_maskset, plan_summary
-from .datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist
 from .errors import CertMaskError
 from .geometry import PatchThreat
 from .progress import Progress
@@ -34,19 +34,13 @@ def load_dataset(name: str, root: str | None = None, limit: int | None = None):
         raise CertMaskError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if limit is not None and limit < 1:
         raise CertMaskError(f"limit must be >= 1, got {limit}")
-    images, labels, source = load_fashion_mnist(
-        "test", root=root, allow_subset=True) if name == "fashion-mnist" else _subset()
+    images, labels, source = (load_fashion_mnist("test", root=root) if name == "fashion-mnist"
+                              else load_bundled_subset())
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     if len(images) == 0:
         raise CertMaskError(f"dataset {name!r} from {source} is empty")
     return images[:, None].astype(np.float32) / 255.0, labels, source
-
-
-def _subset():
-    from .datasets import bundled_subset_path
-    with np.load(bundled_subset_path()) as z:
-        return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"
 
 
 @dataclass
@@ -109,10 +103,13 @@ def _certify_shard(backend, model, images, labels, indices, config: RunConfig, t
     return part
 
 
-def _concat(reports: list[CertificationReport]) -> CertificationReport:
+def _concat(reports: list[CertificationReport], order: np.ndarray | None = None) -> CertificationReport:
+    """One report holding the images of ``reports`` in turn, optionally reordered by ``order``."""
     r0 = reports[0]
     cols = {name: np.concatenate([getattr(r, name) for r in reports])
             for name in ("labels", "output", "certified", "certificate_passes", "defence_passes")}
+    if order is not None:
+        cols = {name: col[order] for name, col in cols.items()}
     return CertificationReport(r0.mode, r0.guarantee, r0.sound, **cols)
 
 
@@ -124,11 +121,7 @@ def _merge(parts: list[_Partial]) -> _Partial:
         raise CertMaskError("shards overlap: an image was certified by two processes")
     merged = _Partial(indices[order], np.concatenate([p.undefended for p in parts])[order])
     for key in parts[0].reports:
-        merged.reports[key] = _concat([p.reports[key] for p in parts])
-        r = merged.reports[key]
-        merged.reports[key] = CertificationReport(
-            r.mode, r.guarantee, r.sound, r.labels[order], r.output[order], r.certified[order],
-            r.certificate_passes[order], r.defence_passes[order])
+        merged.reports[key] = _concat([p.reports[key] for p in parts], order)
         # wall time of a sharded run is the slowest shard's
         merged.seconds[key] = max(p.seconds[key] for p in parts)
     return merged
