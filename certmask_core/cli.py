@@ -83,15 +83,17 @@ def _backend(args):
 def cmd_certify(args) -> int:
     from .experiment import RunConfig, load_dataset, results_table, run_certification, write_outputs
     backend = _backend(args)
-    rank, world, gather = backend.init_distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
-        else (0, 1, None)
     images, labels, source = load_dataset(args.data, args.data_root, args.limit)
     model = backend.load_model(args.model)
     config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
                        masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"))
+    rank, world, gather, close = (0, 1, None, lambda: None)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        rank, world, gather, close = backend.init_distributed()
     results = run_certification(backend, model, images, labels, config, rank, world, gather,
                                 show_progress=None if not args.quiet else False)
+    close()  # on an error the rank exits instead, and torchrun stops the others
     if results is None:
         return 0
     results.update({"data": args.data, "data_source": source, "model": args.model,

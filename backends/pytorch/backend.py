@@ -89,8 +89,9 @@ class TorchBackend:
         """Join the ``torch.distributed`` group that ``torchrun`` describes in the environment.
 
         Uses gloo on CPU and nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns
-        ``(rank, world_size, gather)`` where ``gather(obj)`` collects every rank's picklable ``obj``
-        on rank 0 (a list ordered by rank) and returns None elsewhere.
+        ``(rank, world_size, gather, close)``: ``gather(obj)`` collects every rank's picklable
+        ``obj`` on rank 0 (a list ordered by rank) and returns None elsewhere; ``close()`` waits for
+        every rank and destroys the group (a rank exiting with a live gloo group can abort).
         """
         import torch.distributed as dist
         use_nccl = self.device.type == "cuda"
@@ -106,7 +107,11 @@ class TorchBackend:
             dist.gather_object(obj, bucket, dst=0)
             return bucket
 
-        return rank, world, gather
+        def close():
+            dist.barrier()
+            dist.destroy_process_group()
+
+        return rank, world, gather, close
 
     def attack(self, model, images, labels, patch, k, strategy, mode, **options) -> dict:
         """Adaptive patch attack on the defended model: see :func:`.attack.run_attack`."""
