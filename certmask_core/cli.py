@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .certification import MODES
+from . import __version__
+from .certification import DEFAULT_MARGIN_TOLERANCE, MODES
 from .constructions import make_maskset, plan_summary
-from .coverage import coverage_counts
+from .coverage import cell_grid, coverage_extremes
 from .errors import CertMaskError
 from .geometry import STRATEGIES, MaskSet, PatchThreat
 
@@ -46,26 +47,42 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def cmd_coverage(args) -> int:
-    path = Path(args.masks)
+def _read_maskset(path_text: str) -> MaskSet:
+    path = Path(path_text)
     if not path.is_file():
         raise CertMaskError(f"mask-set file not found: {str(path)!r}")
-    ms = MaskSet.from_json(path.read_text())
-    counts = coverage_counts(ms, tuple(args.patch))
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CertMaskError(f"cannot read the mask-set file {str(path)!r}: {err}") from None
+    return MaskSet.from_json(text)
+
+
+def cmd_coverage(args) -> int:
+    ms = _read_maskset(args.masks)
     k = args.k if args.k is not None else 1
+    if k < 1:
+        raise CertMaskError(f"--k must be >= 1, got {k}")
+    grid = cell_grid(ms, tuple(args.patch))
+    low, high, _ = coverage_extremes(ms, grid.threat)
+    counts = grid.counts()
     short = np.argwhere(counts < k)
-    report = {"num_masks": len(ms), "positions": list(counts.shape), "min_coverage": int(counts.min()),
-              "max_coverage": int(counts.max()), "k": k, "k_fold": bool(short.size == 0),
-              "distinct": ms.is_distinct(), "positions_below_k": int(len(short)),
-              "first_positions_below_k": short[:20].tolist()}
+    P = grid.threat.num_positions
+    # positions per cell: from each cut to the next (the last cell runs to the end of the axis)
+    extent = [np.diff(np.append(cuts, P[axis])) for axis, cuts in enumerate((grid.rows, grid.cols))]
+    below = int(sum(extent[0][i] * extent[1][j] for i, j in short))
+    first = [[int(grid.rows[i]), int(grid.cols[j])] for i, j in short[:20]]
+    report = {"num_masks": len(ms), "positions": list(P), "min_coverage": low, "max_coverage": high,
+              "k": k, "k_fold": low >= k, "distinct": ms.is_distinct(), "positions_below_k": below,
+              "first_positions_below_k": first}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{len(ms)} masks, {counts.shape[0]}x{counts.shape[1]} patch positions: coverage min "
-              f"{report['min_coverage']}, max {report['max_coverage']}; distinct {report['distinct']}")
+        print(f"{len(ms)} masks, {P[0]}x{P[1]} patch positions: coverage min {low}, max {high}; "
+              f"distinct {report['distinct']}")
         verdict = "is" if report["k_fold"] else "is NOT"
         print(f"the set {verdict} {k}-fold" + ("" if report["k_fold"] else
-              f": {len(short)} positions below {k}, first (a, b): {short[:10].tolist()}"))
+              f": {below} positions below {k}, first (a, b) of each region: {first[:10]}"))
     return 0 if report["k_fold"] else 1
 
 
@@ -87,7 +104,7 @@ def cmd_certify(args) -> int:
     model = backend.load_model(args.model)
     config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
                        masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
-                       mask_size=_pair_arg(args.mask, "--mask"))
+                       mask_size=_pair_arg(args.mask, "--mask"), margin_tolerance=args.margin_tolerance)
     rank, world, gather, close = (0, 1, None, lambda: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         rank, world, gather, close = backend.init_distributed()
@@ -147,11 +164,23 @@ def _add_model_args(p):
     p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--margin-tolerance", type=float, default=DEFAULT_MARGIN_TOLERANCE, metavar="LOGITS",
+                   help="refuse a certificate whose closest prediction has a top-1 minus top-2 logit "
+                        f"margin at or below this (default {DEFAULT_MARGIN_TOLERANCE}, about 100x the "
+                        "float32 noise of batch make-up; raise it under --autocast, e.g. 0.1)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become one line on stderr and exit status 2, like every other bad input."""
+
+    def error(self, message):
+        raise CertMaskError(f"{self.prog}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certmask", description="Certified defence against "
-                                     "adversarial patches by k-fold mask coverage.")
+    parser = _Parser(prog="certmask", description="Certified defence against "
+                     "adversarial patches by k-fold mask coverage.")
+    parser.add_argument("--version", action="version", version=f"certmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="build a mask set; print its count, lower bound and gap")
@@ -193,11 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except CertMaskError as err:
-        print(f"certmask: error: {err}", file=sys.stderr)
+    except (CertMaskError, OSError) as err:
+        print(f"certmask: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

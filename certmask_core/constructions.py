@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from .coverage import coverage_counts
+from .coverage import coverage_extremes
 from .errors import CertMaskError
-from .geometry import MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
+from .geometry import MAX_MASKS, MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
 
 Windows = list[tuple[int, int]]
 
@@ -85,11 +85,21 @@ def _product(threat: PatchThreat, rows: Windows, cols: Windows) -> tuple[np.ndar
     return origins, sizes
 
 
+REPLICATED_SHIFTS_PER_AXIS = 1024
+"""The replicated construction draws its copies' shifts from the first 1,024 per axis (all of them
+for windows up to 1,024 positions), so that planning stays fast on the largest images."""
+
+
 def _replicated(threat: PatchThreat, w: tuple[int, int], k: int):
     P = threat.num_positions
     w = tuple(min(wi, Pi) for wi, Pi in zip(w, P))  # as in offset_windows: no [0, P-1] duplicates
-    per_axis = [{o: shifted_cover_windows(P[i], w[i], o) for o in range(w[i])} for i in range(2)]
-    candidates = sorted(itertools.product(range(w[0]), range(w[1])),
+    shifts = [min(wi, REPLICATED_SHIFTS_PER_AXIS) for wi in w]
+    if k > shifts[0] * shifts[1]:
+        raise CertMaskError(f"replicated: at most {shifts[0] * shifts[1]} distinct shifted copies of the "
+                            f"single-cover grid with windows {w} exist for image {threat.image_size} and "
+                            f"patch {threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
+    per_axis = [{o: shifted_cover_windows(P[i], w[i], o) for o in range(shifts[i])} for i in range(2)]
+    candidates = sorted(itertools.product(range(shifts[0]), range(shifts[1])),
                         key=lambda o: (len(per_axis[0][o[0]]) * len(per_axis[1][o[1]]), sum(o), o))
     seen: set[tuple[int, ...]] = set()
     chosen = []
@@ -165,6 +175,10 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     spec = MaskSpec(strategy, k, mask_size, masks_per_axis)
     size = spec.resolve_mask_size(threat)
     w = effective_coverage(size, threat.patch_size)
+    if lower_bound(threat, size, spec.k) > MAX_MASKS:
+        raise CertMaskError(f"{strategy} k={spec.k} with masks {size} on {threat.image_size} needs at least "
+                            f"{lower_bound(threat, size, spec.k)} masks (limit {MAX_MASKS}); use larger "
+                            f"masks or a smaller k")
     if strategy == "patchcleanser":
         origins, sizes = _product(threat, *(single_cover_windows(P, wi)
                                             for P, wi in zip(threat.num_positions, w)))
@@ -175,7 +189,7 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     spec = MaskSpec(strategy, spec.k, mask_size=size)
     maskset = MaskSet(threat.image_size, origins, sizes, spec, threat)
     # The constructions are proven (proofs/t3..t5); this re-check is cheap and turns a bug into an error.
-    if not maskset.is_distinct() or coverage_counts(maskset, threat).min() < spec.k:
+    if not maskset.is_distinct() or coverage_extremes(maskset, threat)[0] < spec.k:
         raise AssertionError(f"internal error: {strategy} set for {threat}, k={k} fails verification")
     return maskset
 
@@ -185,13 +199,13 @@ def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
     threat = threat or maskset.threat
     if threat is None:
         raise CertMaskError("plan_summary needs the threat of a user-supplied mask set")
-    counts = coverage_counts(maskset, threat)
-    k = maskset.k or int(counts.min())
+    low, high, _ = coverage_extremes(maskset, threat)
+    k = maskset.k or low
     mask_size = maskset.spec.mask_size if maskset.spec else tuple(int(v) for v in maskset.sizes.max(0))
     bound = lower_bound(threat, mask_size, max(k, 1))
     return {"image_size": list(threat.image_size), "patch_size": list(threat.patch_size),
             "strategy": maskset.spec.strategy if maskset.spec else "user",
             "k": k, "mask_size": list(mask_size), "num_masks": len(maskset),
             "lower_bound": bound, "gap": len(maskset) - bound,
-            "min_coverage": int(counts.min()), "max_coverage": int(counts.max()),
+            "min_coverage": low, "max_coverage": high,
             "distinct": maskset.is_distinct()}

@@ -13,27 +13,29 @@ from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat
 
 
+MAX_DENSE_POSITIONS = 2**27
+"""Largest patch-position grid :func:`coverage_counts` materialises (1 GiB of int64 counts); the
+decisions never need the dense grid (see :func:`coverage_extremes`)."""
+
+
 def _threat_for(maskset: MaskSet, patch) -> PatchThreat:
+    if not isinstance(maskset, MaskSet):
+        raise CertMaskError(f"maskset must be a MaskSet, got {type(maskset).__name__}")
     if isinstance(patch, PatchThreat):
         if patch.image_size != maskset.image_size:
             raise CertMaskError(f"threat image {patch.image_size} differs from the mask set's "
                                 f"image {maskset.image_size}")
-        threat = patch
-    else:
-        threat = PatchThreat(maskset.image_size, patch)
-    small = np.flatnonzero((maskset.sizes < np.array(threat.patch_size)).any(1))
-    if small.size:
-        i = int(small[0])
-        raise CertMaskError(f"patch {threat.patch_size} is larger than mask {i} of size "
-                            f"{tuple(maskset.sizes[i].tolist())} ({small.size} masks smaller than the patch)")
-    return threat
+        return patch
+    return PatchThreat(maskset.image_size, patch)
 
 
 def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
     """Per mask, the inclusive range of patch positions it covers: ``(n, 4)`` ``(a0, b0, a1, b1)``.
 
     By T1 a mask at ``(y, x)`` of size ``(mh, mw)`` covers ``a in [y, y + mh - ph]`` and
-    ``b in [x, x + mw - pw]``; masks are inside the image so the ranges are inside the position grid.
+    ``b in [x, x + mw - pw]``. A mask smaller than the patch on an axis covers nothing: its range
+    is empty (``a1 < a0`` or ``b1 < b0``). Masks lie inside the image, so non-empty ranges lie inside
+    the position grid.
     """
     threat = _threat_for(maskset, patch)
     ph, pw = threat.patch_size
@@ -44,9 +46,14 @@ def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
 # no cache=True: concurrent ranks of a distributed run race on numba's cache files (numba#10128)
 @numba.njit
 def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
+    """Counts on a ``P_h x P_w`` grid; each window is clipped to the grid first, so no input, however
+    hostile, can index outside the arrays (tests run this code with numba's bounds checking on)."""
     diff = np.zeros((P_h + 1, P_w + 1), dtype=np.int64)
     for i in range(windows.shape[0]):
-        a0, b0, a1, b1 = windows[i, 0], windows[i, 1], windows[i, 2], windows[i, 3]
+        a0, b0 = max(windows[i, 0], 0), max(windows[i, 1], 0)
+        a1, b1 = min(windows[i, 2], P_h - 1), min(windows[i, 3], P_w - 1)
+        if a0 > a1 or b0 > b1:
+            continue
         diff[a0, b0] += 1
         diff[a0, b1 + 1] -= 1
         diff[a1 + 1, b0] -= 1
@@ -66,13 +73,19 @@ def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
     Parameters
     ----------
     maskset : MaskSet
-        Any mask set, constructed or user-supplied.
+        Any mask set, constructed or user-supplied. Masks smaller than the patch cover nothing.
     patch : (ph, pw), int or PatchThreat
 
     Returns
     -------
     ndarray, shape (P_h, P_w), int64
         ``counts[a, b]`` = number of masks containing the patch at top-left ``(a, b)``.
+
+    Raises
+    ------
+    CertMaskError
+        For a patch larger than the image, or a position grid above :data:`MAX_DENSE_POSITIONS`
+        (use :func:`coverage_extremes`, which never builds the dense grid).
 
     Examples
     --------
@@ -83,6 +96,9 @@ def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
     """
     threat = _threat_for(maskset, patch)
     P_h, P_w = threat.num_positions
+    if P_h * P_w > MAX_DENSE_POSITIONS:
+        raise CertMaskError(f"the count map would have {P_h} x {P_w} = {P_h * P_w} entries (limit "
+                            f"{MAX_DENSE_POSITIONS}); use coverage_extremes or is_k_covered")
     return _difference_array_counts(np.ascontiguousarray(covered_windows(maskset, threat)), P_h, P_w)
 
 
@@ -98,30 +114,185 @@ def coverage_counts_bruteforce(maskset: MaskSet, patch) -> np.ndarray:
     return counts
 
 
+class CellGrid:
+    """The patch positions cut into cells on which every mask's coverage is constant.
+
+    Per axis the cuts are ``0`` and every window's first and one-past-last position; positions
+    between two consecutive cuts are covered by the same masks, so one representative per cell
+    (its first position) stands for the whole cell. There are at most ``2 n + 1`` cuts per axis
+    whatever the image size.
+
+    Attributes
+    ----------
+    threat : PatchThreat
+    windows : ndarray, shape (n, 4)
+        :func:`covered_windows`.
+    rows, cols : ndarray
+        First position of each cell per axis (sorted).
+    cell_windows : ndarray, shape (n, 4)
+        Each window in cell indices; empty windows map to empty ranges.
+    """
+
+    def __init__(self, maskset: MaskSet, threat: PatchThreat):
+        self.threat = threat
+        self.windows = covered_windows(maskset, threat)
+        nonempty = (self.windows[:, 0] <= self.windows[:, 2]) & (self.windows[:, 1] <= self.windows[:, 3])
+        cuts, cell = [], []
+        for axis, P in enumerate(threat.num_positions):
+            lo, hi = self.windows[nonempty, axis], self.windows[nonempty, axis + 2] + 1
+            c = np.unique(np.concatenate([[0], lo, hi[hi < P]]))
+            cuts.append(c)
+            # a window [lo, hi) of positions spans the cells whose first position lies in it
+            cell.append((np.searchsorted(c, self.windows[:, axis]),
+                         np.searchsorted(c, self.windows[:, axis + 2] + 1) - 1))
+        self.rows, self.cols = cuts
+        self.cell_windows = np.stack([cell[0][0], cell[1][0], cell[0][1], cell[1][1]], axis=1)
+        self.cell_windows[~nonempty] = (0, 0, -1, -1)
+
+    def counts(self) -> np.ndarray:
+        """``(len(rows), len(cols))`` coverage count of each cell."""
+        return _difference_array_counts(np.ascontiguousarray(self.cell_windows),
+                                        len(self.rows), len(self.cols))
+
+    def incidence(self, axis: int) -> np.ndarray:
+        """``(cells on axis, n)`` bool: mask ``i``'s window holds the cell on that axis."""
+        reps = (self.rows, self.cols)[axis][:, None]
+        return (self.windows[:, axis] <= reps) & (reps <= self.windows[:, axis + 2])
+
+
+def cell_grid(maskset: MaskSet, patch) -> CellGrid:
+    """The :class:`CellGrid` of ``maskset`` for ``patch``, computed once per set and patch size."""
+    threat = _threat_for(maskset, patch)
+    key = ("cells", threat.patch_size)
+    if key not in maskset._cache:
+        maskset._cache[key] = CellGrid(maskset, threat)
+    return maskset._cache[key]
+
+
+def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, int]]:
+    """``(min, max, argmin position)`` of the coverage counts, without the dense position grid.
+
+    ``O(n log n + c_h c_w)`` for ``c_h, c_w <= 2 n + 1`` cells per axis, whatever the image size.
+
+    Examples
+    --------
+    >>> ms = MaskSet((1, 6), [[0, 0], [0, 2]], [[1, 4], [1, 4]])
+    >>> coverage_extremes(ms, (1, 2))
+    (1, 2, (0, 0))
+    """
+    grid = cell_grid(maskset, patch)
+    key = ("extremes", grid.threat.patch_size)
+    if key not in maskset._cache:
+        counts = grid.counts()
+        i, j = np.unravel_index(int(counts.argmin()), counts.shape)
+        maskset._cache[key] = (int(counts.min()), int(counts.max()), (int(grid.rows[i]), int(grid.cols[j])))
+    return maskset._cache[key]
+
+
 def is_k_covered(maskset: MaskSet, patch, k: int = 1) -> bool:
     """True when every patch position is covered by at least ``k`` masks."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise CertMaskError(f"k must be an integer >= 1, got {k!r}")
-    return bool(coverage_counts(maskset, patch).min() >= k)
+    return coverage_extremes(maskset, patch)[0] >= k
+
+
+def _pack(incidence: np.ndarray) -> np.ndarray:
+    """``(m, n)`` bool -> ``(m, ceil(n / 64))`` uint64 bitsets (bit ``i`` = mask ``i``)."""
+    m, n = incidence.shape
+    words = max(1, -(-n // 64))
+    padded = np.zeros((m, words * 64), dtype=bool)
+    padded[:, :n] = incidence
+    return np.packbits(padded, axis=1, bitorder="little").view(np.uint64).reshape(m, words)
+
+
+def unpack(bits: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of the bitset packing: ``(m, words)`` uint64 -> ``(m, n)`` bool."""
+    as_bytes = np.ascontiguousarray(bits).view(np.uint8).reshape(len(bits), -1)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :n].astype(bool)
+
+
+def covering_set_bits(maskset: MaskSet, patch, chunk_words: int = 2**22) -> np.ndarray:
+    """The distinct covering sets ``S(l)`` as bitsets, ``(m, ceil(n / 64))`` uint64, sorted.
+
+    ``S(l)`` of a cell is the intersection of its row's and its column's mask bitsets; cells are
+    processed a block of rows at a time (at most ``chunk_words`` words in memory) and deduplicated.
+    Cached on the mask set.
+    """
+    threat = _threat_for(maskset, patch)
+    key = ("sets", threat.patch_size)
+    if key not in maskset._cache:
+        grid = cell_grid(maskset, threat)
+        rows, cols = _pack(grid.incidence(0)), _pack(grid.incidence(1))
+        words = rows.shape[1]
+        step = max(1, chunk_words // max(1, len(cols) * words))
+        found = []
+        for start in range(0, len(rows), step):
+            cells = (rows[start:start + step, None, :] & cols[None, :, :]).reshape(-1, words)
+            found.append(_unique_rows(cells))
+        maskset._cache[key] = _unique_rows(np.concatenate(found))
+    return maskset._cache[key]
+
+
+def _unique_rows(bits: np.ndarray) -> np.ndarray:
+    view = np.ascontiguousarray(bits).view(np.dtype((np.void, bits.dtype.itemsize * bits.shape[1])))
+    return np.unique(view).view(bits.dtype).reshape(-1, bits.shape[1])
+
+
+@numba.njit
+def _minimal_flags(bits, popcounts):  # pragma: no cover - compiled
+    """Flags of the rows containing no other row; ``bits`` sorted by ``popcounts`` ascending.
+
+    A row that contains another row contains a minimal one, so each row is tested against the
+    minimal rows found so far only.
+    """
+    m, words = bits.shape
+    minimal = np.zeros(m, dtype=np.bool_)
+    kept = np.empty(m, dtype=np.int64)
+    n_kept = 0
+    for i in range(m):
+        contains = False
+        for t in range(n_kept):
+            j = kept[t]
+            if popcounts[j] >= popcounts[i]:
+                break  # rows are unique: a row of equal size cannot be a proper subset
+            subset = True
+            for w in range(words):
+                if bits[j, w] & ~bits[i, w]:
+                    subset = False
+                    break
+            if subset:
+                contains = True
+                break
+        if not contains:
+            minimal[i] = True
+            kept[n_kept] = i
+            n_kept += 1
+    return minimal
+
+
+def _popcount(bits: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=1).sum(1, dtype=np.int64)
+
+
+def minimal_covering_set_bits(maskset: MaskSet, patch) -> np.ndarray:
+    """The inclusion-minimal covering sets as bitsets (see :func:`covering_set_bits`). Cached."""
+    threat = _threat_for(maskset, patch)
+    key = ("minimal", threat.patch_size)
+    if key not in maskset._cache:
+        bits = covering_set_bits(maskset, threat)
+        sizes = _popcount(bits)
+        order = np.argsort(sizes, kind="stable")
+        flags = _minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])
+        maskset._cache[key] = bits[order][flags]
+    return maskset._cache[key]
 
 
 def covering_sets(maskset: MaskSet, patch) -> np.ndarray:
     """The distinct covering sets ``S(l)`` over all positions, as a boolean incidence matrix.
-
-    Positions between two consecutive window boundaries on both axes share their covering set, so
-    only one representative per cell of the boundary grid is evaluated.
 
     Returns
     -------
     ndarray, shape (m, n), bool
         Row ``r`` marks the masks of one distinct covering set; rows are unique.
     """
-    threat = _threat_for(maskset, patch)
-    win = covered_windows(maskset, threat)
-    reps = []
-    for axis, P in enumerate(threat.num_positions):
-        cuts = np.concatenate([[0], win[:, axis], win[:, axis + 2] + 1])
-        reps.append(np.unique(cuts[cuts < P]))
-    a, b = reps[0][:, None, None], reps[1][None, :, None]
-    inc = ((win[:, 0] <= a) & (a <= win[:, 2]) & (win[:, 1] <= b) & (b <= win[:, 3]))
-    return np.unique(inc.reshape(-1, len(maskset)), axis=0)
+    return unpack(covering_set_bits(maskset, patch), len(maskset))

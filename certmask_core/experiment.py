@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .certification import GUARANTEES, MODES, SOUND, CertificationReport, certify
+from .certification import DEFAULT_MARGIN_TOLERANCE, GUARANTEES, MODES, SOUND, CertificationReport, certify
 from .constructions import make_maskset, plan_summary
 from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist
 from .errors import CertMaskError
@@ -54,6 +54,7 @@ class RunConfig:
     masks_per_axis: tuple[int, int] | None = (4, 4)
     mask_size: tuple[int, int] | None = None
     image_batch: int = 100
+    margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE
 
     def __post_init__(self):
         bad = [m for m in self.modes if m not in MODES]
@@ -85,14 +86,14 @@ def _certify_shard(backend, model, images, labels, indices, config: RunConfig, t
                 idx = indices[start:start + config.image_batch]
                 x, y = images[idx], labels[idx]
                 t0 = time.perf_counter()
-                first = backend.masked_predictions(model, x, ms)
+                first = backend.masked_predictions(model, x, ms, return_logits=True)
                 first_round_seconds += time.perf_counter() - t0
                 for mode in config.modes:
                     t0 = time.perf_counter()
-                    kwargs = {}
+                    kwargs = {"margin_tolerance": config.margin_tolerance}
                     if mode == "recovery":
-                        kwargs = {"pair_predictor": backend.pair_predictor(model, x, ms),
-                                  "pair_chunk": backend.batch_size}
+                        kwargs.update(pair_predictor=backend.pair_predictor(model, x, ms, return_logits=True),
+                                      pair_chunk=backend.batch_size)
                     chunks[mode].append(certify(first, y, ms, mode, k=k, **kwargs))
                     part.seconds[(strategy, k, mode)] = (part.seconds.get((strategy, k, mode), 0.0)
                                                          + time.perf_counter() - t0)
@@ -106,11 +107,11 @@ def _certify_shard(backend, model, images, labels, indices, config: RunConfig, t
 def _concat(reports: list[CertificationReport], order: np.ndarray | None = None) -> CertificationReport:
     """One report holding the images of ``reports`` in turn, optionally reordered by ``order``."""
     r0 = reports[0]
-    cols = {name: np.concatenate([getattr(r, name) for r in reports])
-            for name in ("labels", "output", "certified", "certificate_passes", "defence_passes")}
+    cols = {name: np.concatenate([getattr(r, name) for r in reports]) for name in r0.PER_IMAGE}
     if order is not None:
         cols = {name: col[order] for name, col in cols.items()}
-    return CertificationReport(r0.mode, r0.guarantee, r0.sound, **cols)
+    return CertificationReport(r0.mode, r0.guarantee, r0.sound, **cols,
+                               margin_tolerance=r0.margin_tolerance)
 
 
 def _merge(parts: list[_Partial]) -> _Partial:
@@ -182,9 +183,11 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
             summary = report.summary()
             summary["images_per_second"] = len(report.labels) / max(part.seconds[(strategy, k, mode)],
                                                                     1e-9)
-            runs.append({"strategy": strategy, "k": k, **summary, "plan": plan,
-                         "per_image": {"output": report.output.tolist(),
-                                       "certified": report.certified.tolist()}})
+            per_image = {"output": report.output.tolist(), "certified": report.certified.tolist(),
+                         "min_margin": [float(m) if np.isfinite(m) else None for m in report.min_margin]}
+            if not report.sound:
+                per_image["claim_holds"] = report.claim_holds.tolist()
+            runs.append({"strategy": strategy, "k": k, **summary, "plan": plan, "per_image": per_image})
     return {"patch": list(config.patch), "images": len(part.indices), "world_size": world,
             "undefended_accuracy": undefended, "runs": runs,
             "guarantees": {m: GUARANTEES[m] for m in config.modes},

@@ -18,22 +18,32 @@ from .errors import CertMaskError
 STRATEGIES = ("patchcleanser", "replicated", "offset")
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+MAX_SIDE = 2**14
+"""Largest image side (pixels) the package accepts (16,384): far above any classifier's input, small
+enough that every sum of coordinates fits int64 many times over and that every construction stays
+cheap."""
+MAX_MASKS = 2**22
+"""Largest mask set a construction will build (about 4 million masks)."""
+
+
+def _positive_int(name: str, value, limit: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise CertMaskError(f"{name} must be an integer, got {value!r}")
     if value <= 0:
         raise CertMaskError(f"{name} must be >= 1, got {value}")
+    if limit is not None and value > limit:
+        raise CertMaskError(f"{name} must be <= {limit}, got {value}")
     return int(value)
 
 
-def _pair(name: str, value) -> tuple[int, int]:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+def _pair(name: str, value, limit: int | None = MAX_SIDE) -> tuple[int, int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         value = (value, value)
     try:
         h, w = value
     except (TypeError, ValueError):
         raise CertMaskError(f"{name} must be an int or a pair (h, w), got {value!r}") from None
-    return _positive_int(f"{name}[0] (h)", h), _positive_int(f"{name}[1] (w)", w)
+    return _positive_int(f"{name}[0] (h)", h, limit), _positive_int(f"{name}[1] (w)", w, limit)
 
 
 @dataclass(frozen=True)
@@ -143,16 +153,43 @@ def lower_bound(threat: PatchThreat, mask_size, k: int = 1) -> int:
     return k * math.ceil(P_h / w_h) * math.ceil(P_w / w_w)
 
 
-def _readonly(array, name: str) -> np.ndarray:
-    arr = np.asarray(array)
+def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarray:
+    """A read-only ``(n, 2)`` int64 array whose column ``j`` lies in ``[low, high[j]]``.
+
+    Every range check happens on the values as given (Python ints, floats or any numeric dtype),
+    before the cast to int64, so that no value can wrap around and slip past them.
+    """
+    try:
+        # nested lists as objects: np.asarray would silently turn [[True, 0]] into [[1, 0]]
+        arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    except (TypeError, ValueError) as err:
+        raise CertMaskError(f"{name} is not an (n, 2) array: {err}") from None
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise CertMaskError(f"{name} must have shape (n, 2), got {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise CertMaskError(f"{name} must hold integers, got dtype {arr.dtype}")
-    arr = np.array(arr, dtype=np.int64)
-    arr.setflags(write=False)
-    return arr
+    if arr.dtype == object:  # e.g. JSON: check each value as a Python number before any cast
+        for index, v in enumerate(arr.ravel().tolist()):
+            if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
+                    or not -2**53 <= v <= 2**53):
+                raise CertMaskError(f"{name}[{index // 2}] holds {v!r}: coordinates must be integers "
+                                    f"in [{low}, {max(high)}] for this image")
+        integral = all(isinstance(v, numbers.Integral) for v in arr.ravel().tolist())
+        arr = arr.astype(np.int64 if integral else np.float64)
+    if arr.dtype == bool or arr.dtype.kind not in "iuf":
+        raise CertMaskError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        fractional = ~finite | (np.mod(np.where(finite, arr, 0), 1) != 0)
+        if fractional.any():
+            raise CertMaskError(f"{name} must hold integers, got {arr[fractional][0].item()!r}")
+    outside = (arr < low) | (arr > np.array(high))
+    if outside.any():
+        i, j = (int(v) for v in np.argwhere(outside)[0])
+        raise CertMaskError(f"mask {i} has {name[:-1]} {tuple(arr[i].tolist())}: its {'hw'[j]} value must "
+                            f"lie in [{low}, {high[j]}] for this image ({int(outside.any(1).sum())} such "
+                            f"masks)")
+    out = arr.astype(np.int64)
+    out.setflags(write=False)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,25 +221,34 @@ class MaskSet:
     spec: MaskSpec | None = None
     threat: PatchThreat | None = None
     _key: bytes = field(init=False, repr=False, compare=False)
+    # derived geometry (coverage, covering sets) per patch size, computed once per set
+    _cache: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         H, W = _pair("image_size", self.image_size)
-        origins, sizes = _readonly(self.origins, "origins"), _readonly(self.sizes, "sizes")
+        origins = _coordinates(self.origins, "origins", 0, (H - 1, W - 1))
+        sizes = _coordinates(self.sizes, "sizes", 1, (H, W))
         if origins.shape != sizes.shape:
             raise CertMaskError(f"origins {origins.shape} and sizes {sizes.shape} differ in shape")
         if len(origins) == 0:
             raise CertMaskError("a mask set needs at least one mask")
-        bad = np.flatnonzero((sizes < 1).any(1) | (origins < 0).any(1)
-                             | (origins[:, 0] + sizes[:, 0] > H) | (origins[:, 1] + sizes[:, 1] > W))
+        # both terms are at most MAX_SIDE here, so the sum cannot overflow
+        bad = np.flatnonzero((origins[:, 0] + sizes[:, 0] > H) | (origins[:, 1] + sizes[:, 1] > W))
         if bad.size:
             i = int(bad[0])
             raise CertMaskError(f"mask {i} (origin {tuple(origins[i].tolist())}, size "
-                                f"{tuple(sizes[i].tolist())}) is empty or leaves the {H}x{W} image "
+                                f"{tuple(sizes[i].tolist())}) leaves the {H}x{W} image "
                                 f"({bad.size} such masks)")
+        if self.spec is not None and not isinstance(self.spec, MaskSpec):
+            raise CertMaskError(f"spec must be a MaskSpec or None, got {type(self.spec).__name__}")
+        if self.threat is not None and (not isinstance(self.threat, PatchThreat)
+                                        or self.threat.image_size != (H, W)):
+            raise CertMaskError(f"threat must be a PatchThreat for the {H}x{W} image, got {self.threat!r}")
         object.__setattr__(self, "image_size", (H, W))
         object.__setattr__(self, "origins", origins)
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "_key", np.concatenate([origins, sizes], 1).tobytes())
+        object.__setattr__(self, "_cache", {})
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -248,14 +294,28 @@ class MaskSet:
 
     @classmethod
     def from_dict(cls, data: dict) -> MaskSet:
-        """Inverse of :meth:`to_dict`; ``spec`` and ``patch_size`` are optional."""
-        try:
-            spec = MaskSpec(**data["spec"]) if data.get("spec") else None
-            threat = (PatchThreat(data["image_size"], data["patch_size"])
-                      if data.get("patch_size") else None)
-            return cls(tuple(data["image_size"]), data["origins"], data["sizes"], spec, threat)
-        except KeyError as err:
-            raise CertMaskError(f"mask-set JSON lacks the field {err.args[0]!r}") from None
+        """Inverse of :meth:`to_dict`; ``spec`` and ``patch_size`` are optional.
+
+        Any malformed field (wrong type, missing, out of range) raises :class:`CertMaskError`. A
+        ``spec`` or ``patch_size`` in the file is a description, never trusted: certification always
+        re-verifies coverage from the rectangles themselves.
+        """
+        if not isinstance(data, dict):
+            raise CertMaskError(f"mask-set JSON must be an object, got {type(data).__name__}")
+        missing = [key for key in ("image_size", "origins", "sizes") if key not in data]
+        if missing:
+            raise CertMaskError(f"mask-set JSON lacks the field {missing[0]!r}")
+        spec, patch = data.get("spec"), data.get("patch_size")
+        if spec is not None and not isinstance(spec, dict):
+            raise CertMaskError(f"mask-set JSON: spec must be an object, got {spec!r}")
+        unknown = sorted(set(spec or {}) - {"strategy", "k", "mask_size", "masks_per_axis"})
+        if unknown:
+            raise CertMaskError(f"mask-set JSON: unknown spec fields {unknown}")
+        image = _pair("image_size", data["image_size"] if not isinstance(data["image_size"], list)
+                      else tuple(data["image_size"]))
+        return cls(image, data["origins"], data["sizes"], MaskSpec(**spec) if spec else None,
+                   PatchThreat(image, patch if not isinstance(patch, list) else tuple(patch))
+                   if patch is not None else None)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -264,6 +324,6 @@ class MaskSet:
     def from_json(cls, text: str) -> MaskSet:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError, TypeError) as err:
             raise CertMaskError(f"mask-set JSON does not parse: {err}") from None
         return cls.from_dict(data)

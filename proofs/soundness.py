@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from certmask_core import MaskSet, PatchThreat, make_maskset
-from certmask_core.certification import ALERT, GUARANTEES, MODES, defend
+from certmask_core.certification import ALERT, GUARANTEES, MODES, NO_VOTE, defend
 
 GUARANTEE_NAMES = ("label", "label-or-alert")
 
@@ -82,11 +82,18 @@ class CheckResult:
                     "output": "ALERT" if output == ALERT else int(output), **(extra or {})}
 
 
-def _attacked_patterns(cover_row: np.ndarray, y: int, q: int) -> np.ndarray:
+def attacker_symbols(q: int, no_vote: bool = False) -> list[int]:
+    """What a mask the attacker controls may output: any of ``q`` labels, and ``NO_VOTE`` (a
+    prediction with non-finite logits, T10) when ``no_vote``."""
+    return list(range(q)) + ([NO_VOTE] if no_vote else [])
+
+
+def _attacked_patterns(cover_row: np.ndarray, y: int, q: int, no_vote: bool = False) -> np.ndarray:
     free = np.flatnonzero(~cover_row)
-    pats = np.full((q ** len(free), len(cover_row)), y, dtype=np.int64)
+    symbols = attacker_symbols(q, no_vote)
+    pats = np.full((len(symbols) ** len(free), len(cover_row)), y, dtype=np.int64)
     if len(free):
-        pats[:, free] = np.array(list(itertools.product(range(q), repeat=len(free))))
+        pats[:, free] = np.array(list(itertools.product(symbols, repeat=len(free))))
     return pats
 
 
@@ -108,7 +115,7 @@ def _recovery_pair_predictor(first, chosen, forced, y, q):
 
 
 def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None = None,
-          geometry: str = "") -> CheckResult:
+          geometry: str = "", no_vote: bool = False) -> CheckResult:
     """Enumerate every attack on every certified clean image of a small geometry.
 
     Parameters
@@ -121,6 +128,8 @@ def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None =
         Size ``q >= 3`` of the label alphabet the attacker draws from.
     k : int, optional
         The multiplicity the mode is told (default: the set's own).
+    no_vote : bool
+        Let the attacker's masks also output ``NO_VOTE`` (T10).
     """
     if mode not in MODES:
         raise ValueError(mode)
@@ -137,7 +146,7 @@ def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None =
             continue
         seen.add(key)
         for y in range(alphabet):
-            pats = _attacked_patterns(cov[a, b], y, alphabet)
+            pats = _attacked_patterns(cov[a, b], y, alphabet, no_vote)
             if mode != "recovery":
                 outs = defend(pats, maskset, mode, patch=patch, k=k).output
                 extra = [None] * len(pats)
@@ -156,15 +165,16 @@ def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None =
     return result
 
 
-def recovery_outcomes_bruteforce(maskset: MaskSet, patch, position, y: int, alphabet: int = 3):
+def recovery_outcomes_bruteforce(maskset: MaskSet, patch, position, y: int, alphabet: int = 3,
+                                 no_vote: bool = False):
     """Every ``(one-mask pattern, output)`` of ``recovery`` over ALL free pair tables (tiny sets)."""
     cov = covers(maskset, patch)[position]
     forced = pair_covers(maskset, patch)[position]
     n = len(maskset)
     free_pairs = [(i, j) for i, j in itertools.combinations(range(n), 2) if not forced[i, j]]
     outcomes = set()
-    for pat in _attacked_patterns(cov, y, alphabet):
-        for values in itertools.product(range(alphabet), repeat=len(free_pairs)):
+    for pat in _attacked_patterns(cov, y, alphabet, no_vote):
+        for values in itertools.product(attacker_symbols(alphabet, no_vote), repeat=len(free_pairs)):
             table = np.full((n, n), y, dtype=np.int64)
             for (i, j), v in zip(free_pairs, values):
                 table[i, j] = table[j, i] = v
@@ -174,11 +184,12 @@ def recovery_outcomes_bruteforce(maskset: MaskSet, patch, position, y: int, alph
     return outcomes
 
 
-def recovery_outcomes_abstract(maskset: MaskSet, patch, position, y: int, alphabet: int = 3):
+def recovery_outcomes_abstract(maskset: MaskSet, patch, position, y: int, alphabet: int = 3,
+                               no_vote: bool = False):
     """The same outcome set through the checker's chosen-disagreer abstraction."""
     cov = covers(maskset, patch)[position]
     forced = pair_covers(maskset, patch)[position]
-    pats = _attacked_patterns(cov, y, alphabet)
+    pats = _attacked_patterns(cov, y, alphabet, no_vote)
     n = len(maskset)
     chosen = np.repeat(np.arange(-1, n), len(pats))
     first = np.tile(pats, (n + 1, 1))
@@ -206,13 +217,14 @@ def small_geometries(max_masks: int = 8):
             yield f"{image[0]}x{image[1]} p{patch[0]}x{patch[1]} {strategy} k={k} n={len(ms)}", ms, patch
 
 
-def exhaustive_mode(mode: str, guarantee: str, alphabet: int = 3, max_masks: int | None = None) -> int:
+def exhaustive_mode(mode: str, guarantee: str, alphabet: int = 3, max_masks: int | None = None,
+                    no_vote: bool = False) -> int:
     """Check ``guarantee`` for ``mode`` on every small geometry; returns the patterns enumerated."""
     checked = 0
     for name, ms, patch in small_geometries():
         if max_masks is not None and len(ms) > max_masks:
             continue
-        result = check(ms, patch, mode, alphabet, geometry=name)
+        result = check(ms, patch, mode, alphabet, geometry=name, no_vote=no_vote)
         assert result.held[guarantee], (name, result.counterexamples)
         checked += result.patterns
     return checked

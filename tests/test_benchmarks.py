@@ -26,3 +26,12 @@ def test_reference_patchcleanser_loop_agrees_with_early_exit_certify():
                    pair_predictor=backend.pair_predictor(model, x, ms), pair_chunk=8)
     assert (ref == ours.certified).all() and passes == 6 * (9 + 36)
     assert ours.certificate_passes.sum() <= passes
+
+
+def test_decision_benchmark_twins_agree_on_a_small_case():
+    from benchmarks.bench_decisions import dense_reference, grid_plus_random, predictions
+    from certmask_core import defend
+    ms = grid_plus_random(12, image=64, patch=4)
+    pred = predictions(len(ms), 50)
+    for mode in ("covering_consensus", "paper"):
+        assert (defend(pred, ms, mode).output == dense_reference(pred, ms, 4, mode)).all()

@@ -95,24 +95,31 @@ def test_certify_summary_and_records():
     s = rep.summary()
     assert s["certified_accuracy"] == pytest.approx(1 / 3) and s["clean_accuracy"] == pytest.approx(1 / 3)
     assert s["alert_rate"] == pytest.approx(1 / 3) and s["guarantee"] == "label-or-alert"
-    assert rep.records()[1] == {"label": 3, "output": "ALERT", "certified": False,
-                                "guarantee": "label-or-alert"}
-    paper = certify(pred, np.array([3, 3, 3]), STRIP, "paper").summary()
+    assert rep.records()[1] == {"label": 3, "output": "ALERT", "certified": False, "claim_holds": False,
+                                "min_margin": None, "guarantee": "label-or-alert"}
+    paper_report = certify(pred, np.array([3, 3, 3]), STRIP, "paper")
+    paper = paper_report.summary()
     assert not paper["sound"] and "certified_accuracy" not in paper
     assert paper["claimed_certified_accuracy_UNSOUND"] == pytest.approx(1 / 3)
+    # issue 9, defect 2: an unsound mode never reports an image as certified, anywhere
+    assert not paper_report.certified.any() and paper_report.claim_holds.tolist() == [True, False, False]
+    assert all(r["certified"] is False for r in paper_report.records())
+    assert paper_report.records()[0]["claim_holds"] is True
 
 
 @pytest.mark.parametrize("call,message", [
     (lambda: defend(np.zeros((2, 3), int), STRIP), "3 columns but the mask set has 2 masks"),
     (lambda: defend(np.zeros((2,), int), STRIP), r"labels must have shape \(B, n\), got \(2,\)"),
-    (lambda: defend(np.full((1, 2, 3), np.nan), STRIP), "NaN logits .first at image 0, mask 0"),
+    (lambda: defend(np.zeros((1, 2, 0)), STRIP), r"logits have 0 classes \(shape \(1, 2, 0\)\)"),
     (lambda: defend(np.zeros((1, 2)), STRIP), r"logits must have shape \(B, n, K\)"),
-    (lambda: defend(np.array([[0, 12]]), STRIP, num_classes=10), r"labels must lie in \[0, 10\)"),
-    (lambda: defend(np.array([[0, -1]]), STRIP), r"found range \[-1, 0\]"),
+    (lambda: defend(np.array([[0, 12]]), STRIP, num_classes=10), r"labels must be < 10 and >= 0"),
+    (lambda: defend(np.array([[0, -1]]), STRIP), r"labels must be a class index and >= 0 .or NO_VOTE = -2., "
+                                                 r"found range \[-1, 0\]"),
     (lambda: defend(np.array([[0, 0]]), STRIP, "vote"), "mode must be one of"),
     (lambda: defend(np.array([[0, 0]]), STRIP, k=2), r"not 2-fold: patch position \(0, 0\) is covered by 1"),
     (lambda: certify(np.array([[0, 0]]), [0, 1], STRIP), "1 prediction rows but 2 labels"),
-    (lambda: certify(np.array([[0, 0]]), [11], STRIP, num_classes=10), r"labels must lie in \[0, 10\)"),
+    (lambda: certify(np.array([[0, 0]]), [11], STRIP, num_classes=10), r"labels must be >= 0 and < 10, "
+                                                                          r"found \[11, 11\]"),
     (lambda: defend(np.array([[0]]), MaskSet((4, 4), [[0, 0]], [[2, 2]])), "needs patch="),
 ])
 def test_bad_input_is_named(call, message):
@@ -162,8 +169,8 @@ def test_paper_has_a_counterexample_whenever_covering_sets_are_disjoint(geometri
         # replay the counterexample through the public API
         assert defend(np.array([ce["attacked_one_mask_predictions"]]), ms, "paper").output[0] \
             == ce["output"] != ce["true_label"]
-        assert certify(np.array([ce["clean_one_mask_predictions"]]), [ce["true_label"]], ms,
-                       "paper").certified[0]
+        report = certify(np.array([ce["clean_one_mask_predictions"]]), [ce["true_label"]], ms, "paper")
+        assert report.claim_holds[0] and not report.certified[0]
 
 
 def test_paper_keeps_recovery_when_no_covering_sets_are_disjoint():
@@ -181,6 +188,9 @@ def test_recovery_abstraction_equals_bruteforce_over_pair_tables(position):
     three = make_maskset(PatchThreat((1, 6), (1, 2)), 1, "patchcleanser", masks_per_axis=(1, 3))
     assert recovery_outcomes_abstract(three, (1, 2), position, 1) == \
         recovery_outcomes_bruteforce(three, (1, 2), position, 1)
+    # T10: with NO_VOTE in the attacker's alphabet (one- and two-mask answers) the abstraction still holds
+    assert recovery_outcomes_abstract(STRIP, (1, 2), position, 1, no_vote=True) == \
+        recovery_outcomes_bruteforce(STRIP, (1, 2), position, 1, no_vote=True)
 
 
 def test_pair_union_can_cover_what_no_single_mask_covers():

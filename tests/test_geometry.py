@@ -73,9 +73,10 @@ def test_maskset_readonly_roundtrip_and_dense():
 
 
 @pytest.mark.parametrize("origins,sizes,message", [
-    ([[0, 0]], [[5, 1]], r"mask 0 \(origin \(0, 0\), size \(5, 1\)\) is empty or leaves the 4x4 image"),
-    ([[-1, 0]], [[1, 1]], "leaves the 4x4 image"),
-    ([[0, 0]], [[0, 1]], "is empty"),
+    ([[0, 0]], [[5, 1]], r"mask 0 has size \(5, 1\): its h value must lie in \[1, 4\]"),
+    ([[3, 0]], [[3, 1]], r"mask 0 \(origin \(3, 0\), size \(3, 1\)\) leaves the 4x4 image"),
+    ([[-1, 0]], [[1, 1]], r"mask 0 has origin \(-1, 0\): its h value must lie in \[0, 3\]"),
+    ([[0, 0]], [[0, 1]], r"mask 0 has size \(0, 1\)"),
     ([[0.5, 0]], [[1, 1]], "origins must hold integers"),
     ([[0, 0, 0]], [[1, 1, 1]], r"origins must have shape \(n, 2\)"),
     (np.zeros((0, 2)), np.zeros((0, 2)), "at least one mask"),

@@ -20,7 +20,7 @@ def test_theorem(name):
 def test_paper_counterexample_script_prints_the_attack():
     out = subprocess.run([sys.executable, "-m", "proofs.t9_paper_counterexample"], capture_output=True,
                          text=True, check=True).stdout
-    assert "certified=True" in out and "output 0 (true label 1)" in out
+    assert "claim_holds=True" in out and "output 0 (true label 1)" in out
 
 
 def test_soundness_table_lists_every_mode():
