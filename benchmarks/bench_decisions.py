@@ -20,7 +20,7 @@ import numpy as np
 
 from certmask_core import MaskSet, PatchThreat, defend, make_maskset
 from certmask_core.certification import ALERT
-from certmask_core.coverage import covered_windows
+from certmask_core.coverage import covered_windows, covering_set_bits, minimal_covering_set_bits
 
 
 def grid_plus_random(extra: int, image: int = 512, patch: int = 16, seed: int = 0) -> MaskSet:
@@ -112,14 +112,13 @@ def covering_set_modes(extras=(200, 400), reference_max_masks: int = 216, images
         row = {"masks": len(ms)}
         for mode in ("covering_consensus", "paper"):
             fresh = MaskSet(ms.image_size, ms.origins, ms.sizes, threat=ms.threat)  # empty cache
-            out, seconds, peak = _measure(lambda m=mode, f=fresh: defend(pred, f, m).output)
+            out, seconds, peak = _measure(lambda m=mode, f=fresh, p=pred: defend(p, f, m).output)
             row[mode] = {"bitset_s": seconds, "bitset_peak_mb": peak}
             if len(ms) <= reference_max_masks:
-                ref, ref_s, ref_peak = _measure(lambda m=mode: dense_reference(pred, ms, 16, m))
+                ref, ref_s, ref_peak = _measure(lambda m=mode, s=ms, p=pred: dense_reference(p, s, 16, m))
                 assert (ref == out).all(), f"{mode}: bitset path differs from the dense reference"
                 row[mode].update(dense_s=ref_s, dense_peak_mb=ref_peak, speedup=ref_s / seconds,
                                  memory_ratio=ref_peak / peak)
-        from certmask_core.coverage import covering_set_bits, minimal_covering_set_bits
         row["covering_sets"] = len(covering_set_bits(ms, 16))
         row["minimal_sets"] = len(minimal_covering_set_bits(ms, 16))
         rows.append(row)

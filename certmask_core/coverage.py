@@ -12,7 +12,6 @@ import numpy as np
 from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat
 
-
 MAX_DENSE_POSITIONS = 2**27
 """Largest patch-position grid :func:`coverage_counts` materialises (1 GiB of int64 counts); the
 decisions never need the dense grid (see :func:`coverage_extremes`)."""

@@ -1,4 +1,4 @@
-"""Exhaustive soundness checker for the certificates (theorems T6-T9).
+"""Exhaustive soundness checker for the certificates (theorems T6-T8, T10).
 
 For a small mask set, a mode and a label alphabet ``{0, ..., q-1}``, it enumerates every true label
 ``y``, every patch position ``l`` and every prediction pattern the geometry lets an attacker at ``l``
