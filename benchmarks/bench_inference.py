@@ -111,7 +111,7 @@ backend.predict(model, x[:1])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 backend.masked_predictions(model, x, ms)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-cap = backend._max_batch(model, torch.as_tensor(x))
+cap = backend.effective_batch(model, x)
 print(json.dumps({"batch_size": batch, "budget_mb": budget, "effective_batch": cap,
                   "peak_increase_mb": (peak - base) / 1024}))
 """

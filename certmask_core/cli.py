@@ -150,6 +150,7 @@ def cmd_attack(args) -> int:
     print(f"data: {source}")
     for key in ("mode", "guarantee", "images", "num_masks", "clean_accuracy", "certified_accuracy",
                 "claimed_certified_accuracy_UNSOUND", "empirical_robust_accuracy", "certified_broken",
+                "claim_broken_UNSOUND",
                 "undefended_clean_accuracy", "undefended_robust_accuracy"):
         if key in results:
             print(f"{key:28s} {results[key]}")

@@ -7,7 +7,7 @@ from certmask_backends.pytorch import TorchBackend  # noqa: E402
 from certmask_backends.pytorch.models import FashionCNN, load_model  # noqa: E402
 
 from certmask_core import CertMaskError, PatchThreat, get_backend, make_maskset  # noqa: E402
-from certmask_core.certification import all_pairs  # noqa: E402
+from certmask_core.certification import NO_VOTE, all_pairs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +91,17 @@ def test_out_of_memory_halves_the_chunk_and_loses_nothing(setup):
 
 
 def test_other_runtime_errors_propagate(setup):
+    """Only out-of-memory is retried; any other model error reaches the caller, named and chained."""
     model, images, ms = setup
 
     class Broken(torch.nn.Module):
         def forward(self, x):
             raise RuntimeError("shape mismatch")
 
-    with pytest.raises(RuntimeError, match="shape mismatch"):
+    with pytest.raises(CertMaskError, match=r"the model failed on input of shape \(\d+, 1, 28, 28\), "
+                       r"dtype torch.float32: shape mismatch") as info:
         TorchBackend().masked_predictions(Broken(), images, ms)
+    assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_memory_budget_caps_the_batch(setup):
@@ -106,9 +109,10 @@ def test_memory_budget_caps_the_batch(setup):
     flaky = FlakyMemoryModel(model, limit=10_000)
     backend = TorchBackend(batch_size=512, memory_budget_mb=1.0)
     labels = backend.masked_predictions(flaky, images, ms)
-    per_image = backend._activation_bytes[id(flaky)] + 2 * 28 * 28 * 8
-    cap = int(2**20 // per_image)
+    cap = backend.effective_batch(flaky, images)
     assert 1 <= cap < 512 and max(flaky.seen[1:]) <= cap  # seen[0] is the one-image probe
+    assert cap < TorchBackend(batch_size=512, memory_budget_mb=4.0).effective_batch(flaky, images)
+    assert TorchBackend(batch_size=512).effective_batch(flaky, images) == 512
     assert (labels == reference_logits(model, images, ms).argmax(2)).all()
 
 
@@ -133,7 +137,9 @@ def test_autocast_bf16_runs_and_mostly_agrees():
 @pytest.mark.parametrize("images,fill,message", [
     (np.zeros((2, 28, 28), np.float32), 0.0, r"images must have shape \(B, C, H, W\), got \(2, 28, 28\)"),
     (np.zeros((2, 1, 28, 28), np.uint8), 0.0, "images must be floating point"),
-    (np.zeros((2, 1, 20, 28), np.float32), 0.0, r"images are \(20, 28\) but the mask set is for \(28, 28\)"),
+    (np.zeros((2, 1, 20, 28), np.float32), 0.0,
+     r"images of shape \(B, C, H, W\) = \(2, 1, 20, 28\) have \(H, W\) = \(20, 28\) but the mask set is "
+     r"for \(H, W\) = \(28, 28\)"),
     (np.zeros((2, 3, 28, 28), np.float32), [0.0, 0.0], "fill has 2 values but images have 3 channels"),
 ])
 def test_bad_images_are_named(setup, images, fill, message):
@@ -149,8 +155,9 @@ def test_nan_model_and_bad_options_are_named(setup):
         def forward(self, x):
             return torch.full((len(x), 10), float("nan"), dtype=x.dtype)
 
-    with pytest.raises(CertMaskError, match="model returned NaN logits"):
-        TorchBackend().masked_predictions(NaNModel(), images, ms)
+    # NaN logits are no error: they vote for no class, and raw logits go to the core as they are
+    assert (TorchBackend().masked_predictions(NaNModel(), images, ms) == NO_VOTE).all()
+    assert np.isnan(TorchBackend().masked_predictions(NaNModel(), images, ms, return_logits=True)).all()
     with pytest.raises(CertMaskError, match="needs mean and std"):
         TorchBackend(fill_space="normalized")
     with pytest.raises(CertMaskError, match="batch_size must be an integer >= 1, got 0"):

@@ -14,7 +14,12 @@ Surrogate targets per mode:
   other free masks the true label, which is the structure of the T9 counterexample (``c`` then has
   exactly ``k`` voters sharing a position, and the true label does not).
 
-The undefended model is attacked with the same budget for reference.
+The undefended model is attacked with the same budget for reference. The model runs in eval mode
+throughout (each submodule's ``training`` flag is restored afterwards), as in the backend.
+
+For the unsound ``paper`` mode nothing is certified: the images whose one-round check holds are
+reported as ``claim_holds`` and a break of one of them as ``claim_broken_UNSOUND``; ``certified`` and
+``certified_broken`` belong to the sound modes only.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import torch.nn.functional as F
 from certmask_core import ALERT, MaskSet, PatchThreat, certify, defend, make_maskset
 from certmask_core.coverage import covered_windows
 from certmask_core.progress import Progress
+
+from .backend import eval_mode
 
 WINS = {"detection": "wrong label, not ALERT", "covering_consensus": "wrong label, not ALERT",
         "recovery": "wrong label", "paper": "wrong label"}
@@ -74,9 +81,7 @@ class PatchAttack:
         self.threat = PatchThreat(maskset.image_size, patch)
         self.steps, self.stride, self.step_size = steps, stride, step_size
         self.restarts = restarts_per_position
-        H, W = maskset.image_size
-        self.hidden = backend.rasterise(torch.as_tensor(maskset.rectangles(), device=backend.device),
-                                         H, W)
+        self.hidden = backend.hidden_pixels(maskset)
         self.windows = covered_windows(maskset, self.threat)
 
     def _covering(self, a: int, b: int) -> np.ndarray:
@@ -104,8 +109,7 @@ class PatchAttack:
 
     def _masked_logits(self, patched: torch.Tensor) -> torch.Tensor:
         """``(P, n, K)`` logits of ``(P, C, H, W)`` patched images under every mask (with grad)."""
-        fill = self.backend.fill.to(patched.device, patched.dtype).view(1, 1, -1, 1, 1)
-        x = torch.where(self.hidden.unsqueeze(0), fill, patched.unsqueeze(1))
+        x = self.backend.masked_inputs(patched.unsqueeze(1), self.hidden.unsqueeze(0))
         P, n = x.shape[:2]
         return self.model(x.reshape(P * n, *x.shape[2:])).view(P, n, -1)
 
@@ -114,7 +118,7 @@ class PatchAttack:
         ph, pw = self.threat.patch_size
         C = image.shape[0]
         targets = self._targets(positions, y, c)
-        patch = torch.rand(len(positions), C, ph, pw, generator=gen).to(image.device)
+        patch = torch.rand(len(positions), C, ph, pw, generator=gen).to(image.device, image.dtype)
         patch.requires_grad_(True)
         for _ in range(self.steps):
             logits = self._masked_logits(_paste(image, patch, positions))
@@ -140,8 +144,12 @@ class PatchAttack:
 
     def attack_image(self, image: np.ndarray, y: int, seed: int = 0) -> dict:
         """Search positions and patch contents for one image; return the best attack found."""
+        with eval_mode(self.model):
+            return self._attack_image(image, y, seed)
+
+    def _attack_image(self, image, y: int, seed: int) -> dict:
         gen = torch.Generator().manual_seed(seed)
-        x = torch.as_tensor(image, device=self.backend.device)
+        x = self.backend.prepare_images(self.model, image[None], self.maskset)[0]
         with torch.no_grad():
             clean_logits = self._masked_logits(x[None])[0].mean(0)
         clean_logits[y] = -float("inf")
@@ -183,20 +191,22 @@ def attack_undefended(backend, model, image: np.ndarray, y: int, patch, steps: i
                       step_size: float = 0.1, seed: int = 0) -> tuple[bool, list[int]]:
     """PGD patch attack on the plain model at every position of a stride grid; (success, position)."""
     threat = PatchThreat(image.shape[1:], patch)
-    x = torch.as_tensor(image, device=backend.device)
+    x = backend.prepare_images(model, image[None])[0]
     gen = torch.Generator().manual_seed(seed)
     positions = _positions(threat, stride)
     ph, pw = threat.patch_size
-    p = torch.rand(len(positions), x.shape[0], ph, pw, generator=gen).to(x.device).requires_grad_(True)
+    p = torch.rand(len(positions), x.shape[0], ph, pw, generator=gen).to(x.device, x.dtype)
+    p.requires_grad_(True)
     target = torch.full((len(positions),), y, device=x.device)
-    for _ in range(steps):
-        loss = F.cross_entropy(model(_paste(x, p, positions)), target)
-        grad, = torch.autograd.grad(loss, p)
+    with eval_mode(model):
+        for _ in range(steps):
+            loss = F.cross_entropy(model(_paste(x, p, positions)), target)
+            grad, = torch.autograd.grad(loss, p)
+            with torch.no_grad():
+                p += step_size * grad.sign()  # untargeted: push the true class down
+                p.clamp_(0.0, 1.0)
         with torch.no_grad():
-            p += step_size * grad.sign()  # untargeted: push the true class down
-            p.clamp_(0.0, 1.0)
-    with torch.no_grad():
-        wrong = model(_paste(x, p, positions)).argmax(1) != y
+            wrong = model(_paste(x, p, positions)).argmax(1) != y
     i = int(wrong.nonzero()[0]) if wrong.any() else 0
     return bool(wrong.any()), list(positions[i])
 
@@ -207,7 +217,8 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     """Certify, then attack, every image; report breaks of certified images and robust accuracy.
 
     Certified images are always attacked (a break is a bug); with ``attack_all`` the others too, which
-    gives the empirical robust accuracy of the defence.
+    gives the empirical robust accuracy of the defence. The unsound ``paper`` mode certifies nothing:
+    its rows say ``claim_holds`` and a break of such an image counts as ``claim_broken_UNSOUND``.
     """
     threat = PatchThreat(images.shape[2:], patch)
     ms = make_maskset(threat, k, strategy, mask_size=mask_size,
@@ -215,12 +226,16 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     preds = backend.masked_predictions(model, images, ms)
     kwargs = {"pair_predictor": backend.pair_predictor(model, images, ms)} if mode == "recovery" else {}
     report = certify(preds, labels, ms, mode, k=k, **kwargs)
+    # an unsound mode certifies nothing; what its breaks refute is the claim its check makes
+    claim = "certified" if report.sound else "claim_holds"
+    holds = report.certified if report.sound else getattr(report, "claim_holds", report.certified)
+    broken_key = "certified_broken" if report.sound else "claim_broken_UNSOUND"
     attack = PatchAttack(backend, model, ms, patch, mode, steps, stride)
     rows = []
     with Progress(len(images), f"attack {mode}", show_progress) as bar:
         for i, (x, y) in enumerate(zip(images, labels)):
             y = int(y)
-            row = {"label": y, "clean_output": int(report.output[i]), "certified": bool(report.certified[i])}
+            row = {"label": y, "clean_output": int(report.output[i]), claim: bool(holds[i])}
             if row["clean_output"] != y and not attack_all:
                 row.update(attacked=False, attacked_output=row["clean_output"], success=True)
             else:
@@ -232,19 +247,18 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
             rows.append(row)
             bar.update()
     n = len(rows)
-    broken = [i for i, r in enumerate(rows) if r["certified"] and r["success"]]
+    broken = [i for i, r in enumerate(rows) if r[claim] and r["success"]]
     undefended_clean = backend.predict(model, images) == labels
     result = {
         "mode": mode, "guarantee": report.guarantee, "sound": report.sound, "attacker_wins_with": WINS[mode],
         "strategy": strategy, "k": k, "num_masks": len(ms), "patch": list(patch), "steps": steps,
         "stride": stride, "images": n,
         "clean_accuracy": float(np.mean([r["clean_output"] == r["label"] for r in rows])),
-        ("certified_accuracy" if report.sound else "claimed_certified_accuracy_UNSOUND"):
-            float(report.certified.mean()),
+        ("certified_accuracy" if report.sound else "claimed_certified_accuracy_UNSOUND"): float(holds.mean()),
         # correct on the clean image and the attacker found no win (for detection modes ALERT is no win)
         "empirical_robust_accuracy": float(np.mean([not r["success"] and r["clean_output"] == r["label"]
                                                     for r in rows])),
-        "certified_broken": len(broken), "certified_broken_images": broken,
+        broken_key: len(broken), f"{broken_key}_images": broken,
         "undefended_clean_accuracy": float(undefended_clean.mean()),
         "undefended_robust_accuracy": float(np.mean([c and not r["undefended_broken"]
                                                      for c, r in zip(undefended_clean, rows)])),

@@ -4,25 +4,108 @@ Masks are applied on the device inside each batch: for a chunk of ``b`` images a
 ``(m, 1, H, W)`` rectangles are rasterised from the mask set's origins and sizes with broadcast
 comparisons, and ``torch.where`` writes the fill into the ``(b, m, C, H, W)`` model input. No host
 copy of masked images is ever made.
+
+Third-party models and inputs are not trusted: every call validates what it is given, runs the model
+in eval mode, and reports any failure as a :class:`CertMaskError` naming the shapes, dtypes or values.
 """
 from __future__ import annotations
 
+import math
+import operator
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 from certmask_core import CertMaskError, MaskSet
+from certmask_core.certification import NO_VOTE
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    # CUDA says "out of memory"; the CPU allocator says "can't allocate memory"
+    message = str(err).lower()
+    return (isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in message
+            or "can't allocate memory" in message)
+
+
+def _modules(model) -> list[nn.Module]:
+    # a plain callable has no submodules, flags or parameters: it is run as it is
+    return list(model.modules()) if isinstance(model, nn.Module) else []
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag.
+
+    ``model.train(flag)`` would set one flag on the whole tree, so a model whose submodules had mixed
+    flags (a frozen BatchNorm inside a training network) is restored flag by flag.
+    """
+    modules = _modules(model)
+    flags = [m.training for m in modules]
+    if modules:
+        model.eval()  # through eval(), so that a model overriding train() keeps its own rules
+    try:
+        yield
+    finally:
+        for module, flag in zip(modules, flags):
+            module.training = flag
+
+
+def model_dtype(model) -> torch.dtype:
+    """dtype of the model's first floating-point parameter; float32 when it has none."""
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+
+
+def _as_tensor(value, what: str) -> torch.Tensor:
+    """A tensor of numeric ``value`` (tensors pass through untouched), else CertMaskError."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:  # ragged nested lists
+        raise CertMaskError(f"{what} must be a numeric array or tensor, got {type(value).__name__}: "
+                            f"{err}") from err
+    if arr.dtype.kind not in "biufc":
+        raise CertMaskError(f"{what} must be a numeric array or tensor, got {type(value).__name__} "
+                            f"of dtype {arr.dtype}")
+    if any(s < 0 for s in arr.strides):  # torch cannot view flipped arrays
+        arr = arr.copy()
+    try:
+        return torch.as_tensor(arr)
+    except (TypeError, RuntimeError) as err:  # dtypes torch lacks, e.g. float128
+        raise CertMaskError(f"{what}: torch cannot hold dtype {arr.dtype}: {err}") from err
+
+
+def _image_index(index, count: int) -> int:
+    try:
+        i = operator.index(index)
+    except TypeError:
+        i = None
+    if i is None or isinstance(index, bool) or not 0 <= i < count:
+        raise CertMaskError(f"pair_predictor: image index must be an integer in [0, {count}), got {index!r}")
+    return i
 
 
 class TorchBackend:
     """Run a torch classifier under masks.
+
+    The backend puts the model in eval mode for each call and restores its previous mode (each
+    submodule's ``training`` flag as it was), so predictions never depend on how images are batched.
+    Images are validated (see :meth:`prepare_images`) and cast to the dtype of the model's first
+    floating-point parameter (float32 if it has none), so float16 or float64 images feed a float32
+    model. Any error raised by the model other than out-of-memory becomes a :class:`CertMaskError`
+    naming the input's shape and dtype; out-of-memory halves the batch and retries.
+
+    Predictions come as int64 labels or float32 logits. A prediction whose logits are not all finite
+    (NaN, +inf or -inf) gets the label ``NO_VOTE``; logits are returned raw, non-finite values
+    included, and the core decides. An empty batch (``B = 0``) gives labels of shape ``(0,)`` or
+    ``(0, n)`` and logits of shape ``(0, 0)`` or ``(0, n, 0)``: with no forward pass the number of
+    classes is unknown.
 
     Parameters
     ----------
@@ -32,7 +115,8 @@ class TorchBackend:
         Masked images per forward pass (upper limit).
     memory_budget_mb : float, optional
         When given, the batch is also capped so that the input plus the model's measured per-image
-        activations fit the budget (measured once per model with forward hooks).
+        activations fit the budget (measured once per model with forward hooks); see
+        :meth:`effective_batch`.
     fill : float or sequence of float
         Constant written into masked pixels, one value or one per channel.
     fill_space : {"pixel", "normalized"}
@@ -47,6 +131,10 @@ class TorchBackend:
         ``torch.bfloat16`` or ``torch.float16`` to run the model under autocast.
     channels_last : bool
         Feed the model channels-last tensors (faster convolutions on GPUs).
+    value_range : (float, float) or None
+        Pixel range every image must lie in, ``(0.0, 1.0)`` by default: images in ``[0, 255]`` fed to
+        a model trained on ``[0, 1]`` give confident nonsense, not an error. ``None`` skips the check;
+        NaN and inf pixels are refused either way.
 
     Examples
     --------
@@ -62,7 +150,8 @@ class TorchBackend:
 
     def __init__(self, device="cpu", batch_size: int = 512, memory_budget_mb: float | None = None,
                  fill=0.0, fill_space: str = "pixel", mean=None, std=None,
-                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 value_range: tuple[float, float] | None = (0.0, 1.0)):
         if fill_space not in ("pixel", "normalized"):
             raise CertMaskError(f"fill_space must be 'pixel' or 'normalized', got {fill_space!r}")
         if fill_space == "normalized" and (mean is None or std is None):
@@ -83,7 +172,24 @@ class TorchBackend:
         self.fill = fill_t
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
-        self._activation_bytes: dict[int, int] = {}
+        self.value_range = self._checked_range(value_range)
+        # weak keys: a model's entry goes with the model, and a new model reusing its id() is measured
+        self._activation_bytes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _checked_range(value_range) -> tuple[float, float] | None:
+        if value_range is None:
+            return None
+        try:
+            if isinstance(value_range, (str, bytes)):
+                raise TypeError
+            lo, hi = (float(v) for v in value_range)
+        except (TypeError, ValueError):
+            lo = hi = math.nan
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise CertMaskError(f"value_range must be None or two finite numbers (lo, hi) with lo < hi, "
+                                f"got {value_range!r}")
+        return lo, hi
 
     def init_distributed(self):
         """Join the ``torch.distributed`` group that ``torchrun`` describes in the environment.
@@ -125,21 +231,79 @@ class TorchBackend:
         model = load_model(name, self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def _images(self, images) -> torch.Tensor:
-        x = torch.as_tensor(images)
+    def prepare_images(self, model, images, maskset: MaskSet | None = None) -> torch.Tensor:
+        """Validate ``images`` and return them as the model's input: on the device, in its dtype.
+
+        Parameters
+        ----------
+        model : nn.Module
+            Its first floating-point parameter gives the dtype (float32 if it has none).
+        images : array or tensor, shape (B, C, H, W), floating point
+        maskset : MaskSet, optional
+            When given, ``(H, W)`` must be its image size and ``fill`` must suit ``C``.
+
+        Raises
+        ------
+        CertMaskError
+            Non-numeric input, not 4-D, not floating point, the wrong ``(H, W)`` (channels-last
+            input is recognised and named), NaN or inf pixels, or pixels outside ``value_range``.
+        """
+        x = _as_tensor(images, "images")
+        shape = tuple(x.shape)
         if x.ndim != 4:
-            raise CertMaskError(f"images must have shape (B, C, H, W), got {tuple(x.shape)}")
+            raise CertMaskError(f"images must have shape (B, C, H, W), got {shape}")
         if not torch.is_floating_point(x):
-            raise CertMaskError(f"images must be floating point in [0, 1], got dtype {x.dtype}")
-        if len(self.fill) not in (1, x.shape[1]):
-            raise CertMaskError(f"fill has {len(self.fill)} values but images have {x.shape[1]} channels")
-        return x.to(self.device)
+            where = f" in [{self.value_range[0]:g}, {self.value_range[1]:g}]" if self.value_range else ""
+            raise CertMaskError(f"images must be floating point{where}, got dtype {x.dtype}")
+        if maskset is not None:
+            self._check_geometry(shape, maskset)
+        self._check_values(x)
+        return x.to(self.device, model_dtype(model))
 
-    def _check_geometry(self, x: torch.Tensor, maskset: MaskSet) -> None:
-        if tuple(x.shape[2:]) != maskset.image_size:
-            raise CertMaskError(f"images are {tuple(x.shape[2:])} but the mask set is for "
-                                f"{maskset.image_size}")
+    def _check_geometry(self, shape: tuple, maskset: MaskSet) -> None:
+        size = maskset.image_size
+        if shape[2:] != size:
+            if shape[1:3] == size and shape[3] in (1, 3, 4):
+                raise CertMaskError(f"images of shape {shape} look channels-last (B, H, W, C) for the mask "
+                                    f"set's (H, W) = {size}; pass images.transpose(0, 3, 1, 2) "
+                                    f"(torch: images.permute(0, 3, 1, 2)) for (B, C, H, W)")
+            raise CertMaskError(f"images of shape (B, C, H, W) = {shape} have (H, W) = {shape[2:]} but the "
+                                f"mask set is for (H, W) = {size}")
+        if len(self.fill) not in (1, shape[1]):
+            raise CertMaskError(f"fill has {len(self.fill)} values but images have {shape[1]} channels")
 
+    def _check_values(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        finite = torch.isfinite(x)
+        if not finite.all():
+            nan = int(torch.isnan(x).sum())
+            seen = x[finite]
+            span = (f"; the finite pixels lie in [{float(seen.min())}, {float(seen.max())}]"
+                    if seen.numel() else "")
+            raise CertMaskError(f"images must be finite, found {nan} NaN and {int((~finite).sum()) - nan} "
+                                f"inf pixels{span} (value_range=None does not skip this check)")
+        if self.value_range is not None:
+            lo, hi = (float(v) for v in torch.aminmax(x))
+            if lo < self.value_range[0] or hi > self.value_range[1]:
+                raise CertMaskError(f"images must lie in [{self.value_range[0]}, {self.value_range[1]}] "
+                                    f"(pixel space; pass value_range=None to skip this check), "
+                                    f"found [{lo}, {hi}]")
+
+    def _pairs(self, pairs, n: int) -> torch.Tensor:
+        p = _as_tensor(pairs, "pairs")
+        if p.numel() == 0:
+            return torch.empty(0, 2, dtype=torch.long, device=self.device)
+        if (p.ndim != 2 or p.shape[1] != 2 or p.dtype == torch.bool or p.dtype.is_floating_point
+                or p.dtype.is_complex):
+            raise CertMaskError(f"pairs must be an integer array of shape (m, 2), got shape "
+                                f"{tuple(p.shape)}, dtype {p.dtype}")
+        lo, hi = int(p.min()), int(p.max())
+        if lo < 0 or hi >= n:
+            raise CertMaskError(f"pair indices must lie in [0, {n}), got [{lo}, {hi}]")
+        return p.to(self.device, torch.long)
+
+    # ----------------------------------------------------------------- masking
     def rasterise(self, rects: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """``(m, 4)`` rectangles ``(y0, x0, y1, x1)`` -> ``(m, 1, H, W)`` bool, True = hidden."""
         ys = torch.arange(H, device=self.device).view(1, H, 1)
@@ -148,11 +312,35 @@ class TorchBackend:
         inside = (ys >= r[:, 0]) & (ys < r[:, 2]) & (xs >= r[:, 1]) & (xs < r[:, 3])
         return inside.unsqueeze(1)
 
-    def _max_batch(self, model: nn.Module, x: torch.Tensor) -> int:
-        if self.memory_budget_mb is None:
+    def hidden_pixels(self, maskset: MaskSet) -> torch.Tensor:
+        """``(n, 1, H, W)`` bool on the device, True where mask ``i`` hides a pixel."""
+        rects = torch.as_tensor(maskset.rectangles(), device=self.device)
+        return self.rasterise(rects, *maskset.image_size)
+
+    def masked_inputs(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``images`` with the fill written where ``hidden`` is True (differentiable in ``images``).
+
+        Parameters
+        ----------
+        images : tensor, shape (..., C, H, W)
+        hidden : bool tensor, shape (..., 1, H, W)
+            Broadcast against ``images``, e.g. ``(b, 1, H, W)`` masks against ``(b, C, H, W)`` images,
+            or ``(1, n, 1, H, W)`` against ``(P, 1, C, H, W)`` for every mask of every image.
+        """
+        fill = self.fill.to(images.device, images.dtype).view(-1, 1, 1)
+        return torch.where(hidden, fill, images)
+
+    # ----------------------------------------------------------------- running the model
+    def effective_batch(self, model, images) -> int:
+        """Inputs per forward pass for ``model`` on ``images``: ``batch_size``, capped by the budget."""
+        x = self.prepare_images(model, images)
+        with eval_mode(model):
+            return self._effective_batch(model, x)
+
+    def _effective_batch(self, model, x: torch.Tensor) -> int:
+        if self.memory_budget_mb is None or len(x) == 0:
             return self.batch_size
-        key = id(model)
-        if key not in self._activation_bytes:
+        if model not in self._activation_bytes:
             total = 0
 
             def hook(_module, _inputs, output):
@@ -160,65 +348,82 @@ class TorchBackend:
                 if isinstance(output, torch.Tensor):
                     total += output.numel() * output.element_size()
 
-            leaves = [m for m in model.modules() if not list(m.children())]
+            leaves = [m for m in _modules(model) if not list(m.children())]
             handles = [m.register_forward_hook(hook) for m in leaves]
             try:
                 self._forward(model, x[:1])
             finally:
                 for h in handles:
                     h.remove()
-            self._activation_bytes[key] = total
-        per_image = x[0].numel() * x.element_size() * 2 + self._activation_bytes[key]
+            self._activation_bytes[model] = total
+        per_image = x[0].numel() * x.element_size() * 2 + self._activation_bytes[model]
         return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_image)))
 
-    def _forward(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, model, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    logits = model(batch)
-            else:
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        try:
+            with torch.inference_mode(), autocast:
                 logits = model(batch)
-        logits = logits.float()
-        if logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
-            raise CertMaskError(f"model must return (batch, classes) logits, got {tuple(logits.shape)}")
-        if torch.isnan(logits).any():
-            raise CertMaskError(f"model returned NaN logits for {int(torch.isnan(logits).any(1).sum())} "
-                                f"of {len(logits)} inputs")
-        return logits
+        except Exception as err:
+            if _is_oom(err):
+                raise  # the caller halves the batch
+            raise CertMaskError(f"the model failed on input of shape {tuple(batch.shape)}, dtype "
+                                f"{batch.dtype}: {err}") from err
+        if not isinstance(logits, torch.Tensor):
+            raise CertMaskError(f"model must return (batch, classes) logits, got a {type(logits).__name__} "
+                                f"for input of shape {tuple(batch.shape)}")
+        if logits.ndim != 2 or logits.shape[0] != batch.shape[0] or logits.shape[1] < 1:
+            raise CertMaskError(f"model must return (batch, classes) logits with classes >= 1, got shape "
+                                f"{tuple(logits.shape)} for input of shape {tuple(batch.shape)}")
+        return logits.float()
 
-    def _run_chunked(self, model, count: int, make_batch: Callable[[int, int], torch.Tensor],
-                     step: int, on_chunk: Callable[[int, int, torch.Tensor], bool] | None = None) -> None:
-        """Evaluate ``make_batch(start, stop)`` over ``range(count)`` in steps, halving on OOM.
+    def _chunked_logits(self, model, x: torch.Tensor, count: int,
+                        make_batch: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """``(count, K)`` float32 logits of ``make_batch(start, stop)`` over ``range(count)``.
 
-        ``on_chunk(start, stop, logits)`` may return True to stop early.
+        Runs in eval mode, in chunks of :meth:`effective_batch` inputs, halving the chunk on
+        out-of-memory errors. ``(0, 0)`` when ``count`` is 0.
         """
-        start = 0
-        while start < count:
-            stop = min(count, start + step)
-            try:
-                logits = self._forward(model, make_batch(start, stop))
-            except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err) or step == 1:
-                    raise
-                step = max(1, step // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            if on_chunk(start, stop, logits):
-                return
-            start = stop
+        out: list[torch.Tensor] = []
+        with eval_mode(model):
+            step = self._effective_batch(model, x) if count else 1
+            start = 0
+            while start < count:
+                stop = min(count, start + step)
+                try:
+                    logits = self._forward(model, make_batch(start, stop))
+                except (RuntimeError, MemoryError) as err:
+                    if not _is_oom(err) or step == 1:
+                        raise
+                    step = max(1, step // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                if out and logits.shape[1] != out[0].shape[1]:
+                    raise CertMaskError(f"model returned {out[0].shape[1]} classes for one batch and "
+                                        f"{logits.shape[1]} for another")
+                out.append(logits)
+                start = stop
+        return torch.cat(out) if out else torch.empty(0, 0, device=self.device)
+
+    @staticmethod
+    def _output(logits: torch.Tensor, return_logits: bool) -> np.ndarray:
+        """float32 logits as they are, or int64 labels: the argmax, ``NO_VOTE`` where not all finite."""
+        if return_logits:
+            return logits.cpu().numpy()
+        if logits.shape[-1] == 0:
+            return np.zeros(logits.shape[:-1], np.int64)
+        labels = torch.where(torch.isfinite(logits).all(-1), logits.argmax(-1), NO_VOTE)
+        return labels.cpu().numpy()
 
     # ----------------------------------------------------------------- predictions
     def predict(self, model: nn.Module, images, return_logits: bool = False) -> np.ndarray:
-        """Plain (unmasked) predictions, ``(B,)`` labels or ``(B, K)`` logits."""
-        x = self._images(images)
-        out: list[torch.Tensor] = []
-        self._run_chunked(model, len(x), lambda a, b: x[a:b], self._max_batch(model, x),
-                          lambda a, b, logits: out.append(logits) and False)
-        logits = torch.cat(out) if out else torch.empty(0, 0)
-        return (logits if return_logits else logits.argmax(1)).cpu().numpy()
+        """Plain (unmasked) predictions, ``(B,)`` int64 labels or ``(B, K)`` float32 logits."""
+        x = self.prepare_images(model, images)
+        return self._output(self._chunked_logits(model, x, len(x), lambda a, b: x[a:b]), return_logits)
 
     def masked_predictions(self, model: nn.Module, images, maskset: MaskSet,
                            return_logits: bool = False) -> np.ndarray:
@@ -233,53 +438,55 @@ class TorchBackend:
 
         Returns
         -------
-        ndarray, shape (B, n) int64 labels, or (B, n, K) float32 logits
+        ndarray
+            ``(B, n)`` int64 labels (``NO_VOTE`` where the logits are not all finite), or ``(B, n, K)``
+            float32 logits as the model gave them (``(0, n, 0)`` for an empty batch).
         """
-        x = self._images(images)
-        self._check_geometry(x, maskset)
-        B, C, H, W = x.shape
-        n = len(maskset)
-        hidden = self.rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
-        fill = self.fill.to(self.device, x.dtype).view(1, -1, 1, 1)
+        x = self.prepare_images(model, images, maskset)
+        B, n = len(x), len(maskset)
+        hidden = self.hidden_pixels(maskset)
         flat_index = torch.arange(B * n, device=self.device)
-        results: list[torch.Tensor] = []
 
         def make_batch(a, b):
             idx = flat_index[a:b]
-            return torch.where(hidden[idx % n], fill, x[idx // n])
+            return self.masked_inputs(x[idx // n], hidden[idx % n])
 
-        self._run_chunked(model, B * n, make_batch, self._max_batch(model, x),
-                          lambda a, b, logits: results.append(logits) and False)
-        logits = torch.cat(results).view(B, n, -1) if results else torch.empty(B, n, 0)
-        return (logits if return_logits else logits.argmax(2)).cpu().numpy()
+        logits = self._chunked_logits(model, x, B * n, make_batch)
+        return self._output(logits.view(B, n, logits.shape[-1]), return_logits)
 
-    def pair_predictions(self, model: nn.Module, image, maskset: MaskSet, pairs) -> np.ndarray:
-        """Two-mask predictions ``(m,)`` of one ``(C, H, W)`` image under the unions of ``pairs``.
-
-        ``pairs`` is an ``(m, 2)`` array of mask indices; the core asks for them in chunks and stops
-        at the first chunk holding a wrong label (early exit).
-        """
-        x = self._images(torch.as_tensor(image)[None])
-        self._check_geometry(x, maskset)
-        pairs = torch.as_tensor(np.asarray(pairs), device=self.device).long().view(-1, 2)
-        if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(maskset)):
-            raise CertMaskError(f"pair indices must lie in [0, {len(maskset)}), got "
-                                f"[{int(pairs.min())}, {int(pairs.max())}]")
-        H, W = maskset.image_size
-        hidden = self.rasterise(torch.as_tensor(maskset.rectangles(), device=self.device), H, W)
-        fill = self.fill.to(self.device, x.dtype).view(1, -1, 1, 1)
-        out: list[torch.Tensor] = []
-
+    def _pair_logits(self, model, x: torch.Tensor, hidden: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         def make_batch(a, b):
-            union = hidden[pairs[a:b, 0]] | hidden[pairs[a:b, 1]]
-            return torch.where(union, fill, x)
+            return self.masked_inputs(x, hidden[pairs[a:b, 0]] | hidden[pairs[a:b, 1]])
 
-        self._run_chunked(model, len(pairs), make_batch, self._max_batch(model, x),
-                          lambda a, b, logits: out.append(logits.argmax(1)) and False)
-        return torch.cat(out).cpu().numpy() if out else np.empty(0, np.int64)
+        return self._chunked_logits(model, x, len(pairs), make_batch)
 
-    def pair_predictor(self, model: nn.Module, images, maskset: MaskSet):
-        """The core's ``pair_predictor(image_index, pairs)`` for a batch of images."""
-        def predict(index: int, pairs: np.ndarray) -> np.ndarray:
-            return self.pair_predictions(model, images[index], maskset, pairs)
+    def pair_predictions(self, model: nn.Module, image, maskset: MaskSet, pairs,
+                         return_logits: bool = False) -> np.ndarray:
+        """Two-mask predictions of one ``(C, H, W)`` image under the unions of ``pairs``.
+
+        ``pairs`` is an ``(m, 2)`` integer array of mask indices; the core asks for them in chunks and
+        stops at the first chunk holding a wrong label (early exit). Returns ``(m,)`` int64 labels or
+        ``(m, K)`` float32 logits.
+        """
+        x = _as_tensor(image, "image")
+        if x.ndim != 3:
+            raise CertMaskError(f"image must have shape (C, H, W), got {tuple(x.shape)}")
+        x = self.prepare_images(model, x[None], maskset)
+        logits = self._pair_logits(model, x, self.hidden_pixels(maskset), self._pairs(pairs, len(maskset)))
+        return self._output(logits, return_logits)
+
+    def pair_predictor(self, model: nn.Module, images, maskset: MaskSet, return_logits: bool = False):
+        """The core's ``pair_predictor(image_index, pairs)`` for a batch of images.
+
+        ``images`` are validated once, here. The predictor returns :meth:`pair_predictions` of image
+        ``image_index``: labels, or logits with ``return_logits`` (given here, or per call as a
+        keyword, which the core uses for decision margins).
+        """
+        x = self.prepare_images(model, images, maskset)
+        hidden = self.hidden_pixels(maskset)
+
+        def predict(index: int, pairs, return_logits: bool = return_logits) -> np.ndarray:
+            i = _image_index(index, len(x))
+            logits = self._pair_logits(model, x[i:i + 1], hidden, self._pairs(pairs, len(maskset)))
+            return self._output(logits, return_logits)
         return predict

@@ -95,5 +95,8 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu") -> nn.
     if not path.is_file():
         raise CertMaskError(f"model weights not found: {str(path)!r}")
     model = FashionCNN()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # not a torch file, or the state dict of another architecture
+        raise CertMaskError(f"cannot load {str(path)!r} as a FashionCNN state_dict: {err}") from err
     return model.eval().to(device)
