@@ -47,9 +47,9 @@ NO_VOTE = -2
 """Label of a one- or two-mask prediction whose logits are not all finite (NaN or +-inf): it votes
 for no class. Backends map such predictions to ``NO_VOTE`` when they return labels."""
 DEFAULT_MARGIN_TOLERANCE = 1e-3
-"""Default logit margin at or below which a certificate is refused. The same masked input gave logits
-differing by up to 1e-5 with batch make-up on CPU (float32); 1e-3 leaves a factor 100. Under bf16 or
-fp16 autocast the noise is far larger: raise it (``docs/theory.md``, "Reproducibility")."""
+"""Default logit margin at or below which a certificate is refused: float32 logits on a CPU moved by
+at most 1.4e-6 with batch make-up. On a GPU (TF32) or under autocast the noise is far larger; backends
+say what they need (``TorchBackend.margin_tolerance``; ``docs/theory.md``, "Reproducibility")."""
 MODES = ("detection", "covering_consensus", "recovery", "paper")
 GUARANTEES = {
     "detection": "label-or-alert",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from certmask_core import CertMaskError, MaskSet
-from certmask_core.certification import NO_VOTE
+from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -190,6 +190,20 @@ class TorchBackend:
             raise CertMaskError(f"value_range must be None or two finite numbers (lo, hi) with lo < hi, "
                                 f"got {value_range!r}")
         return lo, hi
+
+    @property
+    def margin_tolerance(self) -> float:
+        """The logit margin under which this backend's predictions are not reproducible enough to
+        certify (pass it to :func:`certmask_core.certify`), measured in ``docs/theory.md``:
+
+        * float32 on CPU: ``1e-3`` (batch make-up moved logits by at most 1.4e-6);
+        * float32 on CUDA: ``0.02`` (TF32 convolutions: batch make-up moved logits by up to 2.1e-3 on
+          an H100 and flipped 1 argmax in 32,000);
+        * bf16 or fp16 autocast: ``0.25`` (bf16 moved logits by up to 0.075 against float32).
+        """
+        if self.autocast_dtype is not None:
+            return 0.25
+        return 0.02 if self.device.type == "cuda" else DEFAULT_MARGIN_TOLERANCE
 
     def init_distributed(self):
         """Join the ``torch.distributed`` group that ``torchrun`` describes in the environment.
