@@ -201,3 +201,36 @@ def test_bitset_covering_sets_equal_the_definition(data):
         for mode in ("detection", "covering_consensus", "paper"):
             got = defend(labels, ms, mode, patch=threat.patch_size).output.tolist()
             assert got == [one_round_reference(row, reference, mode) for row in labels.tolist()]
+
+
+class ConstantBackend:
+    """A backend whose model says class 1 under every mask: every image passes every check."""
+
+    batch_size = 64
+
+    def predict(self, model, images):
+        return np.ones(len(images), np.int64)
+
+    def masked_predictions(self, model, images, maskset, return_logits=False):
+        logits = np.zeros((len(images), len(maskset), 3), np.float32)
+        logits[..., 1] = 1.0
+        return logits if return_logits else logits.argmax(2)
+
+    def pair_predictor(self, model, images, maskset, return_logits=False):
+        return lambda b, pairs: np.ones(len(pairs), np.int64)
+
+
+def test_paper_is_never_certified_in_results_json_tables_or_plots(tmp_path):
+    from certmask_core.experiment import RunConfig, results_table, run_certification, write_outputs
+    images = np.zeros((4, 1, 8, 8), np.float32)
+    config = RunConfig((2, 2), (1,), ("replicated",), ("detection", "paper"), masks_per_axis=(2, 2))
+    results = run_certification(ConstantBackend(), None, images, np.ones(4, np.int64), config,
+                                show_progress=False)
+    detection, paper = results["runs"]
+    assert detection["certified_accuracy"] == 1.0 and all(detection["per_image"]["certified"])
+    assert "certified_accuracy" not in paper and paper["claimed_certified_accuracy_UNSOUND"] == 1.0
+    assert not any(paper["per_image"]["certified"]) and all(paper["per_image"]["claim_holds"])
+    assert "UNSOUND claim" in results_table(results).splitlines()[-1]
+    out = write_outputs(results, tmp_path / "run", plots=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["unsound_modes"] == ["paper"] and not any(saved["runs"][1]["per_image"]["certified"])

@@ -376,3 +376,12 @@ def test_host_out_of_memory_also_halves_the_batch(error):
     labels = TorchBackend(batch_size=64).masked_predictions(Returns(limited), x, MS)
     assert (labels == TorchBackend().masked_predictions(inner, x, MS)).all()
     assert sum(seen) == len(x) * len(MS) and max(seen) <= 5
+
+
+def test_the_margin_tolerance_follows_device_and_precision():
+    from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE
+    assert TorchBackend().margin_tolerance == DEFAULT_MARGIN_TOLERANCE
+    assert TorchBackend(autocast_dtype=torch.bfloat16).margin_tolerance == 0.25
+    on_gpu = TorchBackend()
+    on_gpu.device = torch.device("cuda")  # the rule only, without a GPU: TF32 noise needs 0.02
+    assert on_gpu.margin_tolerance == 0.02
