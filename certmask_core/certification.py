@@ -476,7 +476,7 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     defence = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=pair_predictor,
                      num_classes=num_classes)
     holds = (first == y[:, None]).all(1)
-    min_margin = margins.min(1) if len(maskset) else np.full(len(y), np.inf)
+    min_margin = margins.min(1)
     passes = np.full(len(y), len(maskset), dtype=np.int64)
     if mode == "recovery":
         pairs = all_pairs(len(maskset))
