@@ -226,7 +226,10 @@ def _geometry(maskset: MaskSet, patch, k) -> _Geometry:
 
 def _pair_answers(pair_predictor: PairPredictor, index: int, pairs: np.ndarray,
                   num_classes) -> tuple[np.ndarray, np.ndarray]:
-    answer = np.asarray(pair_predictor(index, pairs))
+    try:
+        answer = np.asarray(pair_predictor(index, pairs))
+    except ValueError as err:  # a ragged answer
+        raise CertMaskError(f"pair_predictor's answer is not an array: {err}") from None
     if answer.ndim not in (1, 2):
         raise CertMaskError(f"pair_predictor must return labels (m,) or logits (m, K), got {answer.shape}")
     labels, margins = _predictions(answer[None], None, num_classes, "pair predictions")
@@ -314,8 +317,9 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
     geo = _geometry(maskset, patch, k)
     labels = as_labels(predictions, geo.n, num_classes)
     passes = np.full(len(labels), geo.n, dtype=np.int64)
-    if mode == "recovery" and pair_predictor is None:
-        raise CertMaskError("mode 'recovery' needs pair_predictor for its second round")
+    if mode == "recovery" and not callable(pair_predictor):
+        raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor for its second round, got "
+                            f"{pair_predictor!r}")
     if len(labels) == 0:
         return DefenceResult(mode, np.empty(0, np.int64), passes)
     if mode == "detection":
@@ -465,7 +469,7 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
         num_classes = _check_int("num_classes", num_classes)
     pair_chunk = _check_int("pair_chunk", pair_chunk)
     if isinstance(margin_tolerance, (bool, np.bool_)) or not isinstance(margin_tolerance, (int, float)) \
-            or not 0 <= margin_tolerance < math.inf:
+            or not 0 <= margin_tolerance < 2**1000:  # a Python int compares exactly; float() could overflow
         raise CertMaskError(f"margin_tolerance must be a finite number >= 0, got {margin_tolerance!r}")
     y = _true_labels(labels, num_classes)
     if not isinstance(maskset, MaskSet):

@@ -119,8 +119,11 @@ def _replicated(threat: PatchThreat, w: tuple[int, int], k: int):
 
 def _offset(threat: PatchThreat, w: tuple[int, int], k: int):
     P = threat.num_positions
+    # an axis holds at most min(w, P) distinct windows over a position (offset_windows), so larger
+    # k_h or k_w are impossible: refuse at once instead of trying every split of k
+    most = [min(wi, Pi) for wi, Pi in zip(w, P)]
     best = None
-    for k_h in range(1, k + 1):
+    for k_h in range(1, min(k, most[0]) + 1) if k <= most[0] * most[1] else ():
         k_w = math.ceil(k / k_h)
         rows, cols = offset_windows(P[0], w[0], k_h), offset_windows(P[1], w[1], k_w)
         if rows is None or cols is None:

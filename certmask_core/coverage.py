@@ -192,7 +192,7 @@ def is_k_covered(maskset: MaskSet, patch, k: int = 1) -> bool:
     """True when every patch position is covered by at least ``k`` masks."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
         raise CertMaskError(f"k must be an integer >= 1, got {k!r}")
-    return coverage_extremes(maskset, patch)[0] >= k
+    return bool(coverage_extremes(maskset, patch)[0] >= k)
 
 
 def _pack(incidence: np.ndarray) -> np.ndarray:

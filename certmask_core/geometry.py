@@ -95,7 +95,7 @@ class MaskSpec:
     masks_per_axis: tuple[int, int] | None = None
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise CertMaskError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         object.__setattr__(self, "k", _positive_int("k", self.k))
         if (self.mask_size is None) == (self.masks_per_axis is None):
@@ -161,7 +161,8 @@ def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarr
     """
     try:
         # nested lists as objects: np.asarray would silently turn [[True, 0]] into [[1, 0]]
-        arr = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+        # (np.asarray also turns subclasses such as np.matrix into plain arrays)
+        arr = np.asarray(values) if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
     except (TypeError, ValueError) as err:
         raise CertMaskError(f"{name} is not an (n, 2) array: {err}") from None
     if arr.ndim != 2 or arr.shape[1] != 2:
@@ -187,9 +188,10 @@ def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarr
         raise CertMaskError(f"mask {i} has {name[:-1]} {tuple(arr[i].tolist())}: its {'hw'[j]} value must "
                             f"lie in [{low}, {high[j]}] for this image ({int(outside.any(1).sum())} such "
                             f"masks)")
-    out = arr.astype(np.int64)
-    out.setflags(write=False)
-    return out
+    owner = arr.astype(np.int64)
+    owner.setflags(write=False)
+    # a view of a read-only owner cannot be made writeable again (setflags(write=True) raises)
+    return owner.view()
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,7 +310,7 @@ class MaskSet:
         spec, patch = data.get("spec"), data.get("patch_size")
         if spec is not None and not isinstance(spec, dict):
             raise CertMaskError(f"mask-set JSON: spec must be an object, got {spec!r}")
-        unknown = sorted(set(spec or {}) - {"strategy", "k", "mask_size", "masks_per_axis"})
+        unknown = sorted(map(repr, set(spec or {}) - {"strategy", "k", "mask_size", "masks_per_axis"}))
         if unknown:
             raise CertMaskError(f"mask-set JSON: unknown spec fields {unknown}")
         image = _pair("image_size", data["image_size"] if not isinstance(data["image_size"], list)
@@ -324,6 +326,6 @@ class MaskSet:
     def from_json(cls, text: str) -> MaskSet:
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError, TypeError) as err:
+        except (ValueError, RecursionError, TypeError) as err:  # JSONDecodeError, huge ints, bad bytes
             raise CertMaskError(f"mask-set JSON does not parse: {err}") from None
         return cls.from_dict(data)

@@ -64,7 +64,7 @@ def test_recovery_second_round_accepts_a_consistent_disagreer():
     # majority of a tie is the smaller label 1; disagreer mask 1 (label 2) is accepted if its pair says 2
     assert defend(pred, STRIP, "recovery", pair_predictor=constant_pairs(2)).output.tolist() == [2]
     assert defend(pred, STRIP, "recovery", pair_predictor=constant_pairs(0)).output.tolist() == [1]
-    with pytest.raises(CertMaskError, match="needs pair_predictor"):
+    with pytest.raises(CertMaskError, match="needs a callable pair_predictor"):
         defend(pred, STRIP, "recovery")
     with pytest.raises(CertMaskError, match="pair_predictor returned 3 predictions for 1 pairs"):
         defend(pred, STRIP, "recovery", pair_predictor=lambda b, pairs: np.zeros(3, int))
