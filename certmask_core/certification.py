@@ -31,6 +31,7 @@ Two rules make every certificate robust to what a model may emit (T10, checked b
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,7 +91,7 @@ def _predictions(predictions, n_masks: int | None, num_classes: int | None,
             margins = np.where(finite, np.inf, 0.0)
         else:
             top2 = np.partition(np.where(finite[..., None], arr, 0), arr.shape[2] - 2, axis=2)[..., -2:]
-            margins = np.where(finite, top2[..., 1].astype(np.float64) - top2[..., 0], 0.0)
+            margins = np.where(finite, top2[..., 1].astype(np.float64) - top2[..., 0], 0.0).astype(np.float64)
     elif arr.dtype.kind in "iu":
         if arr.ndim != 2:
             raise CertMaskError(f"{what}: labels must have shape (B, n), got {arr.shape}")
@@ -468,8 +469,12 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     if num_classes is not None:
         num_classes = _check_int("num_classes", num_classes)
     pair_chunk = _check_int("pair_chunk", pair_chunk)
-    if isinstance(margin_tolerance, (bool, np.bool_)) or not isinstance(margin_tolerance, (int, float)) \
-            or not 0 <= margin_tolerance < 2**1000:  # a Python int compares exactly; float() could overflow
+    try:
+        tolerance = float(margin_tolerance)
+    except (TypeError, ValueError, OverflowError):  # not a number, or an int beyond float range
+        tolerance = math.nan
+    if (isinstance(margin_tolerance, (bool, np.bool_)) or not isinstance(margin_tolerance, numbers.Real)
+            or not 0 <= tolerance < math.inf):
         raise CertMaskError(f"margin_tolerance must be a finite number >= 0, got {margin_tolerance!r}")
     y = _true_labels(labels, num_classes)
     if not isinstance(maskset, MaskSet):
@@ -497,4 +502,4 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     claim = holds & ~below
     certified = claim if SOUND[mode] else np.zeros_like(claim)
     return CertificationReport(mode, GUARANTEES[mode], SOUND[mode], y, defence.output, certified, claim,
-                               min_margin, below, passes, defence.forward_passes, float(margin_tolerance))
+                               min_margin, below, passes, defence.forward_passes, tolerance)

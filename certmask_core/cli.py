@@ -66,12 +66,16 @@ def cmd_coverage(args) -> int:
     grid = cell_grid(ms, tuple(args.patch))
     low, high, _ = coverage_extremes(ms, grid.threat)
     counts = grid.counts()
-    short = np.argwhere(counts < k)
     P = grid.threat.num_positions
     # positions per cell: from each cut to the next (the last cell runs to the end of the axis)
     extent = [np.diff(np.append(cuts, P[axis])) for axis, cuts in enumerate((grid.rows, grid.cols))]
-    below = int(sum(extent[0][i] * extent[1][j] for i, j in short))
-    first = [[int(grid.rows[i]), int(grid.cols[j])] for i, j in short[:20]]
+    below, first = 0, []
+    for start in range(0, len(counts), 1024):  # row blocks: the cell grid can hold 2**28 cells
+        block = counts[start:start + 1024] < k
+        below += int(extent[0][start:start + 1024] @ (block @ extent[1]))
+        if len(first) < 20:
+            rows, cols = (index[:20 - len(first)] for index in np.nonzero(block))
+            first += [[int(grid.rows[start + i]), int(grid.cols[j])] for i, j in zip(rows, cols)]
     report = {"num_masks": len(ms), "positions": list(P), "min_coverage": low, "max_coverage": high,
               "k": k, "k_fold": low >= k, "distinct": ms.is_distinct(), "positions_below_k": below,
               "first_positions_below_k": first}

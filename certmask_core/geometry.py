@@ -39,6 +39,8 @@ def _positive_int(name: str, value, limit: int | None = None) -> int:
 def _pair(name: str, value, limit: int | None = MAX_SIDE) -> tuple[int, int]:
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         value = (value, value)
+    if isinstance(value, (dict, set, frozenset, str, bytes)):  # iterable, but not a pair
+        raise CertMaskError(f"{name} must be an int or a pair (h, w), got {value!r}")
     try:
         h, w = value
     except (TypeError, ValueError):

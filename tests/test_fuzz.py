@@ -8,7 +8,7 @@ its twin returns (``coverage_counts_bruteforce``, ``proofs.reference`` or a few 
 below). Any other exception, a crash or a hang (:func:`time_limit`) fails. Where the input is valid by
 the twin's rules the call must succeed: refusing valid input is a bug too.
 
-Default run: the ``fuzz`` profile (about a minute on 2 CPU cores). Long run: ``pytest -m slow
+Default run: the ``fuzz`` profile (about 30 s on 2 CPU cores). Long run: ``pytest -m slow
 tests/test_fuzz.py --hypothesis-show-statistics`` runs each property again under ``fuzz-slow`` with a
 few thousand examples and prints how many each one tried.
 """
@@ -1351,3 +1351,17 @@ def test_plan_refuses_an_impossible_offset_k_quickly(capsys):
     argv = ["plan", "--image", "64", "64", "--patch", "1", "1", "--k", str(2**22), "--strategy", "offset",
             "--mask", "64", "64"]
     assert run_cli(argv, capsys, limit=5)[0] == 2
+
+
+def test_cli_coverage_of_a_file_with_many_masks_takes_seconds(tmp_path, capsys):
+    # 2,000 one-pixel masks over a 16384 x 16384 image (a 45 KB file) cut the positions into about
+    # 16 million cells. coverage_extremes takes about a second, but cmd_coverage summed the positions
+    # below k in a Python loop over every short cell: 12 s for 1,000 masks, 64 s for 3,000 (68 KB);
+    # 60,000 (1.3 MB) would take hours, and under an 8 GB ulimit raised MemoryError from np.argwhere
+    origins = np.random.default_rng(0).integers(0, MAX_SIDE, size=(2000, 2))
+    doc = {"image_size": [MAX_SIDE, MAX_SIDE], "origins": origins.tolist(), "sizes": [[1, 1]] * 2000}
+    path = tmp_path / "masks.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = run_cli(["coverage", str(path), "--patch", "1", "1", "--json"], capsys, limit=6)
+    covered = len({tuple(o) for o in origins.tolist()})
+    assert rc == 1 and json.loads(out)["positions_below_k"] == MAX_SIDE**2 - covered
