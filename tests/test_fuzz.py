@@ -785,7 +785,8 @@ def expected_labels_arg(labels, B: int, num_classes) -> list | None:
 
 
 def expected_tolerance(value) -> bool:
-    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float))
+    """Any real number (numpy scalars too) that is finite and >= 0; bools are not numbers here."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
             and 0 <= value < math.inf)
 
 
