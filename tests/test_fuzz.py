@@ -122,6 +122,8 @@ def expected_pair(value, image: tuple[int, int]) -> tuple[int, int] | None:
     """Twin of the ``(h, w)`` rules: an int or a pair of ints in ``[1, image side]``; None if invalid."""
     if is_int(value):
         value = (value, value)
+    if isinstance(value, (dict, set, frozenset, str, bytes)):  # iterable, but never a pair
+        return None
     try:
         h, w = value
     except (TypeError, ValueError):
