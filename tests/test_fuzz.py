@@ -15,6 +15,7 @@ few thousand examples and prints how many each one tried.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import numbers
@@ -66,6 +67,21 @@ settings.register_profile(
 settings.register_profile("fuzz-slow", settings.get_profile("fuzz"), max_examples=3000)
 FAST = settings.get_profile("fuzz")
 SLOW = settings.get_profile("fuzz-slow")
+
+
+def fuzz_twins(check, **strategies):
+    """The property ``check`` as two tests: the CI run (``fuzz``) and its ``-m slow`` twin.
+
+    Each twin wraps ``check`` in a function of its own, so that Hypothesis's settings and pytest's
+    marks, which live on the decorated function, cannot leak from one twin to the other.
+    """
+    def twin(profile):
+        @functools.wraps(check)
+        def test(*args, **kwargs):
+            return check(*args, **kwargs)
+        return profile(given(**strategies)(test))
+
+    return twin(FAST), pytest.mark.slow(twin(SLOW))
 
 pytestmark = pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 
@@ -453,17 +469,7 @@ def check_coverage_counts(data):
         assert np.array_equal(counts, coverage_counts_bruteforce(ms, expected))
 
 
-@FAST
-@given(data=st.data())
-def test_coverage_counts(data):
-    check_coverage_counts(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_coverage_counts_slow(data):
-    check_coverage_counts(data)
+test_coverage_counts, test_coverage_counts_slow = fuzz_twins(check_coverage_counts, data=st.data())
 
 
 def check_coverage_extremes(data):
@@ -480,17 +486,7 @@ def check_coverage_extremes(data):
         assert counts[a, b] == low, f"argmin {(a, b)} has coverage {counts[a, b]}, not {low}"
 
 
-@FAST
-@given(data=st.data())
-def test_coverage_extremes(data):
-    check_coverage_extremes(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_coverage_extremes_slow(data):
-    check_coverage_extremes(data)
+test_coverage_extremes, test_coverage_extremes_slow = fuzz_twins(check_coverage_extremes, data=st.data())
 
 
 def check_is_k_covered(data):
@@ -505,17 +501,7 @@ def check_is_k_covered(data):
         assert result == (int(dense_counts(ms, expected).min()) >= k)
 
 
-@FAST
-@given(data=st.data())
-def test_is_k_covered(data):
-    check_is_k_covered(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_is_k_covered_slow(data):
-    check_is_k_covered(data)
+test_is_k_covered, test_is_k_covered_slow = fuzz_twins(check_is_k_covered, data=st.data())
 
 
 WIDE = {"max_side": 5, "max_masks": 140}
@@ -535,17 +521,7 @@ def check_covering_sets(data):
         assert found == covering_sets_reference(ms, expected)
 
 
-@FAST
-@given(data=st.data())
-def test_covering_sets(data):
-    check_covering_sets(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_covering_sets_slow(data):
-    check_covering_sets(data)
+test_covering_sets, test_covering_sets_slow = fuzz_twins(check_covering_sets, data=st.data())
 
 
 def check_minimal_covering_sets(data):
@@ -561,17 +537,8 @@ def check_minimal_covering_sets(data):
         assert found == minimal_sets_reference(covering_sets_reference(ms, expected))
 
 
-@FAST
-@given(data=st.data())
-def test_minimal_covering_sets(data):
-    check_minimal_covering_sets(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_minimal_covering_sets_slow(data):
-    check_minimal_covering_sets(data)
+test_minimal_covering_sets, test_minimal_covering_sets_slow = fuzz_twins(check_minimal_covering_sets,
+                                                                       data=st.data())
 
 
 # --- defend and certify -----------------------------------------------------------------------------
@@ -861,17 +828,7 @@ def check_defend(data):
     assert result.forward_passes.tolist() == [len(ms) + p for _, p in twin]
 
 
-@FAST
-@given(data=st.data())
-def test_defend(data):
-    check_defend(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_defend_slow(data):
-    check_defend(data)
+test_defend, test_defend_slow = fuzz_twins(check_defend, data=st.data())
 
 
 def certificate_twin(b: int, row: list, margins: list, y: int, mode: str, pairs: PairTable,
@@ -942,17 +899,7 @@ def check_certify(data):
     json.dumps([report.summary(), report.records()], allow_nan=False)  # what results.json is made of
 
 
-@FAST
-@given(data=st.data())
-def test_certify(data):
-    check_certify(data)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_certify_slow(data):
-    check_certify(data)
+test_certify, test_certify_slow = fuzz_twins(check_certify, data=st.data())
 
 
 # --- constructions and bounds ------------------------------------------------------------------
@@ -1134,17 +1081,7 @@ def check_cli_coverage(data, tmp_path, capsys):
         assert all(counts[a, b] < k for a, b in report["first_positions_below_k"])
 
 
-@FAST
-@given(data=st.data())
-def test_cli_coverage(data, tmp_path, capsys):
-    check_cli_coverage(data, tmp_path, capsys)
-
-
-@pytest.mark.slow
-@SLOW
-@given(data=st.data())
-def test_cli_coverage_slow(data, tmp_path, capsys):
-    check_cli_coverage(data, tmp_path, capsys)
+test_cli_coverage, test_cli_coverage_slow = fuzz_twins(check_cli_coverage, data=st.data())
 
 
 @st.composite
