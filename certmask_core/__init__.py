@@ -16,7 +16,7 @@ from .errors import CertMaskError
 from .geometry import MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
 from .registry import get_backend
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["ALERT", "CertMaskError", "CertificationReport", "MaskSet", "MaskSpec", "PatchThreat",
            "certify", "coverage_counts", "coverage_counts_bruteforce", "defend", "effective_coverage",
            "get_backend", "is_k_covered", "lower_bound", "make_maskset", "plan_summary"]

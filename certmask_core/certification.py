@@ -1,17 +1,26 @@
-"""Defences, certificates and their guarantees (DESIGN.md section 2; theorems T6-T10).
+"""Defences, certificates and their guarantees (DESIGN.md section 2; theorems T6-T13).
 
 A backend turns (model, images, mask set) into a ``(B, n)`` matrix of masked predictions; this module
 decides. Let ``S(l)`` be the masks covering patch position ``l``. Under a patch at ``l`` the masks of
 ``S(l)`` predict exactly what they predict on the clean image; every other mask may predict anything.
+A *minimal* covering set is an ``S(l)`` that contains no other one.
 
-==================== ======== ================================================ =================
-mode                 rounds   certificate (clean image, label y)              guarantee
-==================== ======== ================================================ =================
-detection            1        every one-mask prediction is y                   y or ALERT (T6)
-covering_consensus   1        every one-mask prediction is y                   y or ALERT (T7)
-recovery             2        every one- and two-mask prediction is y          y (T8)
-paper                1        every one-mask prediction is y (as the paper)    NONE (T9)
-==================== ======== ================================================ =================
+==================== ====== ========================================================= ================
+mode                 rounds certificate (clean image, label y)                        guarantee
+==================== ====== ========================================================= ================
+detection            1      every one-mask prediction is y                            y or ALERT (T6)
+plurality            1      y is the strict plurality inside every minimal set        y or ALERT (T12)
+covering_consensus   1      the defence outputs y, and every minimal set C votes y    y or ALERT (T13)
+                            wholly or keeps every other class from qualifying
+recovery             2      the good masks hit every minimal set (hitting_set)        y (T11)
+                            or every one- and two-mask prediction is y (all_pairs)    y (T8)
+paper                1      every one-mask prediction is y (as the paper)             NONE (T9)
+==================== ====== ========================================================= ================
+
+A mask is *good* when its one-mask prediction and every two-mask prediction with it equal ``y``.
+The hitting-set certificate is recovery's default: it never certifies less than all pairs, equals it
+when every mask is the only cover of some position (PatchCleanser's grids), and with k-fold sets it
+needs one good mask per minimal set instead of n good masks.
 
 ``paper`` is the seed paper's one-round rule, kept for comparison. Its claimed recovery guarantee is
 false whenever two positions have disjoint covering sets: ``proofs/t9_paper_counterexample.py``
@@ -24,9 +33,10 @@ Two rules make every certificate robust to what a model may emit (T10, checked b
 * A prediction whose logits are not all finite (NaN, +-inf) is ``NO_VOTE``: it votes for no class.
   Under attack only masks that miss the patch can produce it, and those are the attacker's anyway;
   on a clean image it differs from the label, so it never passes a certificate.
-* A certificate is only as reproducible as its closest call: each image records the smallest
-  top-1 minus top-2 logit margin among the predictions its certificate relies on, and is not
-  certified when that margin is ``<= margin_tolerance`` (default :data:`DEFAULT_MARGIN_TOLERANCE`).
+* A certificate must not hang on floating-point noise: a prediction whose top-1 minus top-2 logit
+  margin is ``<= margin_tolerance`` (default :data:`DEFAULT_MARGIN_TOLERANCE`) is *unsure*, and every
+  certificate is checked as if each unsure prediction could take any value (the attacker's choice).
+  An image certified on its labels alone but not so is reported ``below_margin``.
 """
 from __future__ import annotations
 
@@ -38,7 +48,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .coverage import _threat_for, coverage_extremes, covering_set_bits, minimal_covering_set_bits
+from . import double_masking
+from .coverage import _threat_for, coverage_extremes, covering_set_bits, minimal_covering_set_bits, unpack
 from .errors import CertMaskError
 from .geometry import MaskSet
 
@@ -51,20 +62,27 @@ DEFAULT_MARGIN_TOLERANCE = 1e-3
 """Default logit margin at or below which a certificate is refused: float32 logits on a CPU moved by
 at most 1.4e-6 with batch make-up. On a GPU (TF32) or under autocast the noise is far larger; backends
 say what they need (``TorchBackend.margin_tolerance``; ``docs/theory.md``, "Reproducibility")."""
-MODES = ("detection", "covering_consensus", "recovery", "paper")
+MODES = ("detection", "plurality", "covering_consensus", "recovery", "paper")
 GUARANTEES = {
     "detection": "label-or-alert",
+    "plurality": "label-or-alert",
     "covering_consensus": "label-or-alert",
     "recovery": "label",
     "paper": "none (claimed label: refuted, proofs/t9)",
 }
 SOUND = {mode: mode != "paper" for mode in MODES}
+RECOVERY_CERTIFICATES = ("hitting_set", "all_pairs")
+CERTIFICATES = {"detection": "unanimity", "plurality": "plurality", "covering_consensus": "covering",
+                "paper": "unanimity (paper's claim)"}
 _INT64_MAX = np.iinfo(np.int64).max
 
 PairPredictor = Callable[[int, np.ndarray], np.ndarray]
 """``pair_predictor(image_index, pairs)``: labels ``(m,)`` or logits ``(m, K)`` of image
 ``image_index`` under the union of masks ``pairs[:, 0]`` and ``pairs[:, 1]``; ``pairs`` has shape
-``(m, 2)``. Logits let the certificate record decision margins."""
+``(m, 2)``. Logits let the certificate check decision margins. A predictor may also offer
+``pair_predictor.many(image_indices, pairs)`` (``image_indices`` shape ``(m,)``) answering rows of
+several images at once; the core then asks every undecided image's pairs in one call per round
+(:class:`certmask_backends.pytorch.TorchBackend`'s predictor does)."""
 
 
 def _predictions(predictions, n_masks: int | None, num_classes: int | None,
@@ -117,13 +135,141 @@ def as_labels(predictions, n_masks: int | None = None, num_classes: int | None =
     return _predictions(predictions, n_masks, num_classes, what)[0]
 
 
-def _majority(row: np.ndarray) -> int:
-    """Most frequent class of one row, ties to the smallest; ``ALERT`` when no mask votes."""
-    votes = row[row != NO_VOTE]
-    if not len(votes):
-        return ALERT
-    classes, counts = np.unique(votes, return_counts=True)
-    return int(classes[counts.argmax()])
+@numba.njit
+def _strict_plurality(values, count):  # pragma: no cover - compiled
+    """The class holding more of ``values[:count]`` than any other, or -1 (none, or a tie)."""
+    votes = np.sort(values[:count])
+    best, best_count, tied = -1, 0, False
+    start = 0
+    while start < count:
+        stop = start
+        while stop < count and votes[stop] == votes[start]:
+            stop += 1
+        if stop - start > best_count:
+            best, best_count, tied = votes[start], stop - start, False
+        elif stop - start == best_count:
+            tied = True
+        start = stop
+    return -1 if tied else best
+
+
+@numba.njit
+def _plurality_kernel(labels, ptr, idx):  # pragma: no cover - compiled
+    """``plurality`` on every row: the class that is the strict plurality of the one-mask
+    predictions inside every minimal covering set (members ``idx[ptr[s]:ptr[s + 1]]``), else -1."""
+    B, n = labels.shape
+    out = np.empty(B, dtype=np.int64)
+    buf = np.empty(n, dtype=np.int64)
+    for b in range(B):
+        common = -1
+        for s in range(len(ptr) - 1):
+            count = 0
+            for t in range(ptr[s], ptr[s + 1]):
+                if labels[b, idx[t]] != -2:  # NO_VOTE votes for no class
+                    buf[count] = labels[b, idx[t]]
+                    count += 1
+            winner = _strict_plurality(buf, count)
+            if winner == -1 or (s > 0 and winner != common):
+                common = -1
+                break
+            common = winner
+        out[b] = common
+    return out
+
+
+@numba.njit
+def _plurality_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - compiled
+    """T12 on every row: inside every minimal set, the sure votes for ``y`` outnumber the sure votes
+    of any other class plus every unsure prediction (which may turn into that class)."""
+    B, n = labels.shape
+    out = np.ones(B, dtype=np.bool_)
+    buf = np.empty(n, dtype=np.int64)
+    for b in range(B):
+        for s in range(len(ptr) - 1):
+            for_y, open_, count = 0, 0, 0
+            for t in range(ptr[s], ptr[s + 1]):
+                i = idx[t]
+                if unsure[b, i]:
+                    open_ += 1
+                elif labels[b, i] == y[b]:
+                    for_y += 1
+                elif labels[b, i] != -2:
+                    buf[count] = labels[b, i]
+                    count += 1
+            votes = np.sort(buf[:count])
+            rival, run = 0, 0
+            for t in range(count):
+                run = run + 1 if t > 0 and votes[t] == votes[t - 1] else 1
+                rival = max(rival, run)
+            if for_y <= rival + open_:
+                out[b] = False
+                break
+    return out
+
+
+@numba.njit
+def _blocked(labels, y, members, fixed):  # pragma: no cover - compiled
+    """No class ``c != y`` can hold every fixed mask of ``members`` (so, with the masks outside
+    ``fixed`` voting ``c``, ``c`` cannot take this whole covering set): some fixed member votes ``y``
+    or for no class, or two fixed members vote differently. False when no member is fixed."""
+    first = np.int64(-3)
+    for i in members:
+        if fixed[i]:
+            v = labels[i]
+            if v == y or v == -2:
+                return True
+            if first == -3:
+                first = v
+            elif v != first:
+                return True
+    return False
+
+
+@numba.njit
+def _consensus_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - compiled
+    """T13 on every row, with every unsure prediction free (the attacker's).
+
+    (a) The defence outputs ``y`` on the clean image whatever the unsure predictions are: some
+    minimal set votes ``y`` wholly and surely, and every minimal set is blocked for the other
+    classes by its sure members. (b) At every minimal set ``C`` (a patch position; its supersets
+    follow), either ``C`` votes ``y`` wholly and surely, or every minimal set is blocked by its sure
+    members inside ``C``.
+    """
+    B, n = labels.shape
+    m = len(ptr) - 1
+    out = np.zeros(B, dtype=np.bool_)
+    sure = np.empty(n, dtype=np.bool_)
+    fixed = np.empty(n, dtype=np.bool_)
+    whole = np.empty(m, dtype=np.bool_)
+    for b in range(B):
+        row = labels[b]
+        for i in range(n):
+            sure[i] = not unsure[b, i]
+        for s in range(m):
+            whole[s] = True
+            for t in range(ptr[s], ptr[s + 1]):
+                if not sure[idx[t]] or row[idx[t]] != y[b]:
+                    whole[s] = False
+                    break
+        ok = whole.any()
+        for s in range(m):
+            if not ok:
+                break
+            ok = _blocked(row, y[b], idx[ptr[s]:ptr[s + 1]], sure)
+        for c in range(m):
+            if not ok:
+                break
+            if whole[c]:
+                continue
+            fixed[:] = False
+            for t in range(ptr[c], ptr[c + 1]):
+                fixed[idx[t]] = sure[idx[t]]
+            for s in range(m):
+                if not _blocked(row, y[b], idx[ptr[s]:ptr[s + 1]], fixed):
+                    ok = False
+                    break
+        out[b] = ok
+    return out
 
 
 @numba.njit
@@ -203,6 +349,19 @@ class _Geometry:
     def all_sets(self) -> np.ndarray:
         return covering_set_bits(self.maskset, self.patch)
 
+    def membership(self) -> np.ndarray:
+        """``(n, m)`` bool: mask ``i`` lies in minimal covering set ``s``. Cached on the set."""
+        key = ("membership", self.patch)
+        if key not in self.maskset._cache:
+            self.maskset._cache[key] = np.ascontiguousarray(unpack(self.minimal_sets(), self.n).T)
+        return self.maskset._cache[key]
+
+    def member_lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Minimal set ``s`` holds masks ``idx[ptr[s]:ptr[s + 1]]``."""
+        sets, masks = np.nonzero(self.membership().T)
+        ptr = np.searchsorted(sets, np.arange(self.membership().shape[1] + 1))
+        return ptr.astype(np.int64), masks.astype(np.int64)
+
 
 def _check_int(name: str, value, low: int = 1):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
@@ -225,34 +384,20 @@ def _geometry(maskset: MaskSet, patch, k) -> _Geometry:
     return _Geometry(maskset, threat.patch_size, claimed)
 
 
-def _pair_answers(pair_predictor: PairPredictor, index: int, pairs: np.ndarray,
-                  num_classes) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        answer = np.asarray(pair_predictor(index, pairs))
-    except ValueError as err:  # a ragged answer
-        raise CertMaskError(f"pair_predictor's answer is not an array: {err}") from None
-    if answer.ndim not in (1, 2):
-        raise CertMaskError(f"pair_predictor must return labels (m,) or logits (m, K), got {answer.shape}")
-    labels, margins = _predictions(answer[None], None, num_classes, "pair predictions")
-    if labels.shape[1] != len(pairs):
-        raise CertMaskError(f"pair_predictor returned {labels.shape[1]} predictions for {len(pairs)} pairs")
-    return labels[0], margins[0]
-
-
-def _recovery_one(first: np.ndarray, index: int, pair_predictor: PairPredictor,
-                  num_classes: int | None) -> tuple[int, int]:
-    """PatchCleanser's double-masking defence on one image; returns (output, second-round passes)."""
-    majority = _majority(first)
-    if majority == ALERT or (first == majority).all():
-        return majority, 0
-    n, passes = len(first), 0
-    for i in np.flatnonzero((first != majority) & (first != NO_VOTE)):
-        pairs = np.stack([np.full(n - 1, i), np.delete(np.arange(n), i)], axis=1)
-        second, _ = _pair_answers(pair_predictor, index, pairs, num_classes)
-        passes += len(pairs)
-        if (second == first[i]).all():
-            return int(first[i]), passes
-    return majority, passes
+def _pair_asker(pair_predictor, num_classes, tolerance: float = DEFAULT_MARGIN_TOLERANCE):
+    def validate(answer, m):
+        try:
+            answer = np.asarray(answer)
+        except ValueError as err:  # a ragged answer
+            raise CertMaskError(f"pair_predictor's answer is not an array: {err}") from None
+        if answer.ndim not in (1, 2):
+            raise CertMaskError(f"pair_predictor must return labels (m,) or logits (m, K), got shape "
+                                f"{answer.shape}")
+        labels, margins = _predictions(answer[None], None, num_classes, "pair predictions")
+        if labels.shape[1] != m:
+            raise CertMaskError(f"pair_predictor returned {labels.shape[1]} predictions for {m} pairs")
+        return labels[0], margins[0]
+    return double_masking.PairAsker(pair_predictor, validate, tolerance)
 
 
 @dataclass(frozen=True)
@@ -290,14 +435,15 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
         One-mask predictions, column ``i`` for mask ``i`` of ``maskset``. Logit vectors that are not
         all finite, and the label ``NO_VOTE``, vote for no class.
     maskset : MaskSet
-    mode : {"detection", "covering_consensus", "recovery", "paper"}
+    mode : {"detection", "plurality", "covering_consensus", "recovery", "paper"}
     patch : (ph, pw), optional
         Needed when ``maskset`` carries no threat.
     k : int, optional
         Claimed coverage multiplicity (default: the set's own, or 1). Checked against the set's
         coverage, which must be at least 1 everywhere; ``paper`` uses it.
     pair_predictor : callable, optional
-        Required for ``recovery``: see :data:`PairPredictor`. Called only for disagreeing masks.
+        Required for ``recovery``: see :data:`PairPredictor`. Called only for disagreeing masks; the
+        second rounds of all images are asked together, one disagreeing mask per image per call.
     num_classes : int, optional
         When given, labels are range-checked.
 
@@ -318,23 +464,22 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
     geo = _geometry(maskset, patch, k)
     labels = as_labels(predictions, geo.n, num_classes)
     passes = np.full(len(labels), geo.n, dtype=np.int64)
-    if mode == "recovery" and not callable(pair_predictor):
-        raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor for its second round, got "
-                            f"{pair_predictor!r}")
+    if mode == "recovery":
+        ask = _pair_asker(pair_predictor, num_classes)
     if len(labels) == 0:
         return DefenceResult(mode, np.empty(0, np.int64), passes)
     if mode == "detection":
         unanimous = (labels == labels[:, :1]).all(1) & (labels[:, 0] != NO_VOTE)
         output = np.where(unanimous, labels[:, 0], ALERT)
+    elif mode == "plurality":
+        output = _plurality_kernel(labels, *geo.member_lists())
     elif mode == "covering_consensus":
         output = _one_round_kernel(labels, geo.minimal_sets(), False, geo.k)
     elif mode == "paper":
         output = _one_round_kernel(labels, geo.all_sets(), True, geo.k)
     else:
-        output = np.empty(len(labels), dtype=np.int64)
-        for b, row in enumerate(labels):
-            output[b], extra = _recovery_one(row, b, pair_predictor, num_classes)
-            passes[b] += extra
+        output, extra = double_masking.patchcleanser_defence(labels, ask.labels, NO_VOTE, ALERT)
+        passes += extra
     return DefenceResult(mode, output.astype(np.int64), passes)
 
 
@@ -361,13 +506,18 @@ class CertificationReport:
         The mode's check holds with a margin above the tolerance (equals ``certified`` for a sound
         mode; for ``paper`` it is the paper's claim, which is refuted).
     min_margin : ndarray, shape (B,), float
-        Smallest top-1 minus top-2 logit margin among the predictions the check used (``inf`` when
-        only labels were given).
+        Smallest top-1 minus top-2 logit margin among the predictions the check evaluated (``inf``
+        when only labels were given).
     below_margin : ndarray, shape (B,), bool
-        The check held on the labels but was refused because ``min_margin <= margin_tolerance``.
+        The check held on the labels alone but not once every prediction with a margin
+        ``<= margin_tolerance`` may take any value.
     certificate_passes, defence_passes : ndarray, shape (B,)
         Forward passes spent on the certificate (with early exit) and on the defence.
     margin_tolerance : float
+    certificate : str
+        Which certificate was checked (``unanimity``, ``plurality``, ``covering``, ``hitting_set``,
+        ``all_pairs``).
+    num_masks : int
     """
 
     mode: str
@@ -382,6 +532,8 @@ class CertificationReport:
     certificate_passes: np.ndarray
     defence_passes: np.ndarray
     margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE
+    certificate: str = ""
+    num_masks: int = 0
 
     PER_IMAGE = ("labels", "output", "certified", "claim_holds", "min_margin", "below_margin",
                  "certificate_passes", "defence_passes")
@@ -391,11 +543,12 @@ class CertificationReport:
         """Clean accuracy of the defended output, certified accuracy, alert rate, mean passes.
 
         An unsound mode reports ``claimed_certified_accuracy_UNSOUND`` instead of
-        ``certified_accuracy``.
+        ``certified_accuracy``. Recovery also reports ``all_pairs_passes``, the ``n + n (n - 1) / 2``
+        passes of checking every pair, to set beside ``certificate_passes_per_image``.
         """
         n = max(len(self.labels), 1)
         out = {"mode": self.mode, "guarantee": self.guarantee, "sound": self.sound,
-               "images": len(self.labels),
+               "certificate": self.certificate, "images": len(self.labels),
                "clean_accuracy": float((self.output == self.labels).sum() / n)}
         if self.sound:
             out["certified_accuracy"] = float(self.certified.sum() / n)
@@ -405,7 +558,9 @@ class CertificationReport:
                 "margin_tolerance": self.margin_tolerance,
                 "refused_for_margin": int(self.below_margin.sum()),
                 "certificate_passes_per_image": float(self.certificate_passes.sum() / n),
-                "defence_passes_per_image": float(self.defence_passes.sum() / n)}
+                "defence_passes_per_image": float(self.defence_passes.sum() / n),
+                **({"all_pairs_passes": self.num_masks * (self.num_masks + 1) // 2}
+                   if self.mode == "recovery" else {})}
 
     def records(self) -> list[dict]:
         """One small JSON-ready dict per image (``min_margin`` None when unknown)."""
@@ -431,10 +586,20 @@ def _true_labels(labels, num_classes) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _one_round_certificate(mode: str, first: np.ndarray, unsure: np.ndarray, y: np.ndarray,
+                           geo: _Geometry) -> np.ndarray:
+    """The one-round certificate of ``mode``, each ``unsure`` prediction taking any value."""
+    if mode in ("detection", "paper"):
+        return ((first == y[:, None]) & ~unsure).all(1)
+    if mode == "plurality":
+        return _plurality_certificate(first, unsure, y, *geo.member_lists())
+    return _consensus_certificate(first, unsure, y, *geo.member_lists())
+
+
 def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, patch=None,
             k=None, pair_predictor: PairPredictor | None = None, num_classes: int | None = None,
-            pair_chunk: int = 1024, margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE
-            ) -> CertificationReport:
+            pair_chunk: int = 1024, margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE,
+            recovery_certificate: str = "hitting_set") -> CertificationReport:
     """Check each clean image's certificate and run the defence on it.
 
     Parameters
@@ -446,13 +611,20 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     maskset, mode, patch, k, num_classes
         As in :func:`defend`.
     pair_predictor : callable, optional
-        Required for ``recovery``. The certificate asks for the pairs of :func:`all_pairs` in chunks
-        of ``pair_chunk`` and stops at the first chunk holding a wrong label; images whose one-mask
-        predictions already fail ask for no pairs at all.
+        Required for ``recovery``; see :data:`PairPredictor`.
+    pair_chunk : int
+        ``all_pairs`` asks each image's pairs in chunks of this many and stops at the first chunk
+        holding a wrong label.
     margin_tolerance : float
-        An image is not certified when the smallest top-1 minus top-2 logit margin among the
-        predictions its certificate relies on is ``<= margin_tolerance``, since floating-point noise
-        (batch make-up, autocast) could flip such a prediction. Has no effect on label input.
+        A prediction whose top-1 minus top-2 logit margin is ``<= margin_tolerance`` is unsure:
+        floating-point noise (batch make-up, autocast) could flip it, so the certificate must hold
+        whatever it says. Has no effect on label input.
+    recovery_certificate : {"hitting_set", "all_pairs"}
+        ``hitting_set`` (T11): certified when the good masks hit every minimal covering set; it asks
+        only for pairs of candidate masks (one-mask prediction correct), greedily by how many unhit
+        minimal sets a candidate lies in, and stops once the good masks hit every minimal set or
+        one can no longer be hit. ``all_pairs`` (T8): every one- and two-mask prediction is correct.
+        Images whose one-mask predictions rule the certificate out ask for no pairs at all.
 
     Returns
     -------
@@ -469,6 +641,9 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     if num_classes is not None:
         num_classes = _check_int("num_classes", num_classes)
     pair_chunk = _check_int("pair_chunk", pair_chunk)
+    if recovery_certificate not in RECOVERY_CERTIFICATES:
+        raise CertMaskError(f"recovery_certificate must be one of {RECOVERY_CERTIFICATES}, got "
+                            f"{recovery_certificate!r}")
     try:
         tolerance = float(margin_tolerance)
     except (TypeError, ValueError, OverflowError):  # not a number, or an int beyond float range
@@ -484,22 +659,27 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
         raise CertMaskError(f"{len(first)} prediction rows but {len(y)} labels")
     defence = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=pair_predictor,
                      num_classes=num_classes)
-    holds = (first == y[:, None]).all(1)
-    min_margin = margins.min(1)
-    passes = np.full(len(y), len(maskset), dtype=np.int64)
+    geo = _geometry(maskset, patch, k)
+    unsure = margins <= tolerance
+    min_margin = margins.min(1, initial=np.inf)
+    passes = np.full(len(y), geo.n, dtype=np.int64)
     if mode == "recovery":
-        pairs = all_pairs(len(maskset))
-        for b in np.flatnonzero(holds):
-            for start in range(0, len(pairs), pair_chunk):
-                chunk = pairs[start:start + pair_chunk]
-                second, second_margins = _pair_answers(pair_predictor, int(b), chunk, num_classes)
-                passes[b] += len(chunk)
-                min_margin[b] = min(min_margin[b], second_margins.min(initial=np.inf))
-                if (second != y[b]).any():
-                    holds[b] = False
-                    break
-    below = holds & (min_margin <= margin_tolerance)
-    claim = holds & ~below
-    certified = claim if SOUND[mode] else np.zeros_like(claim)
-    return CertificationReport(mode, GUARANTEES[mode], SOUND[mode], y, defence.output, certified, claim,
-                               min_margin, below, passes, defence.forward_passes, tolerance)
+        certificate = recovery_certificate
+        ask = _pair_asker(pair_predictor, num_classes, tolerance)
+        if certificate == "all_pairs":
+            strict, loose, extra, pair_margin = double_masking.all_pairs_certificate(
+                first, ~unsure, y, ask, pair_chunk)
+        else:
+            strict, loose, extra, pair_margin = double_masking.hitting_set_certificate(
+                first, ~unsure, y, geo.membership(), ask)
+        passes += extra
+        min_margin = np.minimum(min_margin, pair_margin)
+    else:
+        certificate = CERTIFICATES[mode]
+        strict = _one_round_certificate(mode, first, unsure, y, geo)
+        loose = _one_round_certificate(mode, first, np.zeros_like(unsure), y, geo)
+    below = loose & ~strict
+    certified = strict if SOUND[mode] else np.zeros_like(strict)
+    return CertificationReport(mode, GUARANTEES[mode], SOUND[mode], y, defence.output, certified, strict,
+                               min_margin, below, passes, defence.forward_passes, tolerance,
+                               certificate, geo.n)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .certification import DEFAULT_MARGIN_TOLERANCE, MODES
+from .certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICATES
 from .constructions import make_maskset, plan_summary
 from .coverage import cell_grid, coverage_extremes
 from .errors import CertMaskError
@@ -109,6 +109,7 @@ def cmd_certify(args) -> int:
     config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
                        masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"),
+                       recovery_certificate=args.recovery_certificate,
                        margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                          else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)))
     rank, world, gather, close = (0, 1, None, lambda: None)
@@ -213,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "margin at or below this (default: the backend's, measured for its device and "
                         f"precision; torch: {DEFAULT_MARGIN_TOLERANCE} on CPU, 0.02 on CUDA, 0.25 under "
                         "--autocast; docs/theory.md, Reproducibility)")
+    p.add_argument("--recovery-certificate", default="hitting_set", choices=RECOVERY_CERTIFICATES,
+                   help="recovery's certificate: hitting_set (T11, default: the good masks hit every "
+                        "minimal covering set) or all_pairs (T8: every one- and two-mask prediction "
+                        "is right; for comparison)")
     p.add_argument("--out", default="results/certify")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_certify)

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .certification import DEFAULT_MARGIN_TOLERANCE, GUARANTEES, MODES, SOUND, CertificationReport, certify
+from .certification import (
+    DEFAULT_MARGIN_TOLERANCE,
+    GUARANTEES,
+    MODES,
+    RECOVERY_CERTIFICATES,
+    SOUND,
+    CertificationReport,
+    certify,
+)
 from .constructions import make_maskset, plan_summary
 from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist
 from .errors import CertMaskError
@@ -55,11 +63,15 @@ class RunConfig:
     mask_size: tuple[int, int] | None = None
     image_batch: int = 100
     margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE
+    recovery_certificate: str = "hitting_set"
 
     def __post_init__(self):
         bad = [m for m in self.modes if m not in MODES]
         if bad:
             raise CertMaskError(f"unknown modes {bad}; choose from {MODES}")
+        if self.recovery_certificate not in RECOVERY_CERTIFICATES:
+            raise CertMaskError(f"unknown recovery certificate {self.recovery_certificate!r}; choose from "
+                                f"{RECOVERY_CERTIFICATES}")
         if self.mask_size is not None:
             self.masks_per_axis = None
 
@@ -93,7 +105,8 @@ def _certify_shard(backend, model, images, labels, indices, config: RunConfig, t
                     kwargs = {"margin_tolerance": config.margin_tolerance}
                     if mode == "recovery":
                         kwargs.update(pair_predictor=backend.pair_predictor(model, x, ms, return_logits=True),
-                                      pair_chunk=backend.batch_size)
+                                      pair_chunk=backend.batch_size,
+                                      recovery_certificate=config.recovery_certificate)
                     chunks[mode].append(certify(first, y, ms, mode, k=k, **kwargs))
                     part.seconds[(strategy, k, mode)] = (part.seconds.get((strategy, k, mode), 0.0)
                                                          + time.perf_counter() - t0)
@@ -110,8 +123,8 @@ def _concat(reports: list[CertificationReport], order: np.ndarray | None = None)
     cols = {name: np.concatenate([getattr(r, name) for r in reports]) for name in r0.PER_IMAGE}
     if order is not None:
         cols = {name: col[order] for name, col in cols.items()}
-    return CertificationReport(r0.mode, r0.guarantee, r0.sound, **cols,
-                               margin_tolerance=r0.margin_tolerance)
+    return CertificationReport(r0.mode, r0.guarantee, r0.sound, **cols, margin_tolerance=r0.margin_tolerance,
+                               certificate=r0.certificate, num_masks=r0.num_masks)
 
 
 def _merge(parts: list[_Partial]) -> _Partial:
@@ -198,15 +211,16 @@ def results_table(results: dict) -> str:
     """Human-readable Markdown table of a results dict."""
     lines = [f"patch {results['patch'][0]}x{results['patch'][1]}, {results['images']} images, "
              f"undefended accuracy {results['undefended_accuracy']:.4f}", "",
-             "| strategy | k | masks | bound | mode | clean acc | certified acc | alert rate | "
+             "| strategy | k | masks | bound | mode | certificate | clean acc | certified acc | alert rate | "
              "passes/img | img/s | guarantee |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         cert = r.get("certified_accuracy")
         cert_text = f"{cert:.4f}" if cert is not None else \
             f"{r['claimed_certified_accuracy_UNSOUND']:.4f} (UNSOUND claim)"
         lines.append(f"| {r['strategy']} | {r['k']} | {r['plan']['num_masks']} | "
-                     f"{r['plan']['lower_bound']} | {r['mode']} | {r['clean_accuracy']:.4f} | "
+                     f"{r['plan']['lower_bound']} | {r['mode']} | {r['certificate']} | "
+                     f"{r['clean_accuracy']:.4f} | "
                      f"{cert_text} | {r['alert_rate']:.4f} | "
                      f"{r['certificate_passes_per_image']:.1f} | {r['images_per_second']:.1f} | "
                      f"{r['guarantee']} |")

@@ -71,6 +71,36 @@ def accuracy_vs_k(results: dict, path) -> None:
     plt.close(fig)
 
 
+def certified_vs_k(runs_by_patch: dict, path, label=lambda r: r["mode"]) -> None:
+    """Certified accuracy against k per mode, one panel per patch (replicated solid, offset dashed).
+
+    ``runs_by_patch`` maps a patch name to the ``runs`` of results.json; ``label(run)`` names a curve
+    (e.g. to tell recovery's two certificates apart). Unsound modes get no curve.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs_by_patch), figsize=(4.6 * len(runs_by_patch), 4.2), squeeze=False)
+    names = sorted({label(r) for runs in runs_by_patch.values() for r in runs})
+    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    for ax, (patch, runs) in zip(axes[0], sorted(runs_by_patch.items())):
+        groups: dict = {}
+        for r in runs:
+            if r.get("certified_accuracy") is not None:
+                groups.setdefault((label(r), r["strategy"]), []).append(r)
+        for (name, strategy), group in sorted(groups.items()):
+            group.sort(key=lambda r: r["k"])
+            ax.plot([r["k"] for r in group], [r["certified_accuracy"] for r in group],
+                    "-o" if strategy == "replicated" else "--^", color=colors[name], ms=3,
+                    label=f"{name} ({strategy}, {group[0]['images']} img)")
+        ax.set_title(f"patch {patch}")
+        ax.set_xlabel("k (coverage multiplicity)")
+        ax.set_ylabel("certified accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, class_names: Sequence[str],
                    path, patch_boxes: Sequence | None = None) -> None:
     """A row of images with every mask outlined; titles give the defended output."""

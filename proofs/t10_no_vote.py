@@ -1,9 +1,10 @@
 """T10 (robust decisions): non-finite predictions vote for no class, and margins only refuse.
 
 Statement. (a) If a one- or two-mask prediction whose logits are not all finite is read as
-``NO_VOTE`` (a vote for no class), detection, covering consensus and recovery keep their guarantees
-(T6-T8). (b) A clean image with any ``NO_VOTE`` among the predictions its certificate uses is not
-certified. (c) Refusing images whose smallest logit margin is ``<= margin_tolerance`` never adds a
+``NO_VOTE`` (a vote for no class), every defence keeps its guarantee (T6-T8, T11-T13). (b) A clean
+``NO_VOTE`` never counts for the label: it breaks unanimity, is no vote for ``y`` in a plurality or a
+covering consensus, and a mask with a ``NO_VOTE`` one- or two-mask prediction is never good (T11).
+(c) Treating a prediction whose margin is ``<= margin_tolerance`` as free (any value) never adds a
 certificate.
 
 Proof. (a) Under a patch at ``l`` the masks of ``S(l)`` (and the pairs whose union hides the patch)
@@ -12,22 +13,24 @@ the attacker already controls can output ``NO_VOTE``, and T6-T8 let those output
 is one more value of a variable that was already universally quantified. The defences give it no
 class: unanimity fails (ALERT), it joins no class's voters (covering consensus), it is never a
 disagreer whose second round is tried and counts for no class in the first-round majority
-(recovery). (b) ``NO_VOTE != y`` for every label ``y >= 0``, and every certificate asks each
-prediction it uses to equal ``y``. (c) The certified set is the intersection of the certificate with
-``min_margin > tolerance``.
+(recovery), it is no class's vote in a plurality. (b) ``NO_VOTE != y`` for every label ``y >= 0``,
+and every certificate counts a prediction for ``y`` only when it equals ``y``. (c) Each certificate is
+monotone: letting a prediction take any value can only falsify it.
 
-The exhaustive part re-runs the soundness checker of T6-T8 with ``NO_VOTE`` added to the attacker's
-alphabet on every small geometry, and checks (b) on every clean table of those geometries that has one
-``NO_VOTE``.
+The exhaustive part re-runs the soundness checker of T6-T8, and the every-clean-table checker of
+T12-T13 (sets of at most 5 masks), with ``NO_VOTE`` in the alphabet, and checks (b) on every clean table
+of the small geometries that has one ``NO_VOTE``.
 """
 import numpy as np
 
 from certmask_core.certification import NO_VOTE, certify
 
+from .exact import geometries, one_round_exact
+from .reference import covering_sets_reference, minimal_sets_reference
 from .soundness import exhaustive_mode, small_geometries
 
 THEOREM = "T10"
-STATEMENT = "NO_VOTE for non-finite logits keeps T6-T8; NO_VOTE never certified; margins only refuse"
+STATEMENT = "NO_VOTE for non-finite logits keeps every guarantee, never counts for y; margins only refuse"
 symbolic = None
 
 
@@ -35,13 +38,22 @@ def exhaustive(alphabet: int = 3) -> int:
     checked = exhaustive_mode("detection", "label-or-alert", alphabet, max_masks=6, no_vote=True)
     checked += exhaustive_mode("covering_consensus", "label-or-alert", alphabet, max_masks=6, no_vote=True)
     checked += exhaustive_mode("recovery", "label", alphabet, max_masks=4, no_vote=True)
+    for name, ms, patch in geometries(5):
+        for mode in ("plurality", "covering_consensus"):
+            result = one_round_exact(ms, patch, mode, alphabet, no_vote=True, geometry=name)
+            assert result.unsound == 0, (name, mode, result.counterexample)
+            checked += result.tables
     for _, ms, patch in small_geometries():
         n = len(ms)
         clean = np.where(np.eye(n, dtype=bool), NO_VOTE, 1)  # row i: mask i emits NO_VOTE
-        for mode in ("detection", "covering_consensus", "recovery"):
-            pairs = (lambda b, p: np.ones(len(p), np.int64)) if mode == "recovery" else None
-            assert not certify(clean, np.ones(n, np.int64), ms, mode, patch=patch,
-                               pair_predictor=pairs).certified.any(), (mode, n)
+        for mode in ("detection", "covering_consensus"):
+            assert not certify(clean, np.ones(n, np.int64), ms, mode, patch=patch).certified.any(), (mode, n)
+        # recovery (T11): a mask emitting NO_VOTE is never good, so row i is certified exactly when the
+        # other masks hit every minimal covering set
+        minimal = minimal_sets_reference(covering_sets_reference(ms, patch))
+        ones = lambda b, p: np.ones(len(p), np.int64)  # noqa: E731
+        got = certify(clean, np.ones(n, np.int64), ms, "recovery", patch=patch, pair_predictor=ones).certified
+        assert got.tolist() == [all(m - {i} for m in minimal) for i in range(n)], n
         # a NO_VOTE pair answer refuses the recovery certificate too
         if n >= 2:
             answer = lambda b, p: np.full(len(p), NO_VOTE)  # noqa: E731

@@ -56,10 +56,11 @@ def data():
     return TorchBackend(), load_model("bundled"), x, y
 
 
-@pytest.mark.parametrize("mode", ["detection", "covering_consensus", "recovery"])
-def test_no_certified_image_is_broken(data, mode, tmp_path):
+@pytest.mark.parametrize("mode, k", [("detection", 1), ("covering_consensus", 1), ("recovery", 1),
+                                     ("plurality", 3), ("recovery", 3)])
+def test_no_certified_image_is_broken(data, mode, k, tmp_path):
     backend, model, x, y = data
-    result = run_attack(backend, model, x, y, (5, 5), 1, "replicated", mode, steps=6, stride=10,
+    result = run_attack(backend, model, x, y, (5, 5), k, "replicated", mode, steps=6, stride=10,
                         masks_per_axis=(3, 3), out_dir=tmp_path, show_progress=False)
     assert result["images"] == 4 and result["certified_accuracy"] > 0
     assert result["certified_broken"] == 0, result["certified_broken_images"]

@@ -83,10 +83,16 @@ def test_recovery_certificate_uses_early_exit():
 
     pred = np.full((3, 9), 5)
     pred[2, 4] = 6  # fails the one-mask certificate: no pair is asked for
-    rep = certify(pred, np.array([5, 5, 5]), ms, "recovery", pair_predictor=predictor, pair_chunk=10)
+    rep = certify(pred, np.array([5, 5, 5]), ms, "recovery", pair_predictor=predictor, pair_chunk=10,
+                  recovery_certificate="all_pairs")
     assert rep.certified.tolist() == [True, False, False]
     assert rep.certificate_passes.tolist() == [9 + 36, 9 + 10, 9]
     assert len(all_pairs(9)) == 36
+    # the hitting set needs every mask good here (each is the only cover of some position): the first
+    # candidate's wrong pair (its first row, 8 pairs) already rules image 1 out
+    rep = certify(pred, np.array([5, 5, 5]), ms, "recovery", pair_predictor=predictor)
+    assert rep.certified.tolist() == [True, False, False]
+    assert rep.certificate_passes.tolist() == [9 + 36, 9 + 8, 9]
 
 
 def test_certify_summary_and_records():

@@ -45,9 +45,12 @@ from certmask_core.cli import main
 from certmask_core.coverage import coverage_extremes, covering_sets, minimal_covering_set_bits, unpack
 from certmask_core.geometry import MAX_SIDE, STRATEGIES
 from proofs.reference import (
+    consensus_certificate_reference,
     covering_sets_reference,
+    hitting_set_reference,
     minimal_sets_reference,
     one_round_reference,
+    plurality_certificate_reference,
     recovery_reference,
 )
 from proofs.soundness import covers
@@ -832,26 +835,25 @@ test_defend, test_defend_slow = fuzz_twins(check_defend, data=st.data())
 
 
 def certificate_twin(b: int, row: list, margins: list, y: int, mode: str, pairs: PairTable,
-                     chunk: int, tolerance) -> tuple[bool, bool, float, int]:
-    """(certified, claim_holds, min_margin, certificate passes) of one clean image.
+                     tolerance, minimal) -> tuple[bool, bool]:
+    """(certified, claim_holds) of one clean image, from proofs.reference.
 
-    Every one-mask prediction is the label (recovery: and every two-mask one, asked in chunks of
-    ``chunk`` pairs until a chunk holds a wrong label), and the smallest margin seen is above the
-    tolerance. ``paper`` is never certified; its claim follows the same rule.
+    A prediction with a margin at or below the tolerance is unsure and may take any value. Unanimity
+    (detection, and the claim of ``paper``, which is never certified), T12 (plurality), T13
+    (covering consensus), T11 (recovery: the surely good masks hit every minimal covering set).
     """
-    n = len(row)
-    holds, min_margin, passes = all(v == y for v in row), min(margins), n
-    if mode == "recovery" and holds:
-        order = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        for start in range(0, len(order), chunk):
-            answers = [pairs.answer(b, i, j) for i, j in order[start:start + chunk]]
-            passes += len(answers)
-            min_margin = min([min_margin] + [m for _, m in answers])
-            if any(label != y for label, _ in answers):
-                holds = False
-                break
-    claim = holds and min_margin > tolerance
-    return claim and mode != "paper", claim, min_margin, passes
+    unsure = [m <= tolerance for m in margins]
+    if mode in ("detection", "paper"):
+        claim = all(v == y for v in row) and not any(unsure)
+    elif mode == "plurality":
+        claim = plurality_certificate_reference(row, unsure, y, minimal)
+    elif mode == "covering_consensus":
+        claim = consensus_certificate_reference(row, unsure, y, minimal)
+    else:
+        claim = hitting_set_reference(row, y, lambda i, j: pairs.answer(b, i, j)[0], minimal,
+                                      [not u for u in unsure],
+                                      lambda i, j: pairs.answer(b, i, j)[1] > tolerance)
+    return claim and mode != "paper", claim
 
 
 def check_certify(data):
@@ -883,18 +885,26 @@ def check_certify(data):
         if not isinstance(pairs, PairTable):
             return
     sets = covering_sets_reference(ms, patch)
+    minimal = minimal_sets_reference(sets)
     defence = [defence_twin(row, sets, mode, k, pairs, b) for b, row in enumerate(first[0])]
-    twin = [certificate_twin(b, row, margins, y[b], mode, pairs, kwargs["pair_chunk"],
-                             kwargs["margin_tolerance"])
+    twin = [certificate_twin(b, row, margins, y[b], mode, pairs, kwargs["margin_tolerance"], minimal)
             for b, (row, margins) in enumerate(zip(*first))]
     assert report.mode == mode and report.sound == (mode != "paper")
     assert report.labels.tolist() == y
     assert report.output.tolist() == [o for o, _ in defence]
     assert report.defence_passes.tolist() == [len(ms) + p for _, p in defence]
-    assert report.certified.tolist() == [c for c, _, _, _ in twin]
-    assert report.claim_holds.tolist() == [h for _, h, _, _ in twin]
-    assert report.min_margin.tolist() == [m for _, _, m, _ in twin]
-    assert report.certificate_passes.tolist() == [p for _, _, _, p in twin]
+    assert report.certified.tolist() == [c for c, _ in twin]
+    assert report.claim_holds.tolist() == [h for _, h in twin]
+    n = len(ms)
+    one_mask_margin = [min(margins, default=math.inf) for margins in first[1]]
+    if mode != "recovery":
+        assert report.min_margin.tolist() == one_mask_margin
+        assert report.certificate_passes.tolist() == [n] * len(y)
+    else:  # the pairs the greedy search asks depend on its order; bounds and the pairs' own margins
+        asked = [min([pairs.answer(b, i, j)[1] for b2, i, j in pairs.asked if b2 == b], default=math.inf)
+                 for b in range(len(y))]
+        assert all(min(m, a) <= r <= m for r, m, a in zip(report.min_margin.tolist(), one_mask_margin, asked))
+        assert all(n <= p <= n + n * (n - 1) // 2 for p in report.certificate_passes.tolist())
     assert report.margin_tolerance == float(kwargs["margin_tolerance"])
     json.dumps([report.summary(), report.records()], allow_nan=False)  # what results.json is made of
 

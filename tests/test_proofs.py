@@ -30,3 +30,19 @@ def test_soundness_table_lists_every_mode():
     assert rows and all(("paper" in r) == r.endswith("COUNTEREXAMPLE") for r in rows)
     modes = {"detection", "covering_consensus", "recovery", "paper"}
     assert {m for m in modes if any(m in r for r in rows)} == modes
+
+
+def test_chosen_disagreer_abstraction_equals_bruteforce_on_any_clean_table():
+    """proofs.exact decides recovery's robustness through the chosen-disagreer abstraction with
+    arbitrary clean pair labels; on 3-mask sets it yields exactly the outcomes of every free pair table."""
+    import numpy as np
+
+    from proofs.exact import k_fold_strips, recovery_outcomes
+    from proofs.soundness import covers
+    rng = np.random.default_rng(0)
+    for _, ms, patch in list(k_fold_strips())[:2]:
+        for position in np.ndindex(covers(ms, patch).shape[:2]):
+            for _ in range(4):
+                first, pairs = rng.integers(0, 3, 3), rng.integers(0, 3, 3)
+                assert (recovery_outcomes(ms, patch, position, first, pairs)
+                        == recovery_outcomes(ms, patch, position, first, pairs, brute_force=True))

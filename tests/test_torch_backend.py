@@ -66,6 +66,15 @@ def test_pair_predictions_match_the_dense_reference(setup):
     assert got.tolist() == ref
     predictor = TorchBackend().pair_predictor(model, images, ms)
     assert predictor(1, pairs).tolist() == ref
+    # ``many``: rows of several images in shared batches, equal to asking image by image
+    rows = np.tile(pairs[:7], (3, 1))
+    owners = np.repeat([2, 0, 1], 7)
+    batched = TorchBackend(batch_size=5).pair_predictor(model, images, ms).many(owners, rows)
+    assert batched.tolist() == [predictor(int(b), p[None])[0] for b, p in zip(owners, rows)]
+    with pytest.raises(CertMaskError, match=r"image indices must lie in \[0, 3\), got \[0, 3\]"):
+        predictor.many([0, 3], pairs[:2])
+    with pytest.raises(CertMaskError, match="image_indices must be 2 integers, one per pair"):
+        predictor.many([0.0, 1.0], pairs[:2])
 
 
 class FlakyMemoryModel(torch.nn.Module):

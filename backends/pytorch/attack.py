@@ -8,8 +8,10 @@ real masked predictions, so a reported break is a real one.
 
 Surrogate targets per mode:
 
-* ``detection``, ``covering_consensus``, ``recovery``: every free mask should predict the target class
-  ``c`` (the strongest wrong class of the clean image).
+* ``detection``, ``plurality``, ``covering_consensus``, ``recovery``: every free mask should predict
+  the target class ``c`` (the strongest wrong class of the clean image). For ``plurality`` this makes
+  ``c`` the plurality of every minimal covering set the patch can reach, which is what the rule needs
+  to output ``c``; the minimal sets inside ``S(l)`` are out of reach, which is why T12 holds.
 * ``paper``: the masks of a covering set ``S(l2)`` disjoint from ``S(l)`` should predict ``c`` and the
   other free masks the true label, which is the structure of the T9 counterexample (``c`` then has
   exactly ``k`` voters sharing a position, and the true label does not).
@@ -36,8 +38,8 @@ from certmask_core.progress import Progress
 
 from .backend import eval_mode
 
-WINS = {"detection": "wrong label, not ALERT", "covering_consensus": "wrong label, not ALERT",
-        "recovery": "wrong label", "paper": "wrong label"}
+WINS = {"detection": "wrong label, not ALERT", "plurality": "wrong label, not ALERT",
+        "covering_consensus": "wrong label, not ALERT", "recovery": "wrong label", "paper": "wrong label"}
 
 
 def _positions(threat: PatchThreat, stride: int) -> list[tuple[int, int]]:
@@ -140,7 +142,7 @@ class PatchAttack:
 
     def _wins(self, outputs: np.ndarray, y: int) -> np.ndarray:
         wrong = outputs != y
-        return wrong & (outputs != ALERT) if self.mode in ("detection", "covering_consensus") else wrong
+        return wrong & (outputs != ALERT) if WINS[self.mode].endswith("not ALERT") else wrong
 
     def attack_image(self, image: np.ndarray, y: int, seed: int = 0) -> dict:
         """Search positions and patch contents for one image; return the best attack found."""
@@ -217,7 +219,9 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     """Certify, then attack, every image; report breaks of certified images and robust accuracy.
 
     Certified images are always attacked (a break is a bug); with ``attack_all`` the others too, which
-    gives the empirical robust accuracy of the defence. The unsound ``paper`` mode certifies nothing:
+    gives the empirical robust accuracy of the defence. Recovery is certified with its default
+    certificate (T11, hitting set), so its certified images include ones with wrong masks. The
+    unsound ``paper`` mode certifies nothing:
     its rows say ``claim_holds`` and a break of such an image counts as ``claim_broken_UNSOUND``.
     """
     threat = PatchThreat(images.shape[2:], patch)

@@ -494,7 +494,9 @@ class TorchBackend:
 
         ``images`` are validated once, here. The predictor returns :meth:`pair_predictions` of image
         ``image_index``: labels, or logits with ``return_logits`` (given here, or per call as a
-        keyword, which the core uses for decision margins).
+        keyword, which the core uses for decision margins). Its ``many(image_indices, pairs)``
+        answers the pairs of several images in shared batches; the core uses it to ask the second
+        rounds of all undecided images in one call.
         """
         x = self.prepare_images(model, images, maskset)
         hidden = self.hidden_pixels(maskset)
@@ -503,4 +505,23 @@ class TorchBackend:
             i = _image_index(index, len(x))
             logits = self._pair_logits(model, x[i:i + 1], hidden, self._pairs(pairs, len(maskset)))
             return self._output(logits, return_logits)
+
+        def many(image_indices, pairs, return_logits: bool = return_logits) -> np.ndarray:
+            """Row ``t``: image ``image_indices[t]`` under the union of the masks ``pairs[t]``; the
+            rows of all images share full batches."""
+            p = self._pairs(pairs, len(maskset))
+            index = _as_tensor(image_indices, "image_indices")
+            if (index.ndim != 1 or len(index) != len(p) or index.dtype.is_floating_point
+                    or index.dtype in (torch.bool, torch.complex64, torch.complex128)):
+                raise CertMaskError(f"image_indices must be {len(p)} integers, one per pair, got shape "
+                                    f"{tuple(index.shape)} dtype {index.dtype}")
+            if len(index) and not (0 <= int(index.min()) and int(index.max()) < len(x)):
+                raise CertMaskError(f"pair_predictor: image indices must lie in [0, {len(x)}), got "
+                                    f"[{int(index.min())}, {int(index.max())}]")
+            index = index.to(device=x.device, dtype=torch.long)
+
+            def make_batch(a, b):
+                return self.masked_inputs(x[index[a:b]], hidden[p[a:b, 0]] | hidden[p[a:b, 1]])
+            return self._output(self._chunked_logits(model, x, len(p), make_batch), return_logits)
+        predict.many = many
         return predict
