@@ -139,7 +139,8 @@ class _HittingSearch:
         self.state = np.zeros((self.n, self.n), dtype=np.int8)
         np.fill_diagonal(self.state, _SURE)
         self.level = True
-        self.pending = -1
+        self.pending: list[int] = []
+        self.width = 1  # candidate rows asked in the next round without a suspect
 
     def unhit(self, level) -> np.ndarray:
         return ~self.member[self.good[level]].any(0)
@@ -165,14 +166,27 @@ class _HittingSearch:
                 return None
             g = int(gain.argmax())
             unknown = self.state[g] == _UNKNOWN
-            if unknown.any():
+            suspect = self.suspect()
+            if not unknown.any():
+                self._settle(g)
+                continue
+            if (unknown & suspect).any() and (unknown & ~suspect).any():
                 # pairs with a suspect first: they are the likeliest to be wrong, and one wrong
                 # pair spares the rest of the row
-                first = unknown & self.suspect()
-                self.pending = g
-                return _row_pairs(g, np.flatnonzero(first if first.any() and (unknown & ~first).any()
-                                                    else unknown))
-            self._settle(g)
+                self.pending = [g]
+                return _row_pairs(g, np.flatnonzero(unknown & suspect))
+            # no suspect in sight: every candidate that alone can hit some unhit set must be good for
+            # the image to be certified, so their rows are asked together, as many more each round
+            # as the rows of the last round all came back good (fewer rounds, little waste)
+            alone = unhit & (self.member[open_].sum(0) == 1)
+            forced = open_ & self.member[:, alone].any(1) & ~(self.state[:, suspect] == _UNKNOWN).any(1)
+            forced[g] = False
+            self.pending = sorted([g] + np.flatnonzero(forced)[:self.width - 1].tolist())
+            rows = self.state[self.pending] == _UNKNOWN
+            i, j = np.nonzero(rows)
+            i = np.asarray(self.pending)[i]
+            keep = (i < j) | ~np.isin(j, self.pending)  # a pair of two pending masks is asked once
+            return np.stack([i[keep], j[keep]], axis=1)
 
     def suspect(self) -> np.ndarray:
         """Masks whose one-mask prediction is wrong or that are in a wrong pair already."""
@@ -187,9 +201,10 @@ class _HittingSearch:
         states = np.where(labels != y, _WRONG, np.where(sure, _SURE, _NEAR)).astype(np.int8)
         self.state[pairs[:, 0], pairs[:, 1]] = states
         self.state[pairs[:, 1], pairs[:, 0]] = states
-        g = self.pending
-        if (self.state[g] == _WRONG).any() or not (self.state[g] == _UNKNOWN).any():
-            self._settle(g)  # else the rest of its row comes next round (it stays the best choice)
+        for g in self.pending:
+            if (self.state[g] == _WRONG).any() or not (self.state[g] == _UNKNOWN).any():
+                self._settle(g)  # else the rest of its row comes next round (it stays the best choice)
+        self.width = 2 * self.width if self.good[False][self.pending].all() else 1
 
     def _settle(self, g) -> None:
         self.tried[g] = True

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Results recorded in docs/results.md (issue 10; about 60 minutes on 2 CPU cores).
+# Results recorded in docs/results.md (issue 10; about 90 minutes on 2 busy CPU cores).
 # Usage: bash experiments/full_results.sh [OUT_DIR]   then   python experiments/results_to_md.py OUT_DIR
 # One-round modes share one forward pass per mask, so they run together. Recovery's second round
 # costs 10-30x more passes per image, so it runs on the first N_RECOVERY test images.
 set -euo pipefail
 out=${1:-results/full}
 cm=${CERTMASK:-certmask}
-n_subset=${N_SUBSET:-2000}
-n_recovery=${N_RECOVERY:-300}
+n_subset=${N_SUBSET:-500}
+n_recovery=${N_RECOVERY:-100}
 common=(--data fashion-mnist --model bundled --masks-per-axis 4 --quiet --no-plots --k 1 2 3 4 5 6)
 oneround=(--mode detection plurality covering_consensus paper)
 $cm certify "${common[@]}" "${oneround[@]}" --patch 3 3 --strategy replicated --out "$out/oneround_p3"

@@ -35,3 +35,22 @@ def test_decision_benchmark_twins_agree_on_a_small_case():
     pred = predictions(len(ms), 50)
     for mode in ("covering_consensus", "paper"):
         assert (defend(pred, ms, mode).output == dense_reference(pred, ms, 4, mode)).all()
+
+
+def test_recovery_benchmark_compares_both_certificates_on_one_run():
+    pytest.importorskip("torch")
+    from certmask_backends.pytorch import TorchBackend
+    from certmask_backends.pytorch.models import load_model
+
+    from benchmarks.bench_recovery import measure
+    from certmask_core import PatchThreat, make_maskset
+    from certmask_core.experiment import load_dataset
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=4)
+    row = measure(TorchBackend(), load_model("bundled"), x, y, k=2, per_axis=2)
+    hit, every = row["hitting_set"], row["all_pairs"]
+    assert row["masks"] == len(make_maskset(PatchThreat(28, 3), 2, "replicated", masks_per_axis=2))
+    assert hit["certified"] >= every["certified"]
+    assert hit["pair_passes_per_image"] <= row["all_pairs_count"]
+    # the same certificate asked image by image: same answers, more backend calls
+    alone = row["hitting_set, one image per call"]
+    assert alone["certified"] == hit["certified"] and alone["backend_calls"] >= hit["backend_calls"]
