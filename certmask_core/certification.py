@@ -85,6 +85,12 @@ several images at once; the core then asks every undecided image's pairs in one 
 (:class:`certmask_backends.pytorch.TorchBackend`'s predictor does)."""
 
 
+def _refuse_masked(values, what: str) -> None:
+    if np.ma.isMaskedArray(values) and np.ma.getmaskarray(values).any():
+        raise CertMaskError(f"{what}: a masked array with {int(np.ma.getmaskarray(values).sum())} masked "
+                            f"entries; their hidden values would count. Pass a plain array")
+
+
 def _predictions(predictions, n_masks: int | None, num_classes: int | None,
                  what: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate a ``(B, n)`` label matrix or ``(B, n, K)`` logit tensor.
@@ -92,6 +98,7 @@ def _predictions(predictions, n_masks: int | None, num_classes: int | None,
     Returns int64 labels (``NO_VOTE`` where a logit vector is not all finite) and float64 margins
     (top-1 minus top-2 logit; ``inf`` for given labels and for one class, ``0`` for ``NO_VOTE``).
     """
+    _refuse_masked(predictions, what)
     try:
         arr = np.asarray(predictions)
     except (TypeError, ValueError) as err:
@@ -572,6 +579,7 @@ class CertificationReport:
 
 
 def _true_labels(labels, num_classes) -> np.ndarray:
+    _refuse_masked(labels, "labels")
     try:
         y = np.asarray(labels)
     except (TypeError, ValueError) as err:
@@ -657,6 +665,8 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     first, margins = _predictions(predictions, len(maskset), num_classes, "predictions")
     if len(first) != len(y):
         raise CertMaskError(f"{len(first)} prediction rows but {len(y)} labels")
+    if num_classes is None and np.asarray(predictions).dtype.kind == "f":
+        num_classes = np.asarray(predictions).shape[2]  # pair logits must have as many classes
     defence = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=pair_predictor,
                      num_classes=num_classes)
     geo = _geometry(maskset, patch, k)

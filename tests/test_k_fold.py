@@ -193,3 +193,19 @@ def test_unknown_recovery_certificate_is_refused():
         certify(np.ones((1, 2), np.int64), [1], make_maskset(PatchThreat((1, 6), (1, 2)),
                                                               masks_per_axis=(1, 2)),
                 "recovery", pair_predictor=lambda b, p: np.ones(len(p), int), recovery_certificate="some")
+
+
+def test_masked_arrays_and_pair_logits_of_another_class_count_are_refused():
+    """Found by an independent review: masked entries counted with their hidden values, and pair
+    logits could have another number of classes than the one-mask logits."""
+    from certmask_core import CertMaskError
+    strip = make_maskset(PatchThreat((1, 6), (1, 2)), masks_per_axis=(1, 2))
+    hidden = np.ma.masked_array([[1, 1]], mask=[[False, True]])
+    with pytest.raises(CertMaskError, match="masked array with 1 masked entries"):
+        certify(hidden, [1], strip, "detection")
+    with pytest.raises(CertMaskError, match="labels: a masked array"):
+        certify(np.ones((1, 2), np.int64), np.ma.masked_array([1], mask=[True]), strip, "detection")
+    assert certify(np.ma.masked_array([[1, 1]]), [1], strip, "detection").certified.tolist() == [True]
+    three = logits_of(np.ones((1, 2), np.int64), np.zeros((1, 2), bool), 3)
+    with pytest.raises(CertMaskError, match="logits have 4 classes, expected 3"):
+        certify(three, [1], strip, "recovery", pair_predictor=lambda b, p: np.zeros((len(p), 4)))
