@@ -209,3 +209,17 @@ def test_masked_arrays_and_pair_logits_of_another_class_count_are_refused():
     three = logits_of(np.ones((1, 2), np.int64), np.zeros((1, 2), bool), 3)
     with pytest.raises(CertMaskError, match="logits have 4 classes, expected 3"):
         certify(three, [1], strip, "recovery", pair_predictor=lambda b, p: np.zeros((len(p), 4)))
+
+
+@pytest.mark.parametrize("answer", [lambda images, pairs: np.ones(len(pairs) + 1, np.int64),
+                                    lambda images, pairs: [[0.0], [0.0, 1.0]],
+                                    lambda images, pairs: np.full(len(pairs), 2**63, np.uint64)])
+def test_a_hostile_batched_answer_is_refused(answer):
+    from certmask_core import CertMaskError
+    strip = make_maskset(PatchThreat((1, 6), (1, 2)), masks_per_axis=(1, 2))
+
+    def predictor(b, pairs):
+        return np.ones(len(pairs), np.int64)
+    predictor.many = answer  # the batched path is validated like the per-image one
+    with pytest.raises(CertMaskError, match="pair"):
+        certify(np.ones((2, 2), np.int64), [1, 1], strip, "recovery", pair_predictor=predictor)
