@@ -50,6 +50,7 @@ import numpy as np
 
 from . import double_masking
 from .coverage import _threat_for, coverage_extremes, covering_set_bits, minimal_covering_set_bits, unpack
+from .double_masking import all_pairs  # noqa: F401 - public here since the first release
 from .errors import CertMaskError
 from .geometry import MaskSet
 
@@ -143,8 +144,8 @@ def as_labels(predictions, n_masks: int | None = None, num_classes: int | None =
 
 
 @numba.njit
-def _strict_plurality(values, count):  # pragma: no cover - compiled
-    """The class holding more of ``values[:count]`` than any other, or -1 (none, or a tie)."""
+def _largest_run(values, count):  # pragma: no cover - compiled
+    """``(label, size, tied)`` of the most frequent value in ``values[:count]`` (label -1 when empty)."""
     votes = np.sort(values[:count])
     best, best_count, tied = -1, 0, False
     start = 0
@@ -157,7 +158,7 @@ def _strict_plurality(values, count):  # pragma: no cover - compiled
         elif stop - start == best_count:
             tied = True
         start = stop
-    return -1 if tied else best
+    return best, best_count, tied
 
 
 @numba.njit
@@ -175,8 +176,8 @@ def _plurality_kernel(labels, ptr, idx):  # pragma: no cover - compiled
                 if labels[b, idx[t]] != -2:  # NO_VOTE votes for no class
                     buf[count] = labels[b, idx[t]]
                     count += 1
-            winner = _strict_plurality(buf, count)
-            if winner == -1 or (s > 0 and winner != common):
+            winner, _, tied = _largest_run(buf, count)
+            if tied or winner == -1 or (s > 0 and winner != common):
                 common = -1
                 break
             common = winner
@@ -203,11 +204,7 @@ def _plurality_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - c
                 elif labels[b, i] != -2:
                     buf[count] = labels[b, i]
                     count += 1
-            votes = np.sort(buf[:count])
-            rival, run = 0, 0
-            for t in range(count):
-                run = run + 1 if t > 0 and votes[t] == votes[t - 1] else 1
-                rival = max(rival, run)
+            _, rival, _ = _largest_run(buf, count)
             if for_y <= rival + open_:
                 out[b] = False
                 break
@@ -364,10 +361,13 @@ class _Geometry:
         return self.maskset._cache[key]
 
     def member_lists(self) -> tuple[np.ndarray, np.ndarray]:
-        """Minimal set ``s`` holds masks ``idx[ptr[s]:ptr[s + 1]]``."""
-        sets, masks = np.nonzero(self.membership().T)
-        ptr = np.searchsorted(sets, np.arange(self.membership().shape[1] + 1))
-        return ptr.astype(np.int64), masks.astype(np.int64)
+        """Minimal set ``s`` holds masks ``idx[ptr[s]:ptr[s + 1]]``. Cached on the set."""
+        key = ("member lists", self.patch)
+        if key not in self.maskset._cache:
+            sets, masks = np.nonzero(self.membership().T)
+            ptr = np.searchsorted(sets, np.arange(self.membership().shape[1] + 1))
+            self.maskset._cache[key] = (ptr.astype(np.int64), masks.astype(np.int64))
+        return self.maskset._cache[key]
 
 
 def _check_int(name: str, value, low: int = 1):
@@ -488,12 +488,6 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
         output, extra = double_masking.patchcleanser_defence(labels, ask.labels, NO_VOTE, ALERT)
         passes += extra
     return DefenceResult(mode, output.astype(np.int64), passes)
-
-
-def all_pairs(n: int) -> np.ndarray:
-    """The ``n (n - 1) / 2`` unordered mask pairs ``(i, j)``, ``i < j``, in row-major order."""
-    i, j = np.triu_indices(n, k=1)
-    return np.stack([i, j], axis=1)
 
 
 @dataclass(frozen=True)

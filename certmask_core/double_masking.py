@@ -41,6 +41,12 @@ def ask_pairs(pair_predictor, image_indices: np.ndarray, pairs: np.ndarray,
     return labels, margins
 
 
+def all_pairs(n: int) -> np.ndarray:
+    """The ``n (n - 1) / 2`` unordered mask pairs ``(i, j)``, ``i < j``, in row-major order."""
+    i, j = np.triu_indices(n, k=1)
+    return np.stack([i, j], axis=1)
+
+
 def _row_pairs(i: int, others: np.ndarray) -> np.ndarray:
     return np.stack([np.full(len(others), i), others], axis=1)
 
@@ -101,8 +107,7 @@ def all_pairs_certificate(first, sure, y, ask, chunk: int):
     strict = loose & sure.all(1)
     passes = np.zeros(B, dtype=np.int64)
     min_margin = np.full(B, np.inf)
-    i, j = np.triu_indices(n, k=1)
-    pairs = np.stack([i, j], axis=1)
+    pairs = all_pairs(n)
     position = dict.fromkeys(np.flatnonzero(loose).tolist(), 0)
     while position and len(pairs):
         images = [np.full(len(pairs[s:s + chunk]), b) for b, s in position.items()]
