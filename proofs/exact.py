@@ -78,13 +78,27 @@ def _position_classes(maskset, patch, with_pairs: bool):
     return list(seen.values())
 
 
-def _logits(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray:
-    """Logits whose top-1 is ``rows`` with margin SURE or UNSURE; NaN rows for NO_VOTE."""
+def logits_of(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray:
+    """Logits whose top-1 is ``rows`` with margin SURE or UNSURE (where ``unsure``); NaN for NO_VOTE."""
     out = np.zeros(rows.shape + (alphabet,))
     label = np.where(rows == NO_VOTE, 0, rows)
     np.put_along_axis(out, label[..., None], np.where(unsure, UNSURE, SURE)[..., None], axis=-1)
     out[rows == NO_VOTE] = np.nan
     return out
+
+
+def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symbols, y: int) -> np.ndarray:
+    """Per clean row (``rows`` = every row over ``symbols``): the defence outputs ``y`` on it and, at
+    every position, every attack (the rows agreeing on the covering masks) keeps the guarantee."""
+    outputs = defend(rows, maskset, mode, patch=patch).output
+    bad_output = ~_guarantee_ok(outputs, y, GUARANTEES[mode])
+    robust = outputs == y
+    for cover, _, _ in _position_classes(maskset, patch, with_pairs=False):
+        keys = _keys(rows, np.flatnonzero(cover), symbols)
+        bad = np.zeros(keys.max() + 1, dtype=bool)
+        np.logical_or.at(bad, keys, bad_output)
+        robust &= ~bad[keys]
+    return robust
 
 
 def one_round_exact(maskset: MaskSet, patch, mode: str, alphabet: int = 3, no_vote: bool = False,
@@ -93,16 +107,9 @@ def one_round_exact(maskset: MaskSet, patch, mode: str, alphabet: int = 3, no_vo
     n = len(maskset)
     symbols = list(range(alphabet)) + ([NO_VOTE] if no_vote else [])
     rows = _all_rows(n, symbols)
-    guarantee = GUARANTEES[mode]
-    outputs = defend(rows, maskset, mode, patch=patch).output
     result = ExactResult(mode, mode, geometry)
     for y in range(alphabet):
-        robust = outputs == y
-        for cover, _, _ in _position_classes(maskset, patch, with_pairs=False):
-            keys = _keys(rows, np.flatnonzero(cover), symbols)
-            bad = np.zeros(keys.max() + 1, dtype=bool)
-            np.logical_or.at(bad, keys, ~_guarantee_ok(outputs, y, guarantee))
-            robust &= ~bad[keys]
+        robust = _one_round_robust(maskset, patch, mode, rows, symbols, y)
         certified = certify(rows, np.full(len(rows), y), maskset, mode, patch=patch).certified
         _tally(result, rows, y, robust, certified)
     return result
@@ -131,21 +138,12 @@ def unsure_soundness(maskset: MaskSet, patch, mode: str, alphabet: int = 3) -> i
     """
     n = len(maskset)
     rows = _all_rows(n, range(alphabet))
-    exact = {}
-    outputs = defend(rows, maskset, mode, patch=patch).output
-    for y in range(alphabet):
-        robust = outputs == y
-        for cover, _, _ in _position_classes(maskset, patch, with_pairs=False):
-            keys = _keys(rows, np.flatnonzero(cover), range(alphabet))
-            bad = np.zeros(keys.max() + 1, dtype=bool)
-            np.logical_or.at(bad, keys, ~_guarantee_ok(outputs, y, GUARANTEES[mode]))
-            robust &= ~bad[keys]
-        exact[y] = robust
+    exact = {y: _one_round_robust(maskset, patch, mode, rows, range(alphabet), y) for y in range(alphabet)}
     checked = 0
     for unsure_cols in itertools.product([False, True], repeat=n):
         unsure = np.array(unsure_cols)
         keys = _keys(rows, np.flatnonzero(~unsure), range(alphabet))
-        logits = _logits(rows, np.broadcast_to(unsure, rows.shape), alphabet)
+        logits = logits_of(rows, np.broadcast_to(unsure, rows.shape), alphabet)
         for y in range(alphabet):
             all_robust = np.ones(keys.max() + 1, dtype=bool)
             np.logical_and.at(all_robust, keys, exact[y])

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from certmask_core import PatchThreat, certify, defend, make_maskset
 from certmask_core.certification import ALERT, NO_VOTE
+from proofs.exact import logits_of
 from proofs.reference import (
     consensus_certificate_reference,
     covering_sets_reference,
@@ -20,18 +21,6 @@ from proofs.reference import (
 )
 
 from .strategies import covering_masksets, threats
-
-SURE, UNSURE = 1.0, 1e-4
-
-
-def logits_of(labels, unsure, classes):
-    """Logits with top-1 ``labels`` and margin SURE or UNSURE (all-NaN for NO_VOTE)."""
-    labels = np.asarray(labels)
-    out = np.zeros(labels.shape + (classes,))
-    np.put_along_axis(out, np.where(labels == NO_VOTE, 0, labels)[..., None],
-                      np.where(unsure, UNSURE, SURE)[..., None], axis=-1)
-    out[labels == NO_VOTE] = np.nan
-    return out
 
 
 class PairTable:
