@@ -277,7 +277,8 @@ def check_maskset_invariants(ms: MaskSet):
     assert (again.origins == ms.origins).all() and (again.sizes == ms.sizes).all()
 
 
-def check_maskset_construction(image, origins, sizes, clean):
+def check_maskset_construction(case):
+    image, origins, sizes, clean = case
     ok, ms = attempt(MaskSet, image, origins, sizes)
     assert ok or not clean, "a valid mask set was refused"
     if not ok:
@@ -295,17 +296,8 @@ def check_maskset_construction(image, origins, sizes, clean):
             assert (stored == before).all(), "the set shares memory with the caller's array"
 
 
-@FAST
-@given(case=maskset_arguments())
-def test_maskset_construction(case):
-    check_maskset_construction(*case)
-
-
-@pytest.mark.slow
-@SLOW
-@given(case=maskset_arguments())
-def test_maskset_construction_slow(case):
-    check_maskset_construction(*case)
+test_maskset_construction, test_maskset_construction_slow = fuzz_twins(check_maskset_construction,
+                                                                       case=maskset_arguments())
 
 
 # --- MaskSet.from_json / from_dict ----------------------------------------------------------------
@@ -408,24 +400,15 @@ def check_document_round_trip(ms: MaskSet, doc):
     assert again.spec == ms.spec and again.threat == ms.threat
 
 
-def check_from_json(text, clean):
+def check_from_json(case):
+    text, clean = case
     ok, ms = attempt(MaskSet.from_json, text)
     assert ok or not clean, "a valid document was refused"
     if ok:
         check_document_round_trip(ms, json.loads(text))
 
 
-@FAST
-@given(case=json_texts())
-def test_maskset_from_json(case):
-    check_from_json(*case)
-
-
-@pytest.mark.slow
-@SLOW
-@given(case=json_texts())
-def test_maskset_from_json_slow(case):
-    check_from_json(*case)
+test_maskset_from_json, test_maskset_from_json_slow = fuzz_twins(check_from_json, case=json_texts())
 
 
 python_values = st.one_of(
@@ -438,24 +421,16 @@ python_values = st.one_of(
                      np.array([[2**63, 1]], np.uint64), np.array(["offset"]), np.str_("offset")]))
 
 
-def check_from_dict(doc, clean):
+def check_from_dict(case):
+    doc, clean = case
     ok, ms = attempt(MaskSet.from_dict, doc)
     assert ok or not clean, "a valid document was refused"
     if ok:
         check_document_round_trip(ms, doc)
 
 
-@FAST
-@given(case=near_valid_documents(values=python_values))
-def test_maskset_from_dict(case):
-    check_from_dict(*case)
-
-
-@pytest.mark.slow
-@SLOW
-@given(case=near_valid_documents(values=python_values))
-def test_maskset_from_dict_slow(case):
-    check_from_dict(*case)
+test_maskset_from_dict, test_maskset_from_dict_slow = fuzz_twins(
+    check_from_dict, case=near_valid_documents(values=python_values))
 
 
 # --- coverage ---------------------------------------------------------------------------------------
@@ -975,17 +950,9 @@ def check_bounds(threat, mask, k):
         assert bound == int(k) * -(-P_h // w[0]) * -(-P_w // w[1])
 
 
-@FAST
-@given(threat=threats(), mask=st.integers(1, 30) | hostile_pairs, k=st.integers(1, 9) | hostile_scalars)
-def test_effective_coverage_and_lower_bound(threat, mask, k):
-    check_bounds(threat, mask, k)
-
-
-@pytest.mark.slow
-@SLOW
-@given(threat=threats(), mask=st.integers(1, 30) | hostile_pairs, k=st.integers(1, 9) | hostile_scalars)
-def test_effective_coverage_and_lower_bound_slow(threat, mask, k):
-    check_bounds(threat, mask, k)
+test_effective_coverage_and_lower_bound, test_effective_coverage_and_lower_bound_slow = fuzz_twins(
+    check_bounds, threat=threats(), mask=st.integers(1, 30) | hostile_pairs,
+    k=st.integers(1, 9) | hostile_scalars)
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -1163,17 +1130,7 @@ def check_cli_argv(argv, capsys):
     run_cli(argv, capsys)
 
 
-@FAST
-@given(argv=junk_argvs())
-def test_cli_junk_argv(argv, capsys):
-    check_cli_argv(argv, capsys)
-
-
-@pytest.mark.slow
-@SLOW
-@given(argv=junk_argvs())
-def test_cli_junk_argv_slow(argv, capsys):
-    check_cli_argv(argv, capsys)
+test_cli_junk_argv, test_cli_junk_argv_slow = fuzz_twins(check_cli_argv, argv=junk_argvs())
 
 
 # --- regressions and the bugs the wall found, as plain examples -----------------------------------
