@@ -1,9 +1,10 @@
-"""The ``certmask`` command line: plan, coverage, certify, attack."""
+"""The ``certmask`` command line: plan, coverage, certify, attack, train."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def cmd_certify(args) -> int:
     from .experiment import RunConfig, load_dataset, results_table, run_certification, write_outputs
     backend = _backend(args)
     images, labels, source = load_dataset(args.data, args.data_root, args.limit)
-    model = backend.load_model(args.model)
+    model = backend.load_model(args.model, args.weights)
     config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
                        masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"),
@@ -134,7 +135,7 @@ def cmd_attack(args) -> int:
     from .experiment import load_dataset
     backend = _backend(args)
     images, labels, source = load_dataset(args.data, args.data_root, args.limit)
-    model = backend.load_model(args.model)
+    model = backend.load_model(args.model, args.weights)
     results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
                              args.mode, steps=args.steps, stride=args.stride,
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
@@ -153,24 +154,92 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .experiment import load_dataset
+    backend = _backend(args)
+    out = Path(args.out)
+    checkpoints = out / "checkpoints"
+    if not args.resume and checkpoints.is_dir() and any(checkpoints.glob("epoch-*.pt")):
+        raise CertMaskError(f"{str(out)!r} already holds checkpoints; pass --resume to continue that run or "
+                            f"choose another --out")
+    images, labels, source = load_dataset(args.data, args.data_root, args.limit, split="train")
+    eval_name = args.eval_data or ("fashion-mnist" if args.data == "fashion-mnist" else None)
+    eval_images = eval_labels = None
+    if eval_name is not None:
+        eval_images, eval_labels, eval_source = load_dataset(eval_name, args.data_root, args.eval_limit)
+    model = backend.load_model(args.model, args.weights)
+    masksets = []
+    if args.masks:
+        masksets.append(_read_maskset(args.masks))
+    for patch in args.patch or []:
+        threat = PatchThreat(images.shape[2:], tuple(patch))
+        masksets += [make_maskset(threat, k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
+                                  masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
+                     for k in args.k]
+    if args.augment in ("maskset", "greedy") and not masksets:
+        raise CertMaskError(f"--augment {args.augment} needs the masks to train for: --patch PH PW "
+                            f"(repeatable) or --masks FILE.json")
+    options = {"cutout": {"size": args.cutout_size},
+               "maskset": {"p_none": args.p_none, "p_single": args.p_single, "p_pair": args.p_pair},
+               "greedy": {"samples": args.greedy_samples, "p_none": args.p_none}}.get(args.augment)
+    config = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr,
+              "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "hflip": args.hflip,
+              "seed": args.seed, "augmentation": args.augment, "augmentation_options": options}
+    out.mkdir(parents=True, exist_ok=True)
+    record = backend.train(model, images, labels, config, masksets=masksets or None,
+                           eval_images=eval_images, eval_labels=eval_labels,
+                           eval_maskset=masksets[0] if masksets else None, checkpoint_dir=checkpoints,
+                           resume=args.resume, show_progress=None if not args.quiet else False)
+    saved, certify_with = backend.save_model(model, out / "model.pt", args.model)
+    record.update({"command": args.command_line,
+                   "model": args.model, "weights": args.weights, "data": args.data, "data_source": source,
+                   "eval_data": eval_name, "eval_source": eval_source if eval_name else None,
+                   "masks": [plan_summary(ms) for ms in masksets], "saved_model": str(saved),
+                   "certify_with": certify_with})
+    (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
+    last = record["epochs"][-1]
+    print(" ".join(f"{key} {value:.4f}" for key, value in last.items()
+                   if key.endswith(("accuracy", "right"))))
+    print(f"wrote {saved} and {out / 'train.json'}; certify it with --model {record['certify_with']}")
+    return 0
+
+
 def _add_model_args(p):
-    p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-subset"],
-                   help="fashion-mnist: the Debian package's 10k test set, else the bundled subset")
-    p.add_argument("--data-root", help="folder with the idx files (default /usr/share/datasets/...)")
-    p.add_argument("--model", default="bundled", help="'bundled' or a state-dict path")
+    _add_data_model_args(p, split="test")
     p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
     p.add_argument("--k", type=int, nargs="+", default=[1])
     p.add_argument("--strategy", nargs="+", default=["replicated"], choices=STRATEGIES)
     p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N")
     p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"))
+    _add_backend_args(p)
+
+
+MODEL_HELP = ("model spec: 'bundled' (the committed Fashion-MNIST CNN), 'bundled-cutout' (the first "
+              "release's), 'fashion-cnn' (that architecture untrained), a TorchScript or FashionCNN "
+              "state-dict file, or 'package.module:factory' (called with no arguments)")
+
+
+def _add_data_model_args(p, split: str) -> None:
+    p.add_argument("--data", default="fashion-mnist",
+                   help=f"'fashion-mnist' (the Debian package's {split} set; certify falls back to the "
+                        "bundled 1,000-image subset), 'fashion-mnist-subset', or an .npz file with "
+                        "'images' (N,H,W / N,C,H,W / N,H,W,C; uint8 or float in [0, 1]) and 'labels'")
+    p.add_argument("--data-root", help="folder with the Fashion-MNIST idx files "
+                                       "(default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--limit", type=int, help="first N images only")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="bundled", help=MODEL_HELP)
+    p.add_argument("--weights", help="state dict loaded into a 'fashion-cnn' or factory model")
+
+
+def _add_backend_args(p) -> None:
+    p.add_argument("--backend", default="torch", help="backend name (entry point group certmask.backends)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=int, default=512, help="masked images per forward pass")
-    p.add_argument("--memory-budget-mb", type=float)
+    p.add_argument("--memory-budget-mb", type=float, help="also cap the batch to fit this much memory")
     p.add_argument("--fill", type=float, default=0.0, help="mask fill in pixel space")
-    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
+                   help="run the model under autocast (certificates then use a wider margin tolerance)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last tensors (faster on GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -231,12 +300,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack uncertified images too (empirical robust accuracy), not only certified ones")
     p.add_argument("--out", default="results/attack")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("train", help="train or fine-tune a model for certification (mask-set augmentation)")
+    _add_data_model_args(p, split="train")
+    p.set_defaults(model="fashion-cnn")
+    p.add_argument("--eval-data", help="held-out data evaluated after each epoch (default for fashion-mnist: "
+                                       "its test set; otherwise none)")
+    p.add_argument("--eval-limit", type=int, default=1000, help="evaluate on the first N held-out images")
+    p.add_argument("--augment", default="maskset", choices=["none", "cutout", "maskset", "greedy"],
+                   help="none; cutout (one random square); maskset (nothing, one mask or a pair of masks "
+                        "of the certification set); greedy (the highest-loss mask or pair of a sample)")
+    p.add_argument("--patch", type=int, nargs=2, action="append", metavar=("PH", "PW"),
+                   help="patch to train for (repeatable: the masks of every patch and k are used)")
+    p.add_argument("--k", type=int, nargs="+", default=[1], help="coverage folds to train for")
+    p.add_argument("--strategy", default="replicated", choices=STRATEGIES, help="mask-set construction")
+    p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N",
+                   help="masks per axis of the 1-fold grid")
+    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"), help="mask size instead")
+    p.add_argument("--masks", metavar="MASKS.json", help="also train for this mask-set file")
+    p.add_argument("--p-none", type=float, default=0.2, help="share of images left clean (maskset, greedy)")
+    p.add_argument("--p-single", type=float, default=0.4, help="share of images under one mask (maskset)")
+    p.add_argument("--p-pair", type=float, default=0.4,
+                   help="share of images under a pair of masks (maskset)")
+    p.add_argument("--cutout-size", type=int, default=12, help="side of the cutout square")
+    p.add_argument("--greedy-samples", type=int, default=4,
+                   help="masks and partners scored per image and step (costs 2x this many forward passes)")
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--train-batch-size", type=int, default=128, help="training images per step")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule, AdamW)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--out", default="results/train",
+                   help="folder for model.pt, train.json and checkpoints/epoch-NNN.pt")
+    _add_backend_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = shlex.join(["certmask", *(sys.argv[1:] if argv is None else argv)])
         return args.func(args)
     except (CertMaskError, OSError) as err:
         print(f"certmask: error: {' '.join(str(err).split())}", file=sys.stderr)

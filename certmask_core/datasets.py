@@ -83,3 +83,54 @@ def load_bundled_subset() -> tuple[np.ndarray, np.ndarray, str]:
     """The first 1,000 Fashion-MNIST test images, shipped in the package: ``(images, labels, source)``."""
     with np.load(bundled_subset_path()) as z:
         return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
+    """Images and labels from an ``.npz`` holding arrays ``images`` and ``labels``.
+
+    ``images`` may be ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 (the last
+    axis is read as channels when it is that small and the second is not); uint8 is divided by 255,
+    floating point must already lie in ``[0, 1]``. The layout found is stated in the returned source.
+
+    Returns
+    -------
+    images : ndarray, shape (N, C, H, W), float32 in [0, 1]
+    labels : ndarray, shape (N,), int64
+    source : str
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CertMaskError(f"data file not found: {str(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [key for key in ("images", "labels") if key not in z.files]
+            if missing:
+                raise CertMaskError(f"{str(path)!r} holds {z.files}; it needs arrays 'images' and 'labels'")
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError) as err:
+        raise CertMaskError(f"cannot read {str(path)!r} as .npz: {err}") from None
+    if images.ndim == 3:
+        images, layout = images[:, None], "NHW"
+    elif images.ndim == 4 and images.shape[3] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+        images, layout = images.transpose(0, 3, 1, 2), "NHWC"
+    elif images.ndim == 4:
+        layout = "NCHW"
+    else:
+        raise CertMaskError(f"{str(path)!r}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got "
+                            f"shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+        raise CertMaskError(f"{str(path)!r}: labels must be {len(images)} integers, got shape {labels.shape} "
+                            f"dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise CertMaskError(f"{str(path)!r}: labels must be >= 0, got {labels.min()}")
+    if images.dtype == np.uint8:
+        images, scale = images.astype(np.float32) / 255.0, "uint8 / 255"
+    elif images.dtype.kind == "f":
+        images, scale = images.astype(np.float32), "float"
+        if images.size and not (np.isfinite(images).all() and 0.0 <= images.min() and images.max() <= 1.0):
+            raise CertMaskError(f"{str(path)!r}: float images must be finite and lie in [0, 1], found "
+                                f"[{np.nanmin(images)}, {np.nanmax(images)}]")
+    else:
+        raise CertMaskError(f"{str(path)!r}: images must be uint8 or float, got dtype {images.dtype}")
+    return (np.ascontiguousarray(images), labels.astype(np.int64),
+            f"{path} ({layout}, {scale}, {images.shape[1]} channel(s))")

@@ -28,7 +28,7 @@ from .certification import (
     certify,
 )
 from .constructions import make_maskset, plan_summary
-from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist
+from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist, load_npz
 from .errors import CertMaskError
 from .geometry import PatchThreat
 from .progress import Progress
@@ -36,19 +36,31 @@ from .progress import Progress
 DATASETS = ("fashion-mnist", "fashion-mnist-subset")
 
 
-def load_dataset(name: str, root: str | None = None, limit: int | None = None):
-    """Images as float32 ``(N, 1, 28, 28)`` in ``[0, 1]``, int64 labels and a source string."""
-    if name not in DATASETS:
-        raise CertMaskError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test"):
+    """Images as float32 ``(N, C, H, W)`` in ``[0, 1]``, int64 labels and a source string.
+
+    ``name`` is one of :data:`DATASETS` or a path to an ``.npz`` file (see
+    :func:`certmask_core.datasets.load_npz`); ``split`` picks Fashion-MNIST's ``"test"`` or ``"train"``.
+    """
     if limit is not None and limit < 1:
         raise CertMaskError(f"limit must be >= 1, got {limit}")
-    images, labels, source = (load_fashion_mnist("test", root=root) if name == "fashion-mnist"
-                              else load_bundled_subset())
+    if str(name).endswith(".npz"):
+        images, labels, source = load_npz(name)
+    elif name == "fashion-mnist":
+        images, labels, source = load_fashion_mnist(split, root=root)
+        images = images[:, None].astype(np.float32) / 255.0
+    elif name == "fashion-mnist-subset":
+        if split != "test":
+            raise CertMaskError(f"the bundled subset holds test images only, not split {split!r}")
+        images, labels, source = load_bundled_subset()
+        images = images[:, None].astype(np.float32) / 255.0
+    else:
+        raise CertMaskError(f"unknown dataset {name!r}; choose one of {DATASETS} or a path to an .npz file")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     if len(images) == 0:
         raise CertMaskError(f"dataset {name!r} from {source} is empty")
-    return images[:, None].astype(np.float32) / 255.0, labels, source
+    return images, labels, source
 
 
 @dataclass

@@ -6,7 +6,8 @@
 set -euo pipefail
 out=${1:-results/attack}
 cm=${CERTMASK:-certmask}
-common=(--data fashion-mnist --model bundled --patch 5 5 --strategy replicated --masks-per-axis 4
+model=${MODEL:-bundled-cutout}  # the documented figures are the first-release model's
+common=(--data fashion-mnist --model "$model" --patch 5 5 --strategy replicated --masks-per-axis 4
         --steps 15 --stride 6 --attack-all --quiet)
 if [ -z "${ONLY_K3:-}" ]; then
   for mode in detection covering_consensus recovery paper; do

@@ -54,3 +54,16 @@ def test_recovery_benchmark_compares_both_certificates_on_one_run():
     # the same certificate asked image by image: same answers, more backend calls
     alone = row["hitting_set, one image per call"]
     assert alone["certified"] == hit["certified"] and alone["backend_calls"] >= hit["backend_calls"]
+
+
+def test_training_benchmark_measures_every_recipe_in_one_run():
+    pytest.importorskip("torch")
+    from benchmarks.bench_training import RECIPES, measure
+    from certmask_core.experiment import load_dataset
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=64)
+    rows = measure(x, y, steps=2, batch=32)
+    assert [r["augmentation"] for r in rows] == [a for a, _ in RECIPES]
+    assert rows[0]["ratio_to_none"] == 1.0 and all(r["seconds_per_step"] > 0 for r in rows)
+    # greedy scores 2 x samples candidates per masked image (p_none = 0.2 leaves a fifth clean)
+    assert [r["scoring_passes_per_image"] > 0 for r in rows] == [False, False, False, True, True]
+    assert rows[4]["scoring_passes_per_image"] > rows[3]["scoring_passes_per_image"]

@@ -125,12 +125,19 @@ def test_memory_budget_caps_the_batch(setup):
     assert (labels == reference_logits(model, images, ms).argmax(2)).all()
 
 
-def test_bundled_model_loads_and_is_accurate_on_the_subset():
+@pytest.mark.parametrize("spec", ["bundled", "bundled-cutout"])
+def test_bundled_models_load_are_accurate_and_have_their_record(spec):
+    import json
+
+    from certmask_backends.pytorch.models import BUNDLED, bundled_weights_path
+
     from certmask_core.experiment import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=300)
     backend = get_backend("torch")
-    pred = backend.predict(backend.load_model("bundled"), x)
+    pred = backend.predict(backend.load_model(spec), x)
     assert (pred == y).mean() > 0.85
+    record = json.loads(bundled_weights_path(BUNDLED[spec]).with_suffix(".json").read_text())
+    assert record["command"].split()[0] in ("certmask", "python")
 
 
 def test_autocast_bf16_runs_and_mostly_agrees():

@@ -233,16 +233,26 @@ class TorchBackend:
 
         return rank, world, gather, close
 
+    def save_model(self, model, path, spec: str):
+        """Save a trained ``model`` loaded from ``spec``: see :func:`.models.save_model`."""
+        from .models import save_model
+        return save_model(model, path, spec)
+
+    def train(self, model, images, labels, config, **options) -> dict:
+        """Train ``model`` for certification: see :func:`.training.train`."""
+        from .training import train
+        return train(model, images, labels, config, backend=self, **options)
+
     def attack(self, model, images, labels, patch, k, strategy, mode, **options) -> dict:
         """Adaptive patch attack on the defended model: see :func:`.attack.run_attack`."""
         from .attack import run_attack
         return run_attack(self, model, images, labels, patch, k, strategy, mode, **options)
 
     # ----------------------------------------------------------------- models and inputs
-    def load_model(self, name: str = "bundled") -> nn.Module:
-        """The bundled Fashion-MNIST CNN (``"bundled"``) or a state-dict path, on this device."""
+    def load_model(self, name: str = "bundled", weights=None) -> nn.Module:
+        """A model spec (see :func:`.models.load_model`) loaded on this device, in eval mode."""
         from .models import load_model
-        model = load_model(name, self.device)
+        model = load_model(name, self.device, weights)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_images(self, model, images, maskset: MaskSet | None = None) -> torch.Tensor:

@@ -6,6 +6,9 @@ certification time.
 """
 from __future__ import annotations
 
+import importlib
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -15,7 +18,9 @@ from certmask_core import CertMaskError
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
-BUNDLED_WEIGHTS = "fmnist_cnn_cutout.pt"
+BUNDLED_WEIGHTS = "fmnist_cnn.pt"
+# model spec -> committed weights file
+BUNDLED = {"bundled": BUNDLED_WEIGHTS, "bundled-cutout": "fmnist_cnn_cutout.pt"}
 
 
 class FashionCNN(nn.Module):
@@ -77,26 +82,106 @@ class ResNet18(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def bundled_weights_path() -> Path:
-    return Path(__file__).with_name("weights") / BUNDLED_WEIGHTS
+def bundled_weights_path(name: str = BUNDLED_WEIGHTS) -> Path:
+    return Path(__file__).with_name("weights") / name
 
 
-def load_model(name: str = "bundled", device: str | torch.device = "cpu") -> nn.Module:
-    """Load a classifier in eval mode.
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold a ``code/`` folder; ``torch.save`` archives do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _load_state_dict(model: nn.Module, path: Path, what: str) -> nn.Module:
+    if not path.is_file():
+        raise CertMaskError(f"weights file not found: {str(path)!r}")
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # not a torch file, or the state dict of another architecture
+        raise CertMaskError(f"cannot load {str(path)!r} as a {what} state_dict: {err}") from err
+    return model
+
+
+def _from_factory(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise CertMaskError(f"model spec {spec!r}: cannot import {attr!r} from {module_name!r}: "
+                            f"{err}") from None
+    try:
+        model = factory()
+    except Exception as err:
+        raise CertMaskError(f"model spec {spec!r}: calling {attr}() failed: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise CertMaskError(f"model spec {spec!r}: {attr}() returned a {type(model).__name__}, not an "
+                            f"nn.Module")
+    return model
+
+
+MODEL_SPECS = ("bundled", "bundled-cutout", "fashion-cnn", "FILE.pt (TorchScript or FashionCNN state dict)",
+               "package.module:factory")
+
+
+def load_model(name: str = "bundled", device: str | torch.device = "cpu", weights=None) -> nn.Module:
+    """Load a classifier in eval mode from a model spec.
 
     Parameters
     ----------
     name : str
-        ``"bundled"`` for the committed Fashion-MNIST CNN, or a path to a ``state_dict`` file of
-        :class:`FashionCNN`.
+        * ``"bundled"``: the committed Fashion-MNIST CNN (trained for certification, see
+          ``weights/fmnist_cnn.json``); ``"bundled-cutout"``: the first release's Cutout-trained one;
+        * ``"fashion-cnn"``: the bundled architecture, freshly initialised (to train from scratch);
+        * a file path: a TorchScript archive (``torch.jit.save``) or a :class:`FashionCNN` state dict;
+        * ``"package.module:factory"``: ``factory()`` is imported and called, it must return an
+          ``nn.Module``.
     device : str or torch.device
+    weights : path, optional
+        A state dict loaded into the model (for ``fashion-cnn`` and factories).
     """
-    path = bundled_weights_path() if name == "bundled" else Path(name)
-    if not path.is_file():
-        raise CertMaskError(f"model weights not found: {str(path)!r}")
-    model = FashionCNN()
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:  # not a torch file, or the state dict of another architecture
-        raise CertMaskError(f"cannot load {str(path)!r} as a FashionCNN state_dict: {err}") from err
+    path = Path(name)
+    if name in BUNDLED:
+        model = _load_state_dict(FashionCNN(), bundled_weights_path(BUNDLED[name]), "FashionCNN")
+    elif name == "fashion-cnn":
+        model = FashionCNN()
+    elif path.is_file():
+        if _is_torchscript(path):
+            try:
+                model = torch.jit.load(str(path), map_location="cpu")
+            except Exception as err:
+                raise CertMaskError(f"cannot load {str(path)!r} as TorchScript: {err}") from err
+        else:
+            model = _load_state_dict(FashionCNN(), path, "FashionCNN")
+    elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+        model = _from_factory(name)
+    elif "/" in name or path.suffix in (".pt", ".pth", ".ts"):
+        raise CertMaskError(f"model weights not found: {name!r}")
+    else:
+        raise CertMaskError(f"model {name!r} is neither a file nor one of 'bundled', 'bundled-cutout', "
+                            f"'fashion-cnn', 'package.module:factory'")
+    if weights is not None:
+        if isinstance(model, torch.jit.ScriptModule) or name in BUNDLED or path.is_file():
+            raise CertMaskError(f"--weights applies to 'fashion-cnn' and factory specs, not to {name!r}")
+        _load_state_dict(model, Path(weights), type(model).__name__)
     return model.eval().to(device)
+
+
+def save_model(model: nn.Module, path, spec: str) -> tuple[Path, str]:
+    """Save ``model`` (loaded from model spec ``spec``) so that it loads back as it is.
+
+    TorchScript modules are saved with ``torch.jit.save``, every other module as its state dict.
+    Returns the path and the model spec that loads the file back (for a factory,
+    ``"package.module:factory --weights PATH"``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, str(path))
+        return path, str(path)
+    torch.save(model.state_dict(), path)
+    if isinstance(model, FashionCNN):
+        return path, str(path)
+    return path, f"{spec} --weights {path}"

@@ -1,6 +1,7 @@
-"""Train the bundled Fashion-MNIST CNN with Cutout-style random masks.
+"""Train the first release's Fashion-MNIST CNN with Cutout-style random masks (model spec
+``bundled-cutout``; the current ``bundled`` model is trained by ``experiments/train_bundled.sh``).
 
-Reproduce the committed weights (about 4 minutes on 2 CPU cores)::
+Reproduce the committed ``weights/fmnist_cnn_cutout.pt`` (about 4 minutes on 2 CPU cores)::
 
     python -m certmask_backends.pytorch.train_fmnist --epochs 7 --seed 0
 
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=bundled_weights_path())
+    parser.add_argument("--out", type=Path, default=bundled_weights_path("fmnist_cnn_cutout.pt"))
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)

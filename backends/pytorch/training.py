@@ -1,0 +1,431 @@
+"""Training for certification: mask-set augmentation, greedy worst-case masks, resumable training.
+
+Certified accuracy is decided by how well the model predicts under the very masks its certificate
+uses: one mask for detection and plurality, every candidate pair for recovery. The augmentations
+here show the model those masks during training, filled exactly as :class:`TorchBackend` fills them
+at certification time (same fill, same pixel space, same rasteriser).
+
+Every augmentation is a callable ``augment(model, images, labels, generator) -> images`` taking and
+returning ``(B, C, H, W)`` pixel-space tensors; only :class:`GreedyMasks` looks at the model.
+
+Examples
+--------
+>>> import torch
+>>> from certmask_core import PatchThreat, make_maskset
+>>> masks = make_maskset(PatchThreat(28, 3), masks_per_axis=4)
+>>> augment = MaskSetAugment(masks, p_none=0.0, p_single=0.0, p_pair=1.0)
+>>> x = augment(None, torch.ones(2, 1, 28, 28), None, torch.Generator().manual_seed(0))
+>>> int((x == 0).sum(dim=(1, 2, 3)).max()) <= 2 * 9 * 9
+True
+"""
+from __future__ import annotations
+
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import certmask_core
+from certmask_core import CertMaskError, MaskSet
+from certmask_core.progress import Progress
+
+from .backend import TorchBackend, eval_mode
+
+AUGMENTATIONS = ("none", "cutout", "maskset", "greedy")
+
+
+def _probabilities(p_none: float, p_single: float, p_pair: float) -> torch.Tensor:
+    p = torch.tensor([p_none, p_single, p_pair], dtype=torch.float64)
+    if not (torch.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
+        raise CertMaskError(f"p_none, p_single, p_pair must be finite, >= 0 and not all 0, got "
+                            f"{p_none!r}, {p_single!r}, {p_pair!r}")
+    return p / p.sum()
+
+
+class MaskSetAugment:
+    """Hide each training image under nothing, one random mask, or the union of a random pair of masks
+    of the certification mask set(s).
+
+    Parameters
+    ----------
+    masksets : MaskSet or sequence of MaskSet
+        The masks to train for, all for one image size. A pair is always two distinct masks of one
+        set (the pairs recovery's second round evaluates); with several sets, the first mask is drawn
+        uniformly over all their masks.
+    p_none, p_single, p_pair : float
+        Relative frequencies of the three cases (normalised to sum to 1).
+    backend : TorchBackend, optional
+        Supplies the fill (its ``fill`` and ``fill_space``) and the device; use the backend you
+        certify with, so training and certification hide pixels identically. Default ``TorchBackend()``:
+        fill 0.0 in pixel space.
+    """
+
+    def __init__(self, masksets, p_none: float = 0.2, p_single: float = 0.4, p_pair: float = 0.4,
+                 backend: TorchBackend | None = None):
+        sets = [masksets] if isinstance(masksets, MaskSet) else list(masksets)
+        if not sets or not all(isinstance(ms, MaskSet) for ms in sets):
+            raise CertMaskError(f"masksets must be a MaskSet or a non-empty sequence of MaskSets, got "
+                                f"{type(masksets).__name__}")
+        sizes = {ms.image_size for ms in sets}
+        if len(sizes) != 1:
+            raise CertMaskError(f"all mask sets must be for one image size, got {sorted(sizes)}")
+        self.image_size = sizes.pop()
+        self.masksets = sets
+        self.backend = backend if backend is not None else TorchBackend()
+        self.probabilities = _probabilities(p_none, p_single, p_pair)
+        hidden = torch.cat([self.backend.hidden_pixels(ms) for ms in sets])  # (n, 1, H, W)
+        self._count = len(hidden)
+        # row -1 is the empty mask, so "no mask" needs no special case
+        self._table = torch.cat([hidden, torch.zeros_like(hidden[:1])])
+        counts = torch.tensor([len(ms) for ms in sets])
+        # for mask t: where its set starts and how many masks it has, so a partner stays in its set
+        self._set_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        self._set_size = torch.repeat_interleave(counts, counts)
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """CertMaskError unless ``images`` are ``(B, C, H, W)`` of the mask sets' size and suit the fill."""
+        if images.ndim != 4:
+            raise CertMaskError(f"training images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        self.backend._check_geometry(tuple(images.shape), self.masksets[0])
+
+    def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random ``(first, second)`` mask indices per image; -1 means "no mask".
+
+        ``first == -1`` leaves the image clean, ``second == -1`` means one mask.
+        """
+        case = torch.multinomial(self.probabilities, batch, replacement=True, generator=generator)
+        first = torch.randint(0, self._count, (batch,), generator=generator)
+        second = self.draw_partner(first, generator)
+        second = torch.where((case == 2) & (second != first), second, torch.full_like(second, -1))
+        first = torch.where(case == 0, torch.full_like(first, -1), first)
+        return first, second
+
+    def draw_partner(self, first: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A uniformly random other mask of ``first``'s set (``first`` itself in a one-mask set)."""
+        size = self._set_size[first]
+        offset = 1 + (torch.rand(first.shape, generator=generator) * (size - 1).clamp(min=1)).long()
+        return self._set_start[first] + (first - self._set_start[first] + offset) % size
+
+    def hidden_of(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Bool ``(*first.shape, 1, H, W)`` on the backend's device: the union of masks ``first`` and
+        ``second`` (-1 = none) per entry."""
+        device = self._table.device
+        return self._table[first.to(device)] | self._table[second.to(device)]
+
+    def __call__(self, model, images: torch.Tensor, labels, generator: torch.Generator) -> torch.Tensor:
+        self.check_images(images)
+        first, second = self.draw(len(images), generator)
+        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device))
+
+
+class GreedyMasks(MaskSetAugment):
+    """Train on the worst masks: for each image, the highest-loss single mask of ``samples`` random
+    ones, then the highest-loss pair of it with ``samples`` random partners; the image is trained
+    under whichever of the two hurts more.
+
+    This is greedy Cutout as used to train PatchCleanser models (Saha et al., 2023), restricted to the
+    certification mask set. It costs ``2 * samples`` extra forward passes per masked training image
+    (no gradient, eval mode); ``p_none`` of the images stay clean.
+    """
+
+    def __init__(self, masksets, samples: int = 4, p_none: float = 0.2, backend: TorchBackend | None = None):
+        if not 0.0 <= p_none <= 1.0:
+            raise CertMaskError(f"p_none must lie in [0, 1], got {p_none!r}")
+        super().__init__(masksets, p_none=p_none, p_single=0.0, p_pair=1.0 - p_none, backend=backend)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise CertMaskError(f"samples must be an integer >= 1, got {samples!r}")
+        self.samples = samples
+        self.forward_passes = 0  # scoring forward passes so far, for the training record
+
+    def _losses(self, model, images, labels, first, second) -> torch.Tensor:
+        """``(b, s)``: the loss of image i under masks ``first[i, j] | second[i, j]``."""
+        b, s = first.shape
+        x = self.backend.masked_inputs(images[:, None], self.hidden_of(first, second))
+        with torch.no_grad(), eval_mode(model):
+            logits = _checked_logits(model(x.flatten(0, 1)), b * s, None)
+        self.forward_passes += b * s
+        return nn.functional.cross_entropy(logits, labels.repeat_interleave(s), reduction="none").view(b, s)
+
+    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        self.check_images(images)
+        B, s = len(images), self.samples
+        masked = torch.rand(B, generator=generator) >= float(self.probabilities[0])
+        rows = masked.nonzero().flatten()
+        first = torch.full((B,), -1, dtype=torch.long)
+        second = torch.full((B,), -1, dtype=torch.long)
+        if len(rows):
+            x, y = images[rows.to(images.device)], labels[rows.to(labels.device)]
+            singles = torch.randint(0, self._count, (len(rows), s), generator=generator)
+            single_loss = self._losses(model, x, y, singles, torch.full_like(singles, -1))
+            worst = singles.gather(1, single_loss.argmax(1, keepdim=True).cpu())[:, 0]
+            partners = self.draw_partner(worst[:, None].expand(-1, s), generator)
+            pair_loss = self._losses(model, x, y, worst[:, None].expand(-1, s), partners)
+            best = pair_loss.argmax(1, keepdim=True)
+            use_pair = (pair_loss.gather(1, best)[:, 0] > single_loss.max(1).values).cpu()
+            first[rows] = worst
+            second[rows] = torch.where(use_pair & (partners[:, 0] != worst),
+                                       partners.gather(1, best.cpu())[:, 0], -1)
+        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device))
+
+
+class Cutout:
+    """Classic Cutout (DeVries and Taylor, 2017): one ``size x size`` square, centred on a uniformly
+    random pixel and clipped at the border, filled with the backend's fill; for comparison.
+
+    Parameters
+    ----------
+    size : int
+    p : float
+        Probability that an image gets the square.
+    backend : TorchBackend, optional
+    """
+
+    def __init__(self, size: int = 12, p: float = 1.0, backend: TorchBackend | None = None):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise CertMaskError(f"cutout size must be an integer >= 1, got {size!r}")
+        if not 0.0 <= p <= 1.0:
+            raise CertMaskError(f"cutout probability must lie in [0, 1], got {p!r}")
+        self.size, self.p = size, p
+        self.backend = backend if backend is not None else TorchBackend()
+
+    def __call__(self, model, images: torch.Tensor, labels, generator: torch.Generator) -> torch.Tensor:
+        if images.ndim != 4:
+            raise CertMaskError(f"training images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        B, C, H, W = images.shape
+        if len(self.backend.fill) not in (1, C):
+            raise CertMaskError(f"fill has {len(self.backend.fill)} values but images have {C} channels")
+        cy = torch.randint(0, H, (B,), generator=generator)
+        cx = torch.randint(0, W, (B,), generator=generator)
+        on = torch.rand(B, generator=generator) < self.p
+        y0, x0 = (cy - self.size // 2).clamp(min=0), (cx - self.size // 2).clamp(min=0)
+        y1 = (cy - self.size // 2 + self.size).clamp(max=H)
+        x1 = (cx - self.size // 2 + self.size).clamp(max=W)
+        rects = torch.stack([y0, x0, torch.where(on, y1, y0), x1], 1)
+        hidden = self.backend.rasterise(rects.to(self.backend.device), H, W)
+        return self.backend.masked_inputs(images, hidden.to(images.device))
+
+
+# ---------------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    """How to train. Everything that changes the weights is here, so a checkpoint can refuse to resume
+    under different settings."""
+
+    epochs: int = 7
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    hflip: bool = False
+    seed: int = 0
+    augmentation: str = "none"
+    augmentation_options: dict | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CertMaskError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise CertMaskError(f"lr must be finite and > 0, got {self.lr!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise CertMaskError(f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}")
+
+
+def make_augmentation(config: TrainConfig, masksets=None, backend: TorchBackend | None = None):
+    """The augmentation ``config`` names (None for ``"none"``), built with its options."""
+    options = dict(config.augmentation_options or {})
+    if config.augmentation == "none":
+        return None
+    if config.augmentation == "cutout":
+        return Cutout(backend=backend, **options)
+    if masksets is None:
+        raise CertMaskError(f"augmentation {config.augmentation!r} needs the mask set(s) to train for")
+    if config.augmentation == "maskset":
+        return MaskSetAugment(masksets, backend=backend, **options)
+    return GreedyMasks(masksets, backend=backend, **options)
+
+
+def _labels_tensor(labels, count: int) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(labels))
+    if y.ndim != 1 or len(y) != count or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise CertMaskError(f"labels must be {count} integers, got shape {tuple(y.shape)} dtype {y.dtype}")
+    if count and int(y.min()) < 0:
+        raise CertMaskError(f"labels must be >= 0, got {int(y.min())}")
+    return y.long()
+
+
+def _checked_logits(logits, batch: int, num_classes: int | None) -> torch.Tensor:
+    """``logits`` when they are ``(batch, num_classes)`` (any class count when None), else CertMaskError."""
+    ok = (isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0] == batch
+          and logits.shape[1] >= 1 and num_classes in (None, logits.shape[1]))
+    if not ok:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        want = f"({batch}, {num_classes})" if num_classes else f"({batch}, classes)"
+        raise CertMaskError(f"model must return {want} logits for training, got {shape}")
+    return logits
+
+
+def masked_accuracy(backend: TorchBackend, model, images, labels, maskset: MaskSet) -> dict:
+    """Clean accuracy, mean one-mask accuracy and the fraction of images every one of whose masks is
+    right (what detection certifies on labels alone) for ``(N, C, H, W)`` images."""
+    labels = np.asarray(labels)
+    clean = backend.predict(model, images)
+    masked = backend.masked_predictions(model, images, maskset)
+    right = masked == labels[:, None]
+    return {"clean_accuracy": float((clean == labels).mean()),
+            "single_mask_accuracy": float(right.mean()),
+            "all_masks_right": float(right.all(1).mean())}
+
+
+def _environment() -> dict:
+    return {"certmask": certmask_core.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads()}
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    return found[-1] if found else None
+
+
+def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masksets=None,
+          backend: TorchBackend | None = None, eval_images=None, eval_labels=None,
+          eval_maskset: MaskSet | None = None, checkpoint_dir=None, resume: bool = False,
+          show_progress: bool | None = None, log=print) -> dict:
+    """Train ``model`` in place (AdamW, one-cycle learning rate) and return the training record.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(B, C, H, W)`` pixel-space images to ``(B, K)`` logits; trained from its current
+        weights (fine-tuning when they are trained already).
+    images : array or tensor, shape (N, C, H, W), float in the backend's ``value_range``
+    labels : array, shape (N,), int in ``[0, K)``
+    config : TrainConfig or dict of its fields
+    masksets : MaskSet or sequence of MaskSet, optional
+        The certification mask set(s), needed by the ``maskset`` and ``greedy`` augmentations.
+    backend : TorchBackend, optional
+        Fill, device and validation (default ``TorchBackend()``).
+    eval_images, eval_labels : optional
+        Held-out data evaluated after each epoch: clean accuracy, and with ``eval_maskset`` the mean
+        one-mask accuracy and the fraction of images all of whose masks are right.
+    checkpoint_dir : path, optional
+        A checkpoint ``epoch-NNN.pt`` (model, optimiser, schedule, random states, record) is written
+        after every epoch.
+    resume : bool
+        Continue from the latest checkpoint in ``checkpoint_dir``; the result equals an uninterrupted
+        run with the same config (a checkpoint written under another config is refused).
+
+    Returns
+    -------
+    dict
+        ``config``, ``environment``, ``epochs`` (per epoch: loss, seconds, step seconds and the
+        evaluation), ``train_seconds`` and, for greedy training, its extra forward passes.
+    """
+    backend = backend if backend is not None else TorchBackend()
+    if isinstance(config, dict):
+        config = TrainConfig(**config)
+    if not isinstance(model, nn.Module):
+        raise CertMaskError(f"model must be a torch nn.Module to be trained, got {type(model).__name__}")
+    x = backend.prepare_images(model, images)
+    y = _labels_tensor(labels, len(x)).to(backend.device)
+    if len(x) < config.batch_size:
+        raise CertMaskError(f"{len(x)} training images is fewer than one batch of {config.batch_size}")
+    augment = make_augmentation(config, masksets, backend)
+    if isinstance(augment, MaskSetAugment):
+        augment.check_images(x[:1])
+    with torch.no_grad(), eval_mode(model):
+        num_classes = _checked_logits(model(x[:2]), 2, None).shape[1]
+    if int(y.max()) >= num_classes:
+        raise CertMaskError(f"labels reach {int(y.max())} but the model returns {num_classes} classes")
+
+    steps_per_epoch = len(x) // config.batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr,
+                                                total_steps=config.epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout and other in-model randomness
+    record = {"config": asdict(config), "environment": _environment(), "epochs": [],
+              "train_images": len(x), "num_classes": num_classes}
+    start_epoch = 0
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume:
+        if folder is None:
+            raise CertMaskError("resume needs a checkpoint_dir")
+        latest = _latest_checkpoint(folder)
+        if latest is not None:
+            state = torch.load(latest, map_location="cpu", weights_only=False)
+            if state["config"] != asdict(config):
+                raise CertMaskError(f"{str(latest)!r} was written with config {state['config']}, not "
+                                    f"{asdict(config)}; resume with the same settings or a new folder")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["schedule"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            record["epochs"] = state["epochs"]
+            start_epoch = len(record["epochs"])
+            if isinstance(augment, GreedyMasks):
+                augment.forward_passes = state.get("greedy_forward_passes", 0)
+            log(f"resumed from {latest} after epoch {start_epoch}")
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total_loss = 0.0
+        with Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", show_progress) as bar:
+            for step in range(steps_per_epoch):
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size].to(backend.device)
+                xb, yb = x[idx], y[idx]
+                if config.hflip:
+                    flip = (torch.rand(len(xb), generator=generator) < 0.5).to(xb.device)
+                    xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+                if augment is not None:
+                    xb = augment(model, xb, yb, generator)
+                loss = loss_fn(_checked_logits(model(xb), len(xb), num_classes), yb)
+                if not torch.isfinite(loss):
+                    raise CertMaskError(f"training loss became {loss.item()} at epoch {epoch + 1}, step "
+                                        f"{step + 1}; lower the learning rate (lr={config.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += loss.item()
+                bar.update()
+        seconds = time.perf_counter() - t0
+        entry = {"epoch": epoch + 1, "loss": total_loss / steps_per_epoch, "seconds": round(seconds, 2),
+                 "step_seconds": seconds / steps_per_epoch}
+        if eval_images is not None:
+            if eval_maskset is not None:
+                entry.update(masked_accuracy(backend, model, eval_images, eval_labels, eval_maskset))
+            else:
+                entry["clean_accuracy"] = float((backend.predict(model, eval_images)
+                                                 == np.asarray(eval_labels)).mean())
+        record["epochs"].append(entry)
+        log(" ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in entry.items()))
+        if folder is not None:
+            state = {"config": asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "schedule": sched.state_dict(), "generator": generator.get_state(),
+                     "torch_rng": torch.get_rng_state(), "epochs": record["epochs"],
+                     "greedy_forward_passes": getattr(augment, "forward_passes", 0)}
+            tmp = folder / f".epoch-{epoch + 1:03d}.pt.partial"
+            torch.save(state, tmp)
+            tmp.replace(folder / f"epoch-{epoch + 1:03d}.pt")  # a kill mid-write leaves no torn checkpoint
+    model.eval()
+    record["train_seconds"] = round(sum(e["seconds"] for e in record["epochs"]), 1)
+    record["step_seconds"] = record["train_seconds"] / (config.epochs * steps_per_epoch)
+    if isinstance(augment, GreedyMasks):
+        seen = config.epochs * steps_per_epoch * config.batch_size
+        record["greedy_scoring_passes_per_image"] = augment.forward_passes / seen
+    return record
+
