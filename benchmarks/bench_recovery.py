@@ -68,10 +68,12 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="bundled-cutout",
+                        help="model spec (docs/benchmarks.md records bundled-cutout, the first release's)")
     args = parser.parse_args(argv)
     images, labels, _ = load_dataset("fashion-mnist-subset", limit=args.images)
     backend = TorchBackend(device=args.device)
-    model = load_model("bundled").to(args.device)
+    model = load_model(args.model).to(args.device)
     results = [measure(backend, model, images, labels, k, per_axis) for k, per_axis in SETS]
     for r in results:
         print(json.dumps(r))
