@@ -21,7 +21,7 @@ from certmask_backends.pytorch.models import ResNet18
 
 from certmask_core import PatchThreat, certify, make_maskset
 from certmask_core.certification import all_pairs
-from certmask_core.experiment import load_dataset
+from certmask_core.run.experiment import load_dataset
 
 
 def _sync(device):

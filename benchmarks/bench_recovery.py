@@ -16,7 +16,7 @@ from certmask_backends.pytorch import TorchBackend
 from certmask_backends.pytorch.models import load_model
 
 from certmask_core import PatchThreat, certify, make_maskset
-from certmask_core.experiment import load_dataset
+from certmask_core.run.experiment import load_dataset
 
 SETS = ((1, 4), (4, 3), (6, 4))
 """(k, masks per axis) of the replicated sets: 16, 36 and 96 masks for a 3x3 patch on 28x28."""

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from certmask_core.plots import certified_vs_k
+from certmask_core.run.plots import certified_vs_k
 
 
 def label(r):

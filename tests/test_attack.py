@@ -9,7 +9,7 @@ from certmask_backends.pytorch.attack import PatchAttack, attack_undefended, run
 from certmask_backends.pytorch.models import load_model  # noqa: E402
 
 from certmask_core import ALERT, PatchThreat, certify, defend, make_maskset  # noqa: E402
-from certmask_core.experiment import load_dataset  # noqa: E402
+from certmask_core.run.experiment import load_dataset  # noqa: E402
 
 
 class BrightSpot(torch.nn.Module):

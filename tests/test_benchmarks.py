@@ -17,7 +17,7 @@ def test_reference_patchcleanser_loop_agrees_with_early_exit_certify():
 
     from benchmarks.bench_inference import reference_patchcleanser
     from certmask_core import PatchThreat, certify, make_maskset
-    from certmask_core.experiment import load_dataset
+    from certmask_core.run.experiment import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=6)
     backend, model = TorchBackend(), load_model("bundled")
     ms = make_maskset(PatchThreat(28, 3), 1, "patchcleanser", masks_per_axis=3)
@@ -44,7 +44,7 @@ def test_recovery_benchmark_compares_both_certificates_on_one_run():
 
     from benchmarks.bench_recovery import measure
     from certmask_core import PatchThreat, make_maskset
-    from certmask_core.experiment import load_dataset
+    from certmask_core.run.experiment import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=4)
     row = measure(TorchBackend(), load_model("bundled"), x, y, k=2, per_axis=2)
     hit, every = row["hitting_set"], row["all_pairs"]
@@ -59,7 +59,7 @@ def test_recovery_benchmark_compares_both_certificates_on_one_run():
 def test_training_benchmark_measures_every_recipe_in_one_run():
     pytest.importorskip("torch")
     from benchmarks.bench_training import RECIPES, measure
-    from certmask_core.experiment import load_dataset
+    from certmask_core.run.experiment import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=64)
     rows = measure(x, y, steps=2, batch=32)
     assert [r["augmentation"] for r in rows] == [a for a, _ in RECIPES]

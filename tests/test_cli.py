@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from certmask_core.cli import main
+from certmask_core.run.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
               "--mode", "detection", "recovery", "--limit", "16", "--quiet", "--no-plots"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "certmask_core.cli", *common,
+                           "--nproc_per_node", "2", "-m", "certmask_core.run.cli", *common,
                            "--out", str(tmp_path / "dist")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -109,3 +109,13 @@ def test_attack_command_writes_json_and_png(capsys, tmp_path):
     assert result["mode"] == "covering_consensus" and result["images"] == 2
     assert result["certified_broken"] == 0
     assert "certified_broken" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    from certmask_core.run.cli import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, sub in commands.items() for action in sub._actions
+               if action.dest != "help" and not action.help]
+    assert missing == [] and set(commands) == {"plan", "coverage", "certify", "attack", "train"}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from certmask_core import CertMaskError
-from certmask_core.datasets import load_fashion_mnist, read_idx
-from certmask_core.experiment import load_dataset
+from certmask_core.run.datasets import load_fashion_mnist, read_idx
+from certmask_core.run.experiment import load_dataset
 
 
 def _write_idx(path, array):

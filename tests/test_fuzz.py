@@ -41,9 +41,9 @@ from certmask_core import (
     make_maskset,
 )
 from certmask_core.certification import MODES, NO_VOTE
-from certmask_core.cli import main
 from certmask_core.coverage import coverage_extremes, covering_sets, minimal_covering_set_bits, unpack
 from certmask_core.geometry import MAX_SIDE, STRATEGIES
+from certmask_core.run.cli import main
 from proofs.reference import (
     consensus_certificate_reference,
     covering_sets_reference,

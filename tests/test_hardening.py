@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from certmask_core import CertMaskError, MaskSet, PatchThreat, certify, coverage_counts, defend, make_maskset
 from certmask_core.certification import NO_VOTE
-from certmask_core.cli import main
 from certmask_core.coverage import (
     _difference_array_counts,
     coverage_counts_bruteforce,
@@ -22,6 +21,7 @@ from certmask_core.coverage import (
     minimal_covering_set_bits,
     unpack,
 )
+from certmask_core.run.cli import main
 from proofs.reference import covering_sets_reference, minimal_sets_reference, one_round_reference
 from tests.strategies import threats
 
@@ -221,7 +221,7 @@ class ConstantBackend:
 
 
 def test_paper_is_never_certified_in_results_json_tables_or_plots(tmp_path):
-    from certmask_core.experiment import RunConfig, results_table, run_certification, write_outputs
+    from certmask_core.run.experiment import RunConfig, results_table, run_certification, write_outputs
     images = np.zeros((4, 1, 8, 8), np.float32)
     config = RunConfig((2, 2), (1,), ("replicated",), ("detection", "paper"), masks_per_axis=(2, 2))
     results = run_certification(ConstantBackend(), None, images, np.ones(4, np.int64), config,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from certmask_core import ALERT, MaskSet, PatchThreat, certify, defend, make_maskset
 from certmask_core.coverage import covered_windows
-from certmask_core.progress import Progress
+from certmask_core.run.progress import progress_bar
 
 from .backend import eval_mode
 
@@ -236,7 +236,7 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     broken_key = "certified_broken" if report.sound else "claim_broken_UNSOUND"
     attack = PatchAttack(backend, model, ms, patch, mode, steps, stride)
     rows = []
-    with Progress(len(images), f"attack {mode}", show_progress) as bar:
+    with progress_bar(len(images), f"attack {mode}", show_progress) as bar:
         for i, (x, y) in enumerate(zip(images, labels)):
             y = int(y)
             row = {"label": y, "clean_output": int(report.output[i]), claim: bool(holds[i])}
@@ -277,8 +277,8 @@ def _write(result, rows, images, ms, patch, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shown = [i for i, r in enumerate(rows) if r.get("attacked")][:8]
     if shown:
-        from certmask_core.datasets import FASHION_MNIST_CLASSES
-        from certmask_core.plots import example_images
+        from certmask_core.run.datasets import FASHION_MNIST_CLASSES
+        from certmask_core.run.plots import example_images
         attacked = images[shown].copy()
         boxes = []
         for j, i in enumerate(shown):

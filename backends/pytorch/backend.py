@@ -233,6 +233,24 @@ class TorchBackend:
 
         return rank, world, gather, close
 
+    @staticmethod
+    def versions() -> dict:
+        """Versions that decide this backend's numbers (for run records)."""
+        return {"torch": torch.__version__, "numpy": np.__version__,
+                "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
+
+    @staticmethod
+    def model_fingerprint(model) -> str | None:
+        """sha256 of the model's state (names, dtypes, shapes and values); None for a plain callable."""
+        if not isinstance(model, nn.Module):
+            return None
+        import hashlib
+        digest = hashlib.sha256()
+        for name, value in model.state_dict().items():
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def save_model(self, model, path, spec: str):
         """Save a trained ``model`` loaded from ``spec``: see :func:`.models.save_model`."""
         from .models import save_model

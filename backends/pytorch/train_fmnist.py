@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certmask_core.datasets import load_fashion_mnist
+from certmask_core.run.datasets import load_fashion_mnist
 
 from .models import FashionCNN, bundled_weights_path
 

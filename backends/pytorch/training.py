@@ -32,7 +32,7 @@ from torch import nn
 
 import certmask_core
 from certmask_core import CertMaskError, MaskSet
-from certmask_core.progress import Progress
+from certmask_core.run.progress import progress_bar
 
 from .backend import TorchBackend, eval_mode
 
@@ -382,7 +382,7 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
         model.train()
         order = torch.randperm(len(x), generator=generator)
         total_loss = 0.0
-        with Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", show_progress) as bar:
+        with progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", show_progress) as bar:
             for step in range(steps_per_epoch):
                 idx = order[step * config.batch_size:(step + 1) * config.batch_size].to(backend.device)
                 xb, yb = x[idx], y[idx]

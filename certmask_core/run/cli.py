@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICATES
-from .constructions import make_maskset, plan_summary
-from .coverage import cell_grid, coverage_extremes
-from .errors import CertMaskError
-from .geometry import STRATEGIES, MaskSet, PatchThreat
+from .. import __version__
+from ..certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICATES
+from ..constructions import make_maskset, plan_summary
+from ..coverage import cell_grid, coverage_extremes
+from ..errors import CertMaskError
+from ..geometry import STRATEGIES, MaskSet, PatchThreat
 
 
 def _pair_arg(values, name):
@@ -92,7 +94,7 @@ def cmd_coverage(args) -> int:
 
 
 def _backend(args):
-    from .registry import get_backend
+    from ..registry import get_backend
     autocast = {"none": None, "bf16": "bfloat16", "fp16": "float16"}[args.autocast]
     options = {"device": args.device, "batch_size": args.batch_size, "fill": args.fill,
                "memory_budget_mb": args.memory_budget_mb, "channels_last": args.channels_last}
@@ -102,8 +104,47 @@ def _backend(args):
     return get_backend(args.backend, **options)
 
 
+def _sha256(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _run_record(args, backend, model, images, labels, source, config, masksets) -> dict:
+    """run.json: what was certified, with what, where; ``fingerprint`` decides whether --resume may
+    continue a run."""
+    import platform
+    from dataclasses import asdict
+    fingerprint = {
+        "model": args.model, "weights": args.weights, "model_sha256": backend.model_fingerprint(model),
+        "data": args.data, "data_sha256": _sha256(images, labels), "images": len(images),
+        "config": json.loads(json.dumps(asdict(config))),
+        "masks": [{"strategy": s, "k": k, "num_masks": len(ms), "sha256": _sha256(ms.rectangles())}
+                  for (s, k), ms in masksets.items()]}
+    H, W = images.shape[2:]
+    return {"command": args.command_line, "certmask": __version__, "backend": args.backend,
+            "backend_versions": backend.versions(), "python": platform.python_version(),
+            "device": args.device, "data_source": source,
+            "patch": list(config.patch),
+            "patch_percent_of_image": 100.0 * config.patch[0] * config.patch[1] / (H * W),
+            "mask_layouts": [plan_summary(ms) for ms in masksets.values()], "fingerprint": fingerprint,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def cmd_certify(args) -> int:
-    from .experiment import RunConfig, load_dataset, results_table, run_certification, write_outputs
+    from .experiment import (
+        PER_IMAGE_FILE,
+        RunConfig,
+        check_out_dir,
+        load_dataset,
+        masksets_of,
+        results_table,
+        run_certification,
+        write_outputs,
+    )
+    out = Path(args.out)
+    check_out_dir(out)
     backend = _backend(args)
     images, labels, source = load_dataset(args.data, args.data_root, args.limit)
     model = backend.load_model(args.model, args.weights)
@@ -116,18 +157,39 @@ def cmd_certify(args) -> int:
     rank, world, gather, close = (0, 1, None, lambda: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         rank, world, gather, close = backend.init_distributed()
+    record = _run_record(args, backend, model, images, labels, source, config,
+                         masksets_of(config, images.shape[2:]))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        previous = out / "run.json"
+        if args.resume and previous.is_file():
+            before = json.loads(previous.read_text()).get("fingerprint")
+            if before != record["fingerprint"]:
+                changed = sorted(key for key in record["fingerprint"]
+                                 if (before or {}).get(key) != record["fingerprint"][key])
+                raise CertMaskError(f"--resume: {str(out)!r} holds a run with other settings (differs in "
+                                    f"{changed}); resume with the same command or choose another --out")
+        (out / "results.json").unlink(missing_ok=True)  # results.json appears only when the run is complete
+        previous.write_text(json.dumps(record, indent=1) + "\n")
+    start = time.perf_counter()
     results = run_certification(backend, model, images, labels, config, rank, world, gather,
-                                show_progress=None if not args.quiet else False)
+                                show_progress=None if not args.quiet else False,
+                                per_image_path=out / PER_IMAGE_FILE if rank == 0 else None,
+                                resume=args.resume)
     close()  # on an error the rank exits instead, and torchrun stops the others
     if results is None:
         return 0
+    record.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "seconds": round(time.perf_counter() - start, 2),
+                   "resumed_images": results["resumed_images"]})
+    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     results.update({"data": args.data, "data_source": source, "model": args.model,
                     "device": args.device, "backend": args.backend})
-    out = write_outputs(results, args.out, images, plots=not args.no_plots)
+    write_outputs(results, out, images, plots=not args.no_plots)
     print(f"data: {source}")
     print(results_table(results), end="")
-    print(f"wrote {out}/results.json, results.md" + ("" if args.no_plots else ", accuracy_vs_k.png, "
-                                                     "examples.png"))
+    print(f"wrote {out}/results.json, results.md, run.json, {PER_IMAGE_FILE}"
+          + ("" if args.no_plots else ", accuracy_vs_k.png, examples.png"))
     return 0
 
 
@@ -206,11 +268,15 @@ def cmd_train(args) -> int:
 
 def _add_model_args(p):
     _add_data_model_args(p, split="test")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
-    p.add_argument("--k", type=int, nargs="+", default=[1])
-    p.add_argument("--strategy", nargs="+", default=["replicated"], choices=STRATEGIES)
-    p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N")
-    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"))
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
+                   help="patch size in pixels (height, width)")
+    p.add_argument("--k", type=int, nargs="+", default=[1], help="coverage folds: one mask set per k")
+    p.add_argument("--strategy", nargs="+", default=["replicated"], choices=STRATEGIES,
+                   help="mask-set constructions to compare")
+    p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N",
+                   help="masks per axis of the 1-fold grid (one value, or rows and columns)")
+    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"),
+                   help="mask size instead of --masks-per-axis")
     _add_backend_args(p)
 
 
@@ -257,27 +323,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="build a mask set; print its count, lower bound and gap")
-    p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"))
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
-    p.add_argument("--k", type=int, default=1)
-    p.add_argument("--strategy", default="patchcleanser", choices=STRATEGIES)
+    p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"),
+                   help="image size in pixels")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
+                   help="patch size in pixels")
+    p.add_argument("--k", type=int, default=1, help="every patch position covered by at least k masks")
+    p.add_argument("--strategy", default="patchcleanser", choices=STRATEGIES, help="construction")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"))
-    group.add_argument("--masks-per-axis", type=int, nargs="+", metavar="N")
+    group.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"), help="mask size in pixels")
+    group.add_argument("--masks-per-axis", type=int, nargs="+", metavar="N",
+                       help="masks per axis of the 1-fold grid (one value, or rows and columns)")
     p.add_argument("--json", action="store_true", help="print the mask set as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the layout and coverage heatmap")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("coverage", help="verify the coverage of a mask set read from JSON")
-    p.add_argument("masks", metavar="MASKS.json")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"))
-    p.add_argument("--k", type=int)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("masks", metavar="MASKS.json", help="mask set written by 'certmask plan --json'")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
+                   help="patch size in pixels")
+    p.add_argument("--k", type=int, help="required coverage (default 1); exit status 1 when not met")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_coverage)
 
     p = sub.add_parser("certify", help="certify a model on a dataset (needs a backend, e.g. torch)")
     _add_model_args(p)
-    p.add_argument("--mode", nargs="+", default=["detection"], choices=MODES)
+    p.add_argument("--mode", nargs="+", default=["detection"], choices=MODES,
+                   help="defences to certify (paper is reported as an UNSOUND claim, never certified)")
     p.add_argument("--margin-tolerance", type=float, metavar="LOGITS",
                    help="refuse a certificate whose closest prediction has a top-1 minus top-2 logit "
                         "margin at or below this (default: the backend's, measured for its device and "
@@ -287,18 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recovery's certificate: hitting_set (T11, default: the good masks hit every "
                         "minimal covering set) or all_pairs (T8: every one- and two-mask prediction "
                         "is right; for comparison)")
-    p.add_argument("--out", default="results/certify")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--out", default="results/certify",
+                   help="folder for results.json, results.md, run.json, per_image.jsonl and the plots")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the images already in --out/per_image.jsonl and certify only the rest (same "
+                        "command); the results equal an uninterrupted run's")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=cmd_certify)
 
     p = sub.add_parser("attack", help="adaptive patch attack on the defended model")
     _add_model_args(p)
-    p.add_argument("--mode", default="detection", choices=MODES)
+    p.add_argument("--mode", default="detection", choices=MODES, help="defence to attack")
     p.add_argument("--steps", type=int, default=40, help="PGD steps per patch position")
     p.add_argument("--stride", type=int, default=3, help="position search stride before refinement")
     p.add_argument("--attack-all", action="store_true",
                    help="attack uncertified images too (empirical robust accuracy), not only certified ones")
-    p.add_argument("--out", default="results/attack")
+    p.add_argument("--out", default="results/attack", help="folder for attack.json and attack.png")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("train", help="train or fine-tune a model for certification (mask-set augmentation)")
@@ -325,13 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutout-size", type=int, default=12, help="side of the cutout square")
     p.add_argument("--greedy-samples", type=int, default=4,
                    help="masks and partners scored per image and step (costs 2x this many forward passes)")
-    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=7, help="passes over the training data")
     p.add_argument("--train-batch-size", type=int, default=128, help="training images per step")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule, AdamW)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.05, help="cross-entropy label smoothing")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, augmentation and dropout")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--out", default="results/train",
                    help="folder for model.pt, train.json and checkpoints/epoch-NNN.pt")

@@ -5,9 +5,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .coverage import coverage_counts
-from .errors import CertMaskError
-from .geometry import MaskSet
+from ..coverage import coverage_counts
+from ..errors import CertMaskError
+from ..geometry import MaskSet
 
 
 def _pyplot():

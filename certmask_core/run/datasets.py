@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CertMaskError
+from ..errors import CertMaskError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -134,3 +134,4 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
         raise CertMaskError(f"{str(path)!r}: images must be uint8 or float, got dtype {images.dtype}")
     return (np.ascontiguousarray(images), labels.astype(np.int64),
             f"{path} ({layout}, {scale}, {images.shape[1]} channel(s))")
+

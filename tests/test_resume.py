@@ -1,0 +1,70 @@
+"""A certify run killed mid-way resumes (--resume) to exactly the results of an uninterrupted run."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+
+from certmask_core import CertMaskError  # noqa: E402
+from certmask_core.run.cli import main  # noqa: E402
+from certmask_core.run.experiment import read_per_image  # noqa: E402
+
+ARGS = ["certify", "--data", "fashion-mnist-subset", "--limit", "600", "--patch", "3", "3", "--k", "1", "2",
+        "--mode", "detection", "plurality", "paper", "--no-plots", "--quiet"]
+
+
+def comparable(results):
+    """results.json without timings and without how many images came from a previous process."""
+    runs = [{key: value for key, value in run.items() if key != "images_per_second"}
+            for run in results["runs"]]
+    return {**{k: v for k, v in results.items() if k not in ("runs", "resumed_images")}, "runs": runs}
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(ARGS + ["--out", str(whole)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "certmask_core.run.cli", *ARGS, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    per_image = killed / "per_image.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if per_image.is_file() and per_image.read_bytes().count(b"\n") >= 100:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    done = len(read_per_image(per_image))
+    assert 100 <= done < 600, f"the kill came too late to test resuming ({done} images done)"
+    assert not (killed / "results.json").exists()
+    with per_image.open("a") as f:
+        f.write('{"id": 599, "label": 9, "undefe')  # a line torn by the kill
+    assert main(ARGS + ["--out", str(killed), "--resume"]) == 0
+    resumed = json.loads((killed / "results.json").read_text())
+    assert resumed["resumed_images"] == done
+    assert comparable(resumed) == comparable(json.loads((whole / "results.json").read_text()))
+    assert read_per_image(per_image) == read_per_image(whole / "per_image.jsonl")
+    record = json.loads((killed / "run.json").read_text())
+    assert record["resumed_images"] == done and record["fingerprint"]["images"] == 600
+    assert record["fingerprint"]["model_sha256"] == json.loads((whole / "run.json").read_text())[
+        "fingerprint"]["model_sha256"]
+
+
+def test_resume_refuses_other_settings_and_foreign_folders(tmp_path, capsys):
+    out = tmp_path / "run"
+    short = ARGS[:ARGS.index("--limit") + 1] + ["40"] + ARGS[ARGS.index("--limit") + 2:]
+    assert main(short + ["--out", str(out)]) == 0
+    assert main([a if a != "2" else "3" for a in short] + ["--out", str(out), "--resume"]) == 2
+    assert "holds a run with other settings (differs in ['config', 'masks'])" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(short + ["--out", str(foreign)]) == 2
+    assert "holds no results.json; not overwriting it" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\nnot json\n')
+    with pytest.raises(CertMaskError, match="line 2 is not a per-image record"):
+        read_per_image(bad)
