@@ -46,5 +46,5 @@ def test_missing_named_root_is_an_error_and_subset_is_the_fallback(tmp_path):
     assert "bundled subset" in source and y.dtype == np.int64
     with pytest.raises(CertMaskError, match="limit must be >= 1, got 0"):
         load_dataset("fashion-mnist-subset", limit=0)
-    with pytest.raises(CertMaskError, match="unknown dataset 'cifar'"):
+    with pytest.raises(CertMaskError, match="unknown data 'cifar'"):
         load_dataset("cifar")

@@ -228,7 +228,7 @@ def test_model_specs_load_and_save_back(tmp_path, monkeypatch):
         load_model("bad_factory:make")
     with pytest.raises(CertMaskError, match="--weights applies to 'fashion-cnn' and factory specs"):
         load_model("bundled", weights=path)
-    with pytest.raises(CertMaskError, match="is neither a file nor one of"):
+    with pytest.raises(CertMaskError, match="is neither an existing file nor a model spec: bundled, "):
         load_model("resnet")
 
 

@@ -240,6 +240,18 @@ class TorchBackend:
                 "cuda": torch.version.cuda, "threads": torch.get_num_threads()}
 
     @staticmethod
+    def normalized(model, mean, std) -> nn.Module:
+        """``model`` behind pixel-space input: see :class:`.models.Normalized`."""
+        from .models import Normalized
+        return Normalized(model, mean, std).eval()
+
+    @staticmethod
+    def input_channels(model) -> int | None:
+        """Channels the model's first convolution takes; None when it has none (or is TorchScript)."""
+        first = next((m for m in _modules(model) if isinstance(m, nn.modules.conv._ConvNd)), None)
+        return None if first is None else int(first.in_channels)
+
+    @staticmethod
     def model_fingerprint(model) -> str | None:
         """sha256 of the model's state (names, dtypes, shapes and values); None for a plain callable."""
         if not isinstance(model, nn.Module):

@@ -122,8 +122,8 @@ def _from_factory(spec: str) -> nn.Module:
     return model
 
 
-MODEL_SPECS = ("bundled", "bundled-cutout", "fashion-cnn", "FILE.pt (TorchScript or FashionCNN state dict)",
-               "package.module:factory")
+MODEL_SPECS = ("bundled", "bundled-cutout", "fashion-cnn", "FILE.pt2 (torch.export)",
+               "FILE.pt (TorchScript or FashionCNN state dict)", "package.module:factory")
 
 
 def load_model(name: str = "bundled", device: str | torch.device = "cpu", weights=None) -> nn.Module:
@@ -135,7 +135,8 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
         * ``"bundled"``: the committed Fashion-MNIST CNN (trained for certification, see
           ``weights/fmnist_cnn.json``); ``"bundled-cutout"``: the first release's Cutout-trained one;
         * ``"fashion-cnn"``: the bundled architecture, freshly initialised (to train from scratch);
-        * a file path: a TorchScript archive (``torch.jit.save``) or a :class:`FashionCNN` state dict;
+        * a file path: a ``torch.export`` program (``.pt2``, ``torch.export.save``), a TorchScript
+          archive (``torch.jit.save``) or a :class:`FashionCNN` state dict;
         * ``"package.module:factory"``: ``factory()`` is imported and called, it must return an
           ``nn.Module``.
     device : str or torch.device
@@ -147,6 +148,11 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
         model = _load_state_dict(FashionCNN(), bundled_weights_path(BUNDLED[name]), "FashionCNN")
     elif name == "fashion-cnn":
         model = FashionCNN()
+    elif path.is_file() and path.suffix == ".pt2":
+        try:
+            model = ExportedModel(torch.export.load(str(path)).module())
+        except Exception as err:
+            raise CertMaskError(f"cannot load {str(path)!r} as a torch.export program: {err}") from err
     elif path.is_file():
         if _is_torchscript(path):
             try:
@@ -160,8 +166,8 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
     elif "/" in name or path.suffix in (".pt", ".pth", ".ts"):
         raise CertMaskError(f"model weights not found: {name!r}")
     else:
-        raise CertMaskError(f"model {name!r} is neither a file nor one of 'bundled', 'bundled-cutout', "
-                            f"'fashion-cnn', 'package.module:factory'")
+        raise CertMaskError(f"model {name!r} is neither an existing file nor a model spec: "
+                            f"{', '.join(MODEL_SPECS)}")
     if weights is not None:
         if isinstance(model, torch.jit.ScriptModule) or name in BUNDLED or path.is_file():
             raise CertMaskError(f"--weights applies to 'fashion-cnn' and factory specs, not to {name!r}")
@@ -185,3 +191,38 @@ def save_model(model: nn.Module, path, spec: str) -> tuple[Path, str]:
     if isinstance(model, FashionCNN):
         return path, str(path)
     return path, f"{spec} --weights {path}"
+
+
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program's module. Its train/eval behaviour was fixed when it was exported
+    (export from eval mode), so ``train()``/``eval()`` only set the flag instead of failing."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.program(x)
+
+
+class Normalized(nn.Module):
+    """``model((x - mean) / std)``: lets a model trained on normalised input take pixel-space input,
+    so that masks and their fill stay in pixel space ``[0, 1]``."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if len(mean_t) != len(std_t) or not torch.isfinite(mean_t).all() or not (std_t > 0).all():
+            raise CertMaskError(f"mean and std need the same length, finite values and std > 0, got "
+                                f"mean={list(mean)}, std={list(std)}")
+        self.model = model
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))

@@ -126,6 +126,7 @@ def _run_record(args, backend, model, images, labels, source, config, masksets) 
     return {"command": args.command_line, "certmask": __version__, "backend": args.backend,
             "backend_versions": backend.versions(), "python": platform.python_version(),
             "device": args.device, "data_source": source,
+            "seed": None,  # certification draws nothing at random: the same inputs give the same results
             "patch": list(config.patch),
             "patch_percent_of_image": 100.0 * config.patch[0] * config.patch[1] / (H * W),
             "mask_layouts": [plan_summary(ms) for ms in masksets.values()], "fingerprint": fingerprint,
@@ -137,7 +138,7 @@ def cmd_certify(args) -> int:
         PER_IMAGE_FILE,
         RunConfig,
         check_out_dir,
-        load_dataset,
+        load_data,
         masksets_of,
         results_table,
         run_certification,
@@ -146,8 +147,9 @@ def cmd_certify(args) -> int:
     out = Path(args.out)
     check_out_dir(out)
     backend = _backend(args)
-    images, labels, source = load_dataset(args.data, args.data_root, args.limit)
-    model = backend.load_model(args.model, args.weights)
+    data = load_data(args.data, args.data_root, args.limit, image_size=_image_size(args))
+    images, labels, source = data.images, data.labels, data.source
+    model = _load_checked_model(backend, args, images)
     config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
                        masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"),
@@ -175,7 +177,7 @@ def cmd_certify(args) -> int:
     results = run_certification(backend, model, images, labels, config, rank, world, gather,
                                 show_progress=None if not args.quiet else False,
                                 per_image_path=out / PER_IMAGE_FILE if rank == 0 else None,
-                                resume=args.resume)
+                                resume=args.resume, names=data.ids)
     close()  # on an error the rank exits instead, and torchrun stops the others
     if results is None:
         return 0
@@ -184,7 +186,8 @@ def cmd_certify(args) -> int:
                    "resumed_images": results["resumed_images"]})
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     results.update({"data": args.data, "data_source": source, "model": args.model,
-                    "device": args.device, "backend": args.backend})
+                    "device": args.device, "backend": args.backend, "classes": data.classes,
+                    "image_names": data.ids})
     write_outputs(results, out, images, plots=not args.no_plots)
     print(f"data: {source}")
     print(results_table(results), end="")
@@ -193,11 +196,38 @@ def cmd_certify(args) -> int:
     return 0
 
 
+def _image_size(args):
+    return tuple(args.image_size) if args.image_size else None
+
+
+def _load_checked_model(backend, args, images):
+    """The model of ``--model``/``--weights``, refused when it takes another channel count than the data."""
+    model = backend.load_model(args.model, args.weights)
+    expected = backend.input_channels(model)
+    got = images.shape[1]
+    if expected is not None and expected != got:
+        kind = {1: "grayscale", 3: "RGB"}
+        raise CertMaskError(f"model {args.model!r} takes {expected}-channel ({kind.get(expected, 'other')}) "
+                            f"input but the data has {got} channel(s) ({kind.get(got, 'other')})")
+    if (args.mean is None) != (args.std is None):
+        raise CertMaskError("--mean and --std go together")
+    if args.mean is not None:
+        if len(args.mean) not in (1, got) or len(args.std) != len(args.mean):
+            raise CertMaskError(f"--mean/--std need 1 or {got} values each, got {args.mean} and {args.std}")
+        model = backend.normalized(model, args.mean, args.std)
+    if args.num_classes is not None:
+        classes = backend.predict(model, images[:1], return_logits=True).shape[1]
+        if classes != args.num_classes:
+            raise CertMaskError(f"--num-classes {args.num_classes} but model {args.model!r} returns "
+                                f"{classes} logits")
+    return model
+
+
 def cmd_attack(args) -> int:
     from .experiment import load_dataset
     backend = _backend(args)
-    images, labels, source = load_dataset(args.data, args.data_root, args.limit)
-    model = backend.load_model(args.model, args.weights)
+    images, labels, source = load_dataset(args.data, args.data_root, args.limit, image_size=_image_size(args))
+    model = _load_checked_model(backend, args, images)
     results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
                              args.mode, steps=args.steps, stride=args.stride,
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
@@ -224,12 +254,14 @@ def cmd_train(args) -> int:
     if not args.resume and checkpoints.is_dir() and any(checkpoints.glob("epoch-*.pt")):
         raise CertMaskError(f"{str(out)!r} already holds checkpoints; pass --resume to continue that run or "
                             f"choose another --out")
-    images, labels, source = load_dataset(args.data, args.data_root, args.limit, split="train")
+    images, labels, source = load_dataset(args.data, args.data_root, args.limit, split="train",
+                                          image_size=_image_size(args))
     eval_name = args.eval_data or ("fashion-mnist" if args.data == "fashion-mnist" else None)
     eval_images = eval_labels = None
     if eval_name is not None:
-        eval_images, eval_labels, eval_source = load_dataset(eval_name, args.data_root, args.eval_limit)
-    model = backend.load_model(args.model, args.weights)
+        eval_images, eval_labels, eval_source = load_dataset(eval_name, args.data_root, args.eval_limit,
+                                                             image_size=_image_size(args))
+    model = _load_checked_model(backend, args, images)
     masksets = []
     if args.masks:
         masksets.append(_read_maskset(args.masks))
@@ -281,20 +313,30 @@ def _add_model_args(p):
 
 
 MODEL_HELP = ("model spec: 'bundled' (the committed Fashion-MNIST CNN), 'bundled-cutout' (the first "
-              "release's), 'fashion-cnn' (that architecture untrained), a TorchScript or FashionCNN "
-              "state-dict file, or 'package.module:factory' (called with no arguments)")
+              "release's), 'fashion-cnn' (that architecture untrained), a torch.export program (.pt2), a "
+              "TorchScript or FashionCNN state-dict file, or 'package.module:factory' (called with no "
+              "arguments)")
 
 
 def _add_data_model_args(p, split: str) -> None:
     p.add_argument("--data", default="fashion-mnist",
                    help=f"'fashion-mnist' (the Debian package's {split} set; certify falls back to the "
-                        "bundled 1,000-image subset), 'fashion-mnist-subset', or an .npz file with "
-                        "'images' (N,H,W / N,C,H,W / N,H,W,C; uint8 or float in [0, 1]) and 'labels'")
+                        "bundled 1,000-image subset), 'fashion-mnist-subset', an .npz file with "
+                        "'images' (N,H,W / N,C,H,W / N,H,W,C; uint8 or float in [0, 1]) and 'labels', "
+                        "or a folder: class subfolders of PNG/JPEG images (ids = relative paths), "
+                        "MNIST-style idx files, or CIFAR-10/100 python batches")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST idx files "
                                        "(default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--model", default="bundled", help=MODEL_HELP)
     p.add_argument("--weights", help="state dict loaded into a 'fashion-cnn' or factory model")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resize every image to H x W (bilinear; needs Pillow)")
+    p.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="per-channel mean the model was trained to subtract: the model is wrapped so that "
+                        "masking and the fill stay in pixel space [0, 1] and normalisation happens inside")
+    p.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std, with --mean")
+    p.add_argument("--num-classes", type=int, help="check that the model returns this many logits")
 
 
 def _add_backend_args(p) -> None:

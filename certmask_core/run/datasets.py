@@ -135,3 +135,113 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
     return (np.ascontiguousarray(images), labels.astype(np.int64),
             f"{path} ({layout}, {scale}, {images.shape[1]} channel(s))")
 
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | None = None):
+    """Images in the usual class-subfolder layout ``root/<class>/<image>`` (read with Pillow).
+
+    Classes are the subfolder names in sorted order (label = position). All images must share one size
+    unless ``image_size`` (H, W) resizes them (bilinear); grayscale and RGB may not be mixed.
+
+    Returns
+    -------
+    images : ndarray, shape (N, C, H, W), float32 in [0, 1]
+    labels : ndarray, shape (N,), int64
+    ids : list of str
+        Each image's path relative to ``root``.
+    classes : list of str
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CertMaskError("reading an image folder needs Pillow: pip install 'certmask[images]'") from None
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(label, path) for label, name in enumerate(classes)
+             for path in sorted((root / name).rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise CertMaskError(f"{str(root)!r} holds no class subfolders with images "
+                            f"({', '.join(IMAGE_SUFFIXES)})")
+    arrays, modes = [], set()
+    for _, path in files:
+        try:
+            with Image.open(path) as image:
+                mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+                image = image.convert(mode)
+                if image_size is not None:
+                    image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+                arrays.append(np.asarray(image))
+                modes.add(mode)
+        except OSError as err:
+            raise CertMaskError(f"cannot read image {str(path)!r}: {err}") from None
+    if len(modes) > 1:
+        raise CertMaskError(f"{str(root)!r} mixes grayscale and RGB images; convert them to one mode")
+    shapes = sorted({a.shape[:2] for a in arrays})
+    if len(shapes) > 1:
+        raise CertMaskError(f"{str(root)!r} holds images of sizes {shapes[:5]}; pass --image-size H W")
+    images = np.stack(arrays).astype(np.float32) / 255.0
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    return (np.ascontiguousarray(images), np.array([label for label, _ in files], np.int64),
+            [str(path.relative_to(root)) for _, path in files], classes)
+
+
+def load_cifar(folder: str | os.PathLike, split: str = "test"):
+    """CIFAR-10 or CIFAR-100 python batches (``data_batch_1..5`` / ``test_batch``, or ``train`` / ``test``).
+
+    Returns ``(images (N, 3, 32, 32) float32 in [0, 1], labels int64, source)``. The batches are
+    pickles: read only files you trust.
+    """
+    import pickle
+    folder = Path(folder)
+    names = (["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
+    if not (folder / names[0]).is_file():
+        names = [split]  # CIFAR-100 layout
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise CertMaskError(f"CIFAR batch {str(path)!r} not found")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), np.int64))
+    return (np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels),
+            f"{folder} (CIFAR python batches, {split})")
+
+
+def load_idx_folder(folder: str | os.PathLike, split: str = "test"):
+    """MNIST-style idx files in ``folder`` (``t10k-*`` for test, ``train-*`` for train; gzip or not).
+
+    Returns ``(images (N, 1, H, W) float32 in [0, 1], labels int64, source)``.
+    """
+    folder = Path(folder)
+    prefix = "t10k" if split == "test" else "train"
+    found = {}
+    for kind, ndim in (("images", 3), ("labels", 1)):
+        candidates = sorted(folder.glob(f"{prefix}-{kind}-idx{ndim}-ubyte*"))
+        if not candidates:
+            raise CertMaskError(f"no {prefix}-{kind}-idx{ndim}-ubyte[.gz] file in {str(folder)!r}")
+        found[kind] = read_idx(candidates[0])
+    images, labels = found["images"], found["labels"].astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise CertMaskError(f"{str(folder)!r}: idx images of shape {images.shape} and {len(labels)} labels")
+    return images[:, None].astype(np.float32) / 255.0, labels, f"{folder} (idx files, {split})"
+
+
+def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """``(N, C, H, W)`` float images in [0, 1] resized to ``image_size`` (H, W), bilinear (Pillow)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CertMaskError("--image-size needs Pillow: pip install 'certmask[images]'") from None
+    H, W = (int(v) for v in image_size)
+    if H < 1 or W < 1:
+        raise CertMaskError(f"image size must be positive, got {image_size}")
+    out = np.empty(images.shape[:2] + (H, W), np.float32)
+    for i, image in enumerate(images):
+        for c, plane in enumerate(image):
+            out[i, c] = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((W, H),
+                                                                                            Image.BILINEAR))
+    return np.clip(out, 0.0, 1.0)

@@ -31,37 +31,88 @@ from ..certification import (
 from ..constructions import make_maskset, plan_summary
 from ..errors import CertMaskError
 from ..geometry import PatchThreat
-from .datasets import FASHION_MNIST_CLASSES, load_bundled_subset, load_fashion_mnist, load_npz
+from .datasets import (
+    FASHION_MNIST_CLASSES,
+    load_bundled_subset,
+    load_cifar,
+    load_fashion_mnist,
+    load_idx_folder,
+    load_image_folder,
+    load_npz,
+    resize_images,
+)
 from .progress import progress_bar
 
-DATASETS = ("fashion-mnist", "fashion-mnist-subset")
+
+@dataclass
+class Dataset:
+    """Images to certify or train on, each with an id that the results keep."""
+
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int64
+    source: str
+    ids: list | None = None  # per image: relative path (image folders); None means the index
+    classes: list | None = None  # class names, when the data names them
 
 
-def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test"):
-    """Images as float32 ``(N, C, H, W)`` in ``[0, 1]``, int64 labels and a source string.
+DATA_SPECS = ("fashion-mnist", "fashion-mnist-subset", "FILE.npz", "image folder (class subfolders)",
+              "folder of idx files", "folder of CIFAR-10/100 python batches")
 
-    ``name`` is one of :data:`DATASETS` or a path to an ``.npz`` file (see
-    :func:`certmask_core.run.datasets.load_npz`); ``split`` picks Fashion-MNIST's ``"test"`` or ``"train"``.
+
+def load_data(spec: str, root: str | None = None, limit: int | None = None, split: str = "test",
+              image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load a data spec: one of :data:`DATA_SPECS`.
+
+    A folder is read as CIFAR python batches when it holds ``test_batch``/``data_batch_1`` (CIFAR-10)
+    or ``test``/``train`` files (CIFAR-100), as idx files when it holds ``*-idx3-ubyte*``, and
+    otherwise as class subfolders of PNG/JPEG images (Pillow). ``image_size`` (H, W) resizes every
+    image (bilinear, Pillow). ``split`` picks the test or train part where the data has both.
     """
     if limit is not None and limit < 1:
         raise CertMaskError(f"limit must be >= 1, got {limit}")
-    if str(name).endswith(".npz"):
-        images, labels, source = load_npz(name)
-    elif name == "fashion-mnist":
+    if split not in ("test", "train"):
+        raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
+    path = Path(spec)
+    ids = classes = None
+    resized = False
+    if spec == "fashion-mnist":
         images, labels, source = load_fashion_mnist(split, root=root)
-        images = images[:, None].astype(np.float32) / 255.0
-    elif name == "fashion-mnist-subset":
+        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
+    elif spec == "fashion-mnist-subset":
         if split != "test":
             raise CertMaskError(f"the bundled subset holds test images only, not split {split!r}")
         images, labels, source = load_bundled_subset()
-        images = images[:, None].astype(np.float32) / 255.0
+        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
+    elif spec.endswith(".npz"):
+        images, labels, source = load_npz(spec)
+    elif path.is_dir() and any((path / name).is_file() for name in ("test_batch", "data_batch_1", "test",
+                                                                   "train")):
+        images, labels, source = load_cifar(path, split)
+    elif path.is_dir() and any(path.glob("*-idx3-ubyte*")):
+        images, labels, source = load_idx_folder(path, split)
+    elif path.is_dir():
+        images, labels, ids, classes = load_image_folder(path, image_size)
+        source, resized = f"{path} (image folder, {len(classes)} classes)", True
     else:
-        raise CertMaskError(f"unknown dataset {name!r}; choose one of {DATASETS} or a path to an .npz file")
+        raise CertMaskError(f"unknown data {spec!r}: not one of {DATA_SPECS} (a named file or folder "
+                            f"must exist)")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+        ids = ids[:limit] if ids is not None else None
     if len(images) == 0:
-        raise CertMaskError(f"dataset {name!r} from {source} is empty")
-    return images, labels, source
+        raise CertMaskError(f"data {spec!r} from {source} is empty")
+    if image_size is not None and not resized and tuple(images.shape[2:]) != tuple(image_size):
+        images = resize_images(images, image_size)
+    if image_size is not None:
+        source += f", resized to {image_size[0]}x{image_size[1]}"
+    return Dataset(images, labels, source, ids, classes)
+
+
+def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test",
+                 image_size: tuple[int, int] | None = None):
+    """``(images, labels, source)`` of a data spec (see :func:`load_data`)."""
+    data = load_data(name, root, limit, split, image_size)
+    return data.images, data.labels, data.source
 
 
 @dataclass
@@ -151,8 +202,9 @@ def _json_float(value: float):
     return float(value) if np.isfinite(value) else repr(float(value))  # "inf", "nan": exact, valid JSON
 
 
-def per_image_lines(indices, labels, undefended, reports: dict) -> list[str]:
-    """One JSON line per image: id, label, undefended prediction and every run's per-image fields."""
+def per_image_lines(indices, labels, undefended, reports: dict, names=None) -> list[str]:
+    """One JSON line per image: id (its index), name (``names[index]``, e.g. a relative path, when
+    given), label, undefended prediction and every run's per-image fields."""
     lines = []
     for row, index in enumerate(indices):
         runs = {}
@@ -161,7 +213,8 @@ def per_image_lines(indices, labels, undefended, reports: dict) -> list[str]:
             runs[_run_key(strategy, k, mode)] = {
                 name: (_json_float(v) if name == "min_margin" else bool(v) if v.dtype == bool else int(v))
                 for name, v in fields.items()}
-        lines.append(json.dumps({"id": int(index), "label": int(labels[index]),
+        named = {"name": names[index]} if names is not None else {}
+        lines.append(json.dumps({"id": int(index), **named, "label": int(labels[index]),
                                  "undefended": int(undefended[row]), "runs": runs}) + "\n")
     return lines
 
@@ -238,7 +291,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
                       rank: int = 0, world: int = 1,
                       gather: Callable[[object], list | None] | None = None,
                       show_progress: bool | None = None, per_image_path=None,
-                      resume: bool = False) -> dict | None:
+                      resume: bool = False, names=None) -> dict | None:
     """Certify ``images`` under every (strategy, k, mode) of ``config``.
 
     Parameters
@@ -262,6 +315,8 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
     resume : bool
         Keep the images already in ``per_image_path`` and certify only the others; the results equal
         an uninterrupted run's (certificates do not depend on batch make-up).
+    names : sequence of str, optional
+        Each image's name (e.g. its path in an image folder), kept in the per-image results.
 
     Returns
     -------
@@ -288,7 +343,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
     stream = open(per_image_path, "a") if streaming else None  # noqa: SIM115 (closed below)
 
     def write_batch(idx, undefended, reports):
-        stream.writelines(per_image_lines(idx, labels, undefended, reports))
+        stream.writelines(per_image_lines(idx, labels, undefended, reports, names))
         stream.flush()
 
     indices = np.array([i for i in range(rank, len(images), world) if i not in done], np.int64)
@@ -305,7 +360,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
         part = _merge(parts)
         if per_image_path is not None:
             Path(per_image_path).write_text("".join(per_image_lines(part.indices, labels, part.undefended,
-                                                                    part.reports)))
+                                                                    part.reports, names)))
     if done:
         seconds = part.seconds
         new = map(json.loads, per_image_lines(part.indices, labels, part.undefended, part.reports))
@@ -328,6 +383,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
                 per_image["claim_holds"] = report.claim_holds.tolist()
             runs.append({"strategy": strategy, "k": k, **summary, "plan": plan, "per_image": per_image})
     return {"patch": list(config.patch), "images": len(part.indices), "world_size": world,
+            "num_classes": int(max(labels.max(), part.undefended.max()) + 1),
             "resumed_images": len(done),
             "undefended_accuracy": undefended, "runs": runs,
             "guarantees": {m: GUARANTEES[m] for m in config.modes},
@@ -380,8 +436,9 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
                 threat = PatchThreat(images.shape[2:], results["patch"])
                 ms = make_maskset(threat, first["k"], first["strategy"],
                                   mask_size=tuple(first["plan"]["mask_size"]))
-                _plots.example_images(images[:8], ms, first["per_image"]["output"][:8],
-                                      FASHION_MNIST_CLASSES, tmp / "examples.png")
+                classes = results.get("classes") or [str(c) for c in range(max(results["num_classes"], 1))]
+                _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
+                                      tmp / "examples.png")
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         for name in sorted(p.name for p in tmp.iterdir() if p.name != "results.json") + ["results.json"]:
             os.replace(tmp / name, out / name)

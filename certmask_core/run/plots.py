@@ -118,7 +118,8 @@ def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, clas
             (a, b), (ph, pw) = patch_boxes[i]
             ax.add_patch(Rectangle((b - 0.5, a - 0.5), pw, ph, fill=False, edgecolor="red", lw=1.2))
         out = outputs[i]
-        ax.set_title("ALERT" if out == -1 else class_names[out], fontsize=8)
+        ax.set_title("ALERT" if out == -1 else class_names[out] if out < len(class_names) else str(out),
+                     fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
