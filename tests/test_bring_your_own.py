@@ -144,3 +144,28 @@ def test_an_npz_of_the_bundled_subset_certifies_like_the_subset_itself(tmp_path,
     from_npz, _ = certify(tmp_path, "--data", str(tmp_path / "mine.npz"), "--model", "bundled")
     reference, _ = certify(tmp_path, "--data", "fashion-mnist-subset", "--limit", "30", "--model", "bundled")
     assert from_npz["runs"][0]["per_image"] == reference["runs"][0]["per_image"]
+
+
+def test_a_model_trained_behind_mean_and_std_certifies_with_the_recorded_arguments(tmp_path, monkeypatch):
+    import shlex
+
+    from certmask_backends.pytorch.models import load_model
+    from certmask_backends.pytorch.training import TrainConfig, train
+    (tmp_path / "rgb_models.py").write_text(RGB_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "rgb.npz", images=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+             labels=rng.integers(0, 10, 64))
+    out = tmp_path / "trained"
+    assert main(["train", "--model", "rgb_models:make", "--data", str(tmp_path / "rgb.npz"),
+                 "--augment", "maskset", "--patch", "4", "4", "--epochs", "1", "--train-batch-size", "32",
+                 "--mean", "0.5", "--std", "0.25", "--out", str(out), "--quiet"]) == 0
+    certify_with = json.loads((out / "train.json").read_text())["certify_with"]
+    assert certify_with.endswith("--mean 0.5 --std 0.25")
+    results, _ = certify(tmp_path, "--data", str(tmp_path / "rgb.npz"), "--model", *shlex.split(certify_with))
+    assert results["images"] == 64
+    program = torch.export.export(load_model("rgb_models:make"), (torch.rand(2, 3, 32, 32),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    x, y, _ = load_dataset(str(tmp_path / "rgb.npz"))
+    with pytest.raises(CertMaskError, match="a torch.export program is inference-only"):
+        train(load_model(str(tmp_path / "m.pt2")), x, y, TrainConfig(batch_size=32))

@@ -178,19 +178,28 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
 def save_model(model: nn.Module, path, spec: str) -> tuple[Path, str]:
     """Save ``model`` (loaded from model spec ``spec``) so that it loads back as it is.
 
-    TorchScript modules are saved with ``torch.jit.save``, every other module as its state dict.
-    Returns the path and the model spec that loads the file back (for a factory,
-    ``"package.module:factory --weights PATH"``).
+    TorchScript modules are saved with ``torch.jit.save``, every other module as its state dict; a model
+    wrapped by ``--mean``/``--std`` (:class:`Normalized`) is saved unwrapped. Returns the path and the
+    command-line model arguments that load the file back (for a factory,
+    ``"package.module:factory --weights PATH"``; for a wrapped model, with its ``--mean``/``--std``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    normalization = ""
+    if isinstance(model, Normalized):
+        values = [" ".join(f"{v:g}" for v in t.flatten().tolist()) for t in (model.mean, model.std)]
+        normalization = f" --mean {values[0]} --std {values[1]}"
+        model = model.model
+    if isinstance(model, ExportedModel):
+        raise CertMaskError("a torch.export program cannot be saved for further use; save the trained "
+                            "module and export it again")
     if isinstance(model, torch.jit.ScriptModule):
         torch.jit.save(model, str(path))
-        return path, str(path)
+        return path, f"{path}{normalization}"
     torch.save(model.state_dict(), path)
     if isinstance(model, FashionCNN):
-        return path, str(path)
-    return path, f"{spec} --weights {path}"
+        return path, f"{path}{normalization}"
+    return path, f"{spec} --weights {path}{normalization}"
 
 
 class ExportedModel(nn.Module):

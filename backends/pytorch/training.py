@@ -330,8 +330,10 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
     backend = backend if backend is not None else TorchBackend()
     if isinstance(config, dict):
         config = TrainConfig(**config)
-    if not isinstance(model, nn.Module):
-        raise CertMaskError(f"model must be a torch nn.Module to be trained, got {type(model).__name__}")
+    from .models import ExportedModel
+    if not isinstance(model, nn.Module) or isinstance(model, ExportedModel):
+        raise CertMaskError(f"model must be a trainable torch nn.Module, got {type(model).__name__} (a "
+                            f"torch.export program is inference-only: train the module, then export it)")
     x = backend.prepare_images(model, images)
     y = _labels_tensor(labels, len(x)).to(backend.device)
     if len(x) < config.batch_size:
