@@ -169,3 +169,9 @@ def test_a_model_trained_behind_mean_and_std_certifies_with_the_recorded_argumen
     x, y, _ = load_dataset(str(tmp_path / "rgb.npz"))
     with pytest.raises(CertMaskError, match="a torch.export program is inference-only"):
         train(load_model(str(tmp_path / "m.pt2")), x, y, TrainConfig(batch_size=32))
+
+
+@pytest.mark.parametrize("size", [(0, 28), (-3, 5), (28,)])
+def test_bad_image_sizes_are_named_before_any_file_is_read(size):
+    with pytest.raises(CertMaskError, match=r"image size must be two integers >= 1 \(H, W\), got"):
+        load_data("fashion-mnist-subset", image_size=size)

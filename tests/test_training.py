@@ -310,3 +310,16 @@ def test_a_torchscript_model_fine_tunes_and_saves_as_torchscript(tmp_path):
     saved, spec = save_model(model, tmp_path / "tuned.pt", str(path))
     with torch.no_grad():
         assert torch.equal(load_model(spec)(x), model(x))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", float("nan"), "lr must be a finite number > 0, got nan"),
+    ("lr", 0.0, "lr must be a finite number > 0, got 0.0"),
+    ("lr", "fast", "lr must be a finite number > 0, got 'fast'"),
+    ("weight_decay", -1e-4, "weight_decay must be a finite number >= 0"),
+    ("label_smoothing", 1.0, r"label_smoothing must be a finite number in \[0, 1\), got 1.0"),
+    ("label_smoothing", True, "label_smoothing must be a finite number in"),
+])
+def test_train_config_names_bad_numbers(field, value, message):
+    with pytest.raises(CertMaskError, match=message):
+        TrainConfig(**{field: value})

@@ -231,8 +231,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CertMaskError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise CertMaskError(f"lr must be finite and > 0, got {self.lr!r}")
+        rules = {"lr": (lambda v: v > 0, "> 0"), "weight_decay": (lambda v: v >= 0, ">= 0"),
+                 "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)")}
+        for name, (holds, wanted) in rules.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and np.isfinite(value) and holds(value)):
+                raise CertMaskError(f"{name} must be a finite number {wanted}, got {value!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise CertMaskError(f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}")
 
@@ -284,8 +289,8 @@ def masked_accuracy(backend: TorchBackend, model, images, labels, maskset: MaskS
 
 
 def _environment() -> dict:
-    return {"certmask": certmask_core.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads()}
+    return {"certmask": certmask_core.__version__, "python": platform.python_version(),
+            **TorchBackend.versions()}
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:

@@ -237,8 +237,6 @@ def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray
     except ImportError:
         raise CertMaskError("--image-size needs Pillow: pip install 'certmask[images]'") from None
     H, W = (int(v) for v in image_size)
-    if H < 1 or W < 1:
-        raise CertMaskError(f"image size must be positive, got {image_size}")
     out = np.empty(images.shape[:2] + (H, W), np.float32)
     for i, image in enumerate(images):
         for c, plane in enumerate(image):

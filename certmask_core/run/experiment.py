@@ -72,6 +72,8 @@ def load_data(spec: str, root: str | None = None, limit: int | None = None, spli
         raise CertMaskError(f"limit must be >= 1, got {limit}")
     if split not in ("test", "train"):
         raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise CertMaskError(f"image size must be two integers >= 1 (H, W), got {tuple(image_size)}")
     path = Path(spec)
     ids = classes = None
     resized = False
@@ -203,9 +205,15 @@ def _json_float(value: float):
 
 
 def per_image_lines(indices, labels, undefended, reports: dict, names=None) -> list[str]:
-    """One JSON line per image: id (its index), name (``names[index]``, e.g. a relative path, when
+    """:func:`per_image_records` as JSON lines."""
+    records = per_image_records(indices, labels, undefended, reports, names)
+    return [json.dumps(record) + "\n" for record in records]
+
+
+def per_image_records(indices, labels, undefended, reports: dict, names=None) -> list[dict]:
+    """One record per image: id (its index), name (``names[index]``, e.g. a relative path, when
     given), label, undefended prediction and every run's per-image fields."""
-    lines = []
+    records = []
     for row, index in enumerate(indices):
         runs = {}
         for (strategy, k, mode), report in reports.items():
@@ -214,9 +222,9 @@ def per_image_lines(indices, labels, undefended, reports: dict, names=None) -> l
                 name: (_json_float(v) if name == "min_margin" else bool(v) if v.dtype == bool else int(v))
                 for name, v in fields.items()}
         named = {"name": names[index]} if names is not None else {}
-        lines.append(json.dumps({"id": int(index), **named, "label": int(labels[index]),
-                                 "undefended": int(undefended[row]), "runs": runs}) + "\n")
-    return lines
+        records.append({"id": int(index), **named, "label": int(labels[index]),
+                        "undefended": int(undefended[row]), "runs": runs})
+    return records
 
 
 def read_per_image(path) -> dict[int, dict]:
@@ -240,7 +248,7 @@ def read_per_image(path) -> dict[int, dict]:
 
 
 def _part_from_records(records: dict[int, dict], config: RunConfig, masksets: dict) -> _Partial:
-    """The per-image results of ``records`` as certification reports (inverse of per_image_lines)."""
+    """The per-image results of ``records`` as certification reports (inverse of per_image_records)."""
     order = sorted(records)
     part = _Partial(np.array(order, np.int64), np.array([records[i]["undefended"] for i in order], np.int64))
     for (strategy, k), ms in masksets.items():
@@ -363,7 +371,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
                                                                     part.reports, names)))
     if done:
         seconds = part.seconds
-        new = map(json.loads, per_image_lines(part.indices, labels, part.undefended, part.reports))
+        new = per_image_records(part.indices, labels, part.undefended, part.reports)
         part = _part_from_records({**done, **{r["id"]: r for r in new}}, config, masksets)
         part.seconds = seconds
     undefended = float((part.undefended == labels[part.indices]).mean())
