@@ -48,11 +48,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from . import double_masking
+from . import double_masking, multipatch
 from .coverage import _threat_for, coverage_extremes, covering_set_bits, minimal_covering_set_bits, unpack
 from .double_masking import all_pairs  # noqa: F401 - public here since the first release
 from .errors import CertMaskError
 from .geometry import MaskSet
+from .multipatch import MaskGroups
 
 ALERT = -1
 """Output of a defence that refuses to answer."""
@@ -337,32 +338,46 @@ def _one_round_kernel(labels, sets, paper, k):  # pragma: no cover - compiled
 
 @dataclass(frozen=True)
 class _Geometry:
-    """What the defences need to know of a mask set for one patch size (cached on the set)."""
+    """What the defences need to know of a mask family for one threat (cached on the family).
 
-    maskset: MaskSet
+    ``family`` is a MaskSet (one mask per prediction) or a MaskGroups (one group per prediction);
+    ``patches`` is the number of patches. For one patch and a MaskSet the covering sets are those of
+    :mod:`.coverage`; otherwise those of m-tuples of positions (:mod:`.multipatch`, T15).
+    """
+
+    maskset: MaskSet | MaskGroups
     patch: tuple[int, int]
     k: int
+    patches: int = 1
 
     @property
     def n(self) -> int:
         return len(self.maskset)
 
+    @property
+    def single(self) -> bool:
+        return self.patches == 1 and isinstance(self.maskset, MaskSet)
+
     def minimal_sets(self) -> np.ndarray:
-        return minimal_covering_set_bits(self.maskset, self.patch)
+        if self.single:
+            return minimal_covering_set_bits(self.maskset, self.patch)
+        return multipatch.tuple_minimal_sets(self.maskset, self.patch, self.patches)
 
     def all_sets(self) -> np.ndarray:
+        if not self.single:
+            raise CertMaskError("mode 'paper' is defined for one patch and single masks only")
         return covering_set_bits(self.maskset, self.patch)
 
     def membership(self) -> np.ndarray:
-        """``(n, m)`` bool: mask ``i`` lies in minimal covering set ``s``. Cached on the set."""
-        key = ("membership", self.patch)
+        """``(n, m)`` bool: member ``i`` lies in minimal covering set ``s``. Cached on the family."""
+        key = ("membership", self.patch, self.patches)
         if key not in self.maskset._cache:
             self.maskset._cache[key] = np.ascontiguousarray(unpack(self.minimal_sets(), self.n).T)
         return self.maskset._cache[key]
 
     def member_lists(self) -> tuple[np.ndarray, np.ndarray]:
-        """Minimal set ``s`` holds masks ``idx[ptr[s]:ptr[s + 1]]``. Cached on the set."""
-        key = ("member lists", self.patch)
+        """Minimal set ``s`` holds members ``idx[ptr[s]:ptr[s + 1]]``. Cached on the family."""
+        key = ("member lists", self.patch, self.patches)
         if key not in self.maskset._cache:
             sets, masks = np.nonzero(self.membership().T)
             ptr = np.searchsorted(sets, np.arange(self.membership().shape[1] + 1))
@@ -376,19 +391,31 @@ def _check_int(name: str, value, low: int = 1):
     return int(value)
 
 
-def _geometry(maskset: MaskSet, patch, k) -> _Geometry:
-    if not isinstance(maskset, MaskSet):
-        raise CertMaskError(f"maskset must be a MaskSet, got {type(maskset).__name__}")
-    patch = patch if patch is not None else maskset.threat
+def _check_family(maskset) -> None:
+    if not isinstance(maskset, (MaskSet, MaskGroups)):
+        raise CertMaskError(f"maskset must be a MaskSet or MaskGroups, got {type(maskset).__name__}")
+
+
+def _geometry(maskset: MaskSet | MaskGroups, patch, k, patches: int = 1) -> _Geometry:
+    _check_family(maskset)
+    patches = multipatch.check_patches(patches)
+    base = maskset.base if isinstance(maskset, MaskGroups) else maskset
+    patch = patch if patch is not None else base.threat
     if patch is None:
         raise CertMaskError("a user-supplied mask set needs patch=(ph, pw)")
-    threat = _threat_for(maskset, patch)
-    claimed = _check_int("k", k if k is not None else (maskset.k or 1))
-    low, _, (a, b) = coverage_extremes(maskset, threat)
-    if low < claimed:
-        raise CertMaskError(f"the mask set is not {claimed}-fold: patch position ({a}, {b}) is "
-                            f"covered by {low} masks")
-    return _Geometry(maskset, threat.patch_size, claimed)
+    threat = _threat_for(base, patch)
+    claimed = _check_int("k", k if k is not None else (getattr(maskset, "k", None) or 1))
+    if patches == 1 and isinstance(maskset, MaskSet):
+        low, _, (a, b) = coverage_extremes(maskset, threat)
+        if low < claimed:
+            raise CertMaskError(f"the mask set is not {claimed}-fold: patch position ({a}, {b}) is "
+                                f"covered by {low} masks")
+    else:
+        low, where = multipatch.tuple_coverage_extremes(maskset, threat.patch_size, patches)
+        if low < claimed:
+            raise CertMaskError(f"the family is not {claimed}-fold for {patches} patches: the positions "
+                                f"{where} are covered by {low} of its {len(maskset)} members")
+    return _Geometry(maskset, threat.patch_size, claimed, patches)
 
 
 def _pair_asker(pair_predictor, num_classes, tolerance: float = DEFAULT_MARGIN_TOLERANCE):
@@ -431,18 +458,20 @@ def _check_mode(mode) -> str:
     return mode
 
 
-def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None, k=None,
-           pair_predictor: PairPredictor | None = None, num_classes: int | None = None
-           ) -> DefenceResult:
+def defend(predictions, maskset: MaskSet | MaskGroups, mode: str = "detection", *, patch=None, k=None,
+           pair_predictor: PairPredictor | None = None, num_classes: int | None = None,
+           patches: int = 1) -> DefenceResult:
     """Run a defence on the masked predictions of (possibly attacked) images.
 
     Parameters
     ----------
     predictions : array, shape (B, n) int labels or (B, n, K) float logits
-        One-mask predictions, column ``i`` for mask ``i`` of ``maskset``. Logit vectors that are not
-        all finite, and the label ``NO_VOTE``, vote for no class.
-    maskset : MaskSet
+        One-mask predictions, column ``i`` for mask ``i`` of ``maskset`` (for MaskGroups: group ``i``
+        hidden at once). Logit vectors that are not all finite, and the label ``NO_VOTE``, vote for no
+        class.
+    maskset : MaskSet or MaskGroups
     mode : {"detection", "plurality", "covering_consensus", "recovery", "paper"}
+        ``paper`` needs a MaskSet and one patch.
     patch : (ph, pw), optional
         Needed when ``maskset`` carries no threat.
     k : int, optional
@@ -453,6 +482,9 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
         second rounds of all images are asked together, one disagreeing mask per image per call.
     num_classes : int, optional
         When given, labels are range-checked.
+    patches : int
+        Number of patches of size ``patch`` (T15): covering sets are those of tuples of positions.
+        With MaskGroups, a pair asked by ``recovery`` is a pair of groups.
 
     Returns
     -------
@@ -468,7 +500,7 @@ def defend(predictions, maskset: MaskSet, mode: str = "detection", *, patch=None
     mode = _check_mode(mode)
     if num_classes is not None:
         num_classes = _check_int("num_classes", num_classes)
-    geo = _geometry(maskset, patch, k)
+    geo = _geometry(maskset, patch, k, patches)
     labels = as_labels(predictions, geo.n, num_classes)
     passes = np.full(len(labels), geo.n, dtype=np.int64)
     if mode == "recovery":
@@ -598,10 +630,56 @@ def _one_round_certificate(mode: str, first: np.ndarray, unsure: np.ndarray, y: 
     return _consensus_certificate(first, unsure, y, *geo.member_lists())
 
 
-def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, patch=None,
+def _certificate_check(mode: str, first: np.ndarray, margins: np.ndarray, y: np.ndarray, geo: _Geometry,
+                       pair_predictor, num_classes, tolerance: float, certificate: str, pair_chunk: int):
+    """Each image's certificate: (holds, holds on labels alone, passes, smallest margin checked)."""
+    unsure = margins <= tolerance
+    min_margin = margins.min(1, initial=np.inf)
+    passes = np.full(len(y), geo.n, dtype=np.int64)
+    if mode != "recovery":
+        return (_one_round_certificate(mode, first, unsure, y, geo),
+                _one_round_certificate(mode, first, np.zeros_like(unsure), y, geo), passes, min_margin)
+    ask = _pair_asker(pair_predictor, num_classes, tolerance)
+    if certificate == "all_pairs":
+        strict, loose, extra, pair_margin = double_masking.all_pairs_certificate(
+            first, ~unsure, y, ask, pair_chunk)
+    else:
+        strict, loose, extra, pair_margin = double_masking.hitting_set_certificate(
+            first, ~unsure, y, geo.membership(), ask)
+    return strict, loose, passes + extra, np.minimum(min_margin, pair_margin)
+
+
+def _certify_inputs(predictions, labels, maskset, mode, num_classes, recovery_certificate,
+                    margin_tolerance):
+    """Validated ``(mode, num_classes, tolerance, y, first, margins)`` of a certification call;
+    ``num_classes`` is taken from the logits when not given (pair logits must have as many)."""
+    mode = _check_mode(mode)
+    if num_classes is not None:
+        num_classes = _check_int("num_classes", num_classes)
+    if recovery_certificate not in RECOVERY_CERTIFICATES:
+        raise CertMaskError(f"recovery_certificate must be one of {RECOVERY_CERTIFICATES}, got "
+                            f"{recovery_certificate!r}")
+    try:
+        tolerance = float(margin_tolerance)
+    except (TypeError, ValueError, OverflowError):  # not a number, or an int beyond float range
+        tolerance = math.nan
+    if (isinstance(margin_tolerance, (bool, np.bool_)) or not isinstance(margin_tolerance, numbers.Real)
+            or not 0 <= tolerance < math.inf):
+        raise CertMaskError(f"margin_tolerance must be a finite number >= 0, got {margin_tolerance!r}")
+    y = _true_labels(labels, num_classes)
+    _check_family(maskset)
+    first, margins = _predictions(predictions, len(maskset), num_classes, "predictions")
+    if len(first) != len(y):
+        raise CertMaskError(f"{len(first)} prediction rows but {len(y)} labels")
+    if num_classes is None and np.asarray(predictions).dtype.kind == "f":
+        num_classes = np.asarray(predictions).shape[2]
+    return mode, num_classes, tolerance, y, first, margins
+
+
+def certify(predictions, labels, maskset: MaskSet | MaskGroups, mode: str = "detection", *, patch=None,
             k=None, pair_predictor: PairPredictor | None = None, num_classes: int | None = None,
             pair_chunk: int = 1024, margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE,
-            recovery_certificate: str = "hitting_set") -> CertificationReport:
+            recovery_certificate: str = "hitting_set", patches: int = 1) -> CertificationReport:
     """Check each clean image's certificate and run the defence on it.
 
     Parameters
@@ -610,7 +688,7 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
         One-mask predictions on the clean images; give logits to have margins checked.
     labels : array, shape (B,)
         True labels.
-    maskset, mode, patch, k, num_classes
+    maskset, mode, patch, k, num_classes, patches
         As in :func:`defend`.
     pair_predictor : callable, optional
         Required for ``recovery``; see :data:`PairPredictor`.
@@ -639,49 +717,15 @@ def certify(predictions, labels, maskset: MaskSet, mode: str = "detection", *, p
     >>> certify(np.array([[3, 3], [3, 4]]), [3, 3], ms).certified
     array([ True, False])
     """
-    mode = _check_mode(mode)
-    if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes)
+    mode, num_classes, tolerance, y, first, margins = _certify_inputs(
+        predictions, labels, maskset, mode, num_classes, recovery_certificate, margin_tolerance)
     pair_chunk = _check_int("pair_chunk", pair_chunk)
-    if recovery_certificate not in RECOVERY_CERTIFICATES:
-        raise CertMaskError(f"recovery_certificate must be one of {RECOVERY_CERTIFICATES}, got "
-                            f"{recovery_certificate!r}")
-    try:
-        tolerance = float(margin_tolerance)
-    except (TypeError, ValueError, OverflowError):  # not a number, or an int beyond float range
-        tolerance = math.nan
-    if (isinstance(margin_tolerance, (bool, np.bool_)) or not isinstance(margin_tolerance, numbers.Real)
-            or not 0 <= tolerance < math.inf):
-        raise CertMaskError(f"margin_tolerance must be a finite number >= 0, got {margin_tolerance!r}")
-    y = _true_labels(labels, num_classes)
-    if not isinstance(maskset, MaskSet):
-        raise CertMaskError(f"maskset must be a MaskSet, got {type(maskset).__name__}")
-    first, margins = _predictions(predictions, len(maskset), num_classes, "predictions")
-    if len(first) != len(y):
-        raise CertMaskError(f"{len(first)} prediction rows but {len(y)} labels")
-    if num_classes is None and np.asarray(predictions).dtype.kind == "f":
-        num_classes = np.asarray(predictions).shape[2]  # pair logits must have as many classes
     defence = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=pair_predictor,
-                     num_classes=num_classes)
-    geo = _geometry(maskset, patch, k)
-    unsure = margins <= tolerance
-    min_margin = margins.min(1, initial=np.inf)
-    passes = np.full(len(y), geo.n, dtype=np.int64)
-    if mode == "recovery":
-        certificate = recovery_certificate
-        ask = _pair_asker(pair_predictor, num_classes, tolerance)
-        if certificate == "all_pairs":
-            strict, loose, extra, pair_margin = double_masking.all_pairs_certificate(
-                first, ~unsure, y, ask, pair_chunk)
-        else:
-            strict, loose, extra, pair_margin = double_masking.hitting_set_certificate(
-                first, ~unsure, y, geo.membership(), ask)
-        passes += extra
-        min_margin = np.minimum(min_margin, pair_margin)
-    else:
-        certificate = CERTIFICATES[mode]
-        strict = _one_round_certificate(mode, first, unsure, y, geo)
-        loose = _one_round_certificate(mode, first, np.zeros_like(unsure), y, geo)
+                     num_classes=num_classes, patches=patches)
+    geo = _geometry(maskset, patch, k, patches)
+    certificate = recovery_certificate if mode == "recovery" else CERTIFICATES[mode]
+    strict, loose, passes, min_margin = _certificate_check(
+        mode, first, margins, y, geo, pair_predictor, num_classes, tolerance, certificate, pair_chunk)
     below = loose & ~strict
     certified = strict if SOUND[mode] else np.zeros_like(strict)
     return CertificationReport(mode, GUARANTEES[mode], SOUND[mode], y, defence.output, certified, strict,

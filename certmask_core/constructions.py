@@ -212,3 +212,33 @@ def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
             "lower_bound": bound, "gap": len(maskset) - bound,
             "min_coverage": low, "max_coverage": high,
             "distinct": maskset.is_distinct()}
+
+
+def union_maskset(masksets) -> MaskSet:
+    """The masks of several sets of one image in one set (a multi-size set), duplicates dropped.
+
+    Masks keep their order (first occurrence). Coverage of any patch is at least each part's, so a
+    union of sets planned for several patch sizes covers each of them (verify with
+    :func:`~certmask_core.coverage.coverage_extremes` per size). The result carries the threat of the
+    part planned for the largest patch (by area), when the parts carry threats.
+
+    Examples
+    --------
+    >>> small = make_maskset(PatchThreat(28, 3), masks_per_axis=4)
+    >>> large = make_maskset(PatchThreat(28, 5), masks_per_axis=4)
+    >>> both = union_maskset([small, large])
+    >>> len(both), both.threat.patch_size
+    (32, (5, 5))
+    """
+    masksets = list(masksets)
+    if not masksets or not all(isinstance(ms, MaskSet) for ms in masksets):
+        raise CertMaskError(f"union_maskset needs one or more MaskSets, got {masksets!r}")
+    sizes = {ms.image_size for ms in masksets}
+    if len(sizes) > 1:
+        raise CertMaskError(f"the mask sets are for different images: {sorted(sizes)}")
+    rects = np.concatenate([ms.rectangles() for ms in masksets])
+    _, first = np.unique(rects, axis=0, return_index=True)
+    rects = rects[np.sort(first)]
+    threats = [ms.threat for ms in masksets if ms.threat is not None]
+    threat = max(threats, key=lambda t: t.patch_size[0] * t.patch_size[1]) if threats else None
+    return MaskSet(masksets[0].image_size, rects[:, :2], rects[:, 2:] - rects[:, :2], threat=threat)

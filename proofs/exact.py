@@ -20,6 +20,12 @@ equals the brute force over all pair tables; ``tests/test_proofs.py`` checks tha
 
 The margin rule is checked too: a certificate computed with some predictions *unsure* must hold for
 every value those predictions could take (``unsure_soundness``).
+
+The attacks may also be given as pixel sets (:func:`attack_classes`): a member (a mask, or a group of
+masks hidden together) is fixed iff its hidden pixels contain every attacked pixel, a pair iff their
+union does. T14 attacks with smaller patches and shapes (:func:`box_attacks`, :func:`shape_attacks`)
+than the size the defence is configured for; T15 with several patches (:func:`tuple_attacks`) on
+MaskGroups with ``patches=m``.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import numpy as np
 from certmask_core import MaskSet, PatchThreat, make_maskset
 from certmask_core.certification import ALERT, GUARANTEES, NO_VOTE, certify, defend
 
+from .common import box, dense_pixels, positions
 from .soundness import covers, pair_covers, small_geometries
 
 SURE, UNSURE = 1.0, 1e-4  # margins of the logits built from a label; UNSURE is below the tolerance
@@ -87,13 +94,21 @@ def logits_of(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray
     return out
 
 
-def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symbols, y: int) -> np.ndarray:
+def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symbols, y: int,
+                      classes=None, patches: int = 1, outputs=None, k: int | None = None) -> np.ndarray:
     """Per clean row (``rows`` = every row over ``symbols``): the defence outputs ``y`` on it and, at
-    every position, every attack (the rows agreeing on the covering masks) keeps the guarantee."""
-    outputs = defend(rows, maskset, mode, patch=patch).output
+    every position, every attack (the rows agreeing on the covering masks) keeps the guarantee.
+
+    The defence runs configured for ``patch`` (and ``patches``); the attacks are ``classes`` (default:
+    the positions of ``patch``), each ``(fixed members, ...)`` as :func:`attack_classes` makes them.
+    ``outputs`` may pass the defence's outputs on ``rows`` when already computed."""
+    if outputs is None:
+        outputs = defend(rows, maskset, mode, patch=patch, patches=patches, k=k).output
     bad_output = ~_guarantee_ok(outputs, y, GUARANTEES[mode])
     robust = outputs == y
-    for cover, _, _ in _position_classes(maskset, patch, with_pairs=False):
+    if classes is None:
+        classes = _position_classes(maskset, patch, with_pairs=False)
+    for cover, *_ in classes:
         keys = _keys(rows, np.flatnonzero(cover), symbols)
         bad = np.zeros(keys.max() + 1, dtype=bool)
         np.logical_or.at(bad, keys, bad_output)
@@ -102,15 +117,21 @@ def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symb
 
 
 def one_round_exact(maskset: MaskSet, patch, mode: str, alphabet: int = 3, no_vote: bool = False,
-                    geometry: str = "") -> ExactResult:
-    """Certificate vs robustness of a one-round mode on every clean row of ``alphabet`` labels."""
+                    geometry: str = "", classes=None, patches: int = 1, k: int | None = None) -> ExactResult:
+    """Certificate vs robustness of a one-round mode on every clean row of ``alphabet`` labels.
+
+    ``maskset`` may be a MaskGroups and ``patches`` > 1 (T15): the certificate is the package's for
+    that threat, the attacks are ``classes`` (default: the positions of one ``patch``); ``k`` is the
+    multiplicity the defence is told (default: the set's own)."""
     n = len(maskset)
     symbols = list(range(alphabet)) + ([NO_VOTE] if no_vote else [])
     rows = _all_rows(n, symbols)
     result = ExactResult(mode, mode, geometry)
+    outputs = defend(rows, maskset, mode, patch=patch, patches=patches, k=k).output
     for y in range(alphabet):
-        robust = _one_round_robust(maskset, patch, mode, rows, symbols, y)
-        certified = certify(rows, np.full(len(rows), y), maskset, mode, patch=patch).certified
+        robust = _one_round_robust(maskset, patch, mode, rows, symbols, y, classes, patches, outputs)
+        certified = certify(rows, np.full(len(rows), y), maskset, mode, patch=patch, patches=patches,
+                            k=k).certified
         _tally(result, rows, y, robust, certified)
     return result
 
@@ -185,18 +206,22 @@ def _chosen_disagreer_answers(first: np.ndarray, chosen: np.ndarray, pair_list) 
 
 
 def recovery_outcomes(maskset: MaskSet, patch, position, first: np.ndarray, pairs: np.ndarray,
-                      alphabet: int = 3, brute_force: bool = False) -> set:
+                      alphabet: int = 3, brute_force: bool = False, attack=None, patches: int = 1) -> set:
     """Every (attacked one-mask row, output) of recovery at ``position`` for one clean table.
 
     ``first`` is the clean one-mask row, ``pairs`` the clean pair labels in :func:`_pair_index`
     order. By the chosen-disagreer abstraction, or with ``brute_force`` over every free pair table
-    (tiny sets only): the tests check that both give the same set.
+    (tiny sets only): the tests check that both give the same set. ``attack`` may give the fixed
+    ``(members, pairs)`` directly (then ``position`` is unused; MaskGroups and ``patches`` > 1, T15).
     """
     n = len(maskset)
     index = _pair_index(n)
     pair_list = list(index)
-    cover = covers(maskset, patch)[position]
-    forced = pair_covers(maskset, patch)[position]
+    if attack is not None:
+        cover, forced = attack
+    else:
+        cover = covers(maskset, patch)[position]
+        forced = pair_covers(maskset, patch)[position]
     fixed = np.array([forced[i, j] for i, j in pair_list], dtype=bool)
     rows = _all_rows(n, range(alphabet))
     rows = rows[(rows[:, cover] == first[cover]).all(1)]
@@ -209,80 +234,155 @@ def recovery_outcomes(maskset: MaskSet, patch, position, first: np.ndarray, pair
         a_first = np.repeat(rows, n + 1, axis=0)
         chosen = np.tile(np.arange(-1, n), len(rows))
         a_pairs = np.where(fixed, pairs, _chosen_disagreer_answers(a_first, chosen, pair_list))
-    outs = defend(a_first, maskset, "recovery", patch=patch,
-                  pair_predictor=_answer_from(a_pairs, index)).output
+    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(a_pairs, index),
+                  patches=patches).output
     return {(tuple(r.tolist()), int(o)) for r, o in zip(a_first, outs)}
 
 
-def recovery_exact(maskset: MaskSet, patch, certificate: str = "hitting_set", alphabet: int = 3,
-                   geometry: str = "") -> ExactResult:
-    """Certificate vs robustness of PatchCleanser's defence on every clean (row, pair table).
+def clean_tables(n: int, alphabet: int = 3):
+    """``(index, first, pairs)``: every clean (one-mask row, symmetric pair table) of ``n`` members."""
+    index = _pair_index(n)
+    rows = _all_rows(n, range(alphabet))
+    tables = _all_rows(len(index), range(alphabet))
+    return index, np.repeat(rows, len(tables), axis=0), np.tile(tables, (len(rows), 1))
 
-    ``certificate`` is ``hitting_set`` or ``all_pairs`` (the package's, through :func:`certify`) or
-    ``exact`` (T11(b), :func:`proofs.reference.recovery_robust_reference`).
-    """
+
+def _recovery_class_ok(maskset, patch, cover, forced, first, pairs, alphabet, patches, k) -> dict:
+    """``{y: ok}`` per clean table: every attack of one class (its fixed members and pairs keep their
+    clean values, the rest follow the chosen-disagreer abstraction) leaves the output ``y``."""
     n = len(maskset)
     index = _pair_index(n)
     pair_list = list(index)
-    rows = _all_rows(n, range(alphabet))
-    tables = _all_rows(len(pair_list), range(alphabet))
-    # every clean (one-mask row, pair table)
-    first = np.repeat(rows, len(tables), axis=0)
-    pairs = np.tile(tables, (len(rows), 1))
-    clean = defend(first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(pairs, index)).output
-    result = ExactResult("recovery", certificate, geometry)
-    classes = _position_classes(maskset, patch, with_pairs=True)
-    # per position class, the worst outcome of every fixed part (cover row values, forced pair values)
-    attack_ok = []
-    for cover, forced, _ in classes:
-        fixed_pairs = np.array([t for (i, j), t in index.items() if forced[i, j]], dtype=np.int64)
-        free = np.flatnonzero(~cover)
-        parts_first = _all_rows(int(cover.sum()), range(alphabet))
-        parts_pairs = _all_rows(len(fixed_pairs), range(alphabet))
-        attacks = _all_rows(len(free), range(alphabet))
-        combos = list(itertools.product(range(len(parts_first)), range(len(parts_pairs)),
-                                        range(len(attacks)), range(-1, n)))
-        a_first = np.empty((len(combos), n), np.int64)
-        a_pairs = np.empty((len(combos), len(pair_list)), np.int64)
-        chosen = np.empty(len(combos), np.int64)
-        for t, (pf, _, at, ch) in enumerate(combos):
-            a_first[t, cover] = parts_first[pf]
-            a_first[t, free] = attacks[at]
-            chosen[t] = ch
-        a_pairs[:] = _chosen_disagreer_answers(a_first, chosen, pair_list)
-        if len(fixed_pairs):
-            pp_index = np.array([c[1] for c in combos])
-            a_pairs[:, fixed_pairs] = parts_pairs[pp_index]
-        # the same key function on attacked and clean tables: the fixed part names the class's outcome
-        part_key = (_keys(a_first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
-                    + _keys(a_pairs, fixed_pairs, range(alphabet)))
-        outs = defend(a_first, maskset, "recovery", patch=patch,
-                      pair_predictor=_answer_from(a_pairs, index)).output
-        ok = {}
-        for y in range(alphabet):
-            good = np.ones(len(parts_first) * len(parts_pairs), dtype=bool)
-            np.logical_and.at(good, part_key, outs == y)
-            ok[y] = good
-        clean_key = (_keys(first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
-                     + _keys(pairs, fixed_pairs, range(alphabet)))
-        attack_ok.append((ok, clean_key))
+    fixed_pairs = np.array([t for (i, j), t in index.items() if forced[i, j]], dtype=np.int64)
+    free = np.flatnonzero(~cover)
+    parts_first = _all_rows(int(cover.sum()), range(alphabet))
+    parts_pairs = _all_rows(len(fixed_pairs), range(alphabet))
+    attacks = _all_rows(len(free), range(alphabet))
+    combos = np.array(list(itertools.product(range(len(parts_first)), range(len(parts_pairs)),
+                                             range(len(attacks)), range(-1, n))), dtype=np.int64)
+    a_first = np.empty((len(combos), n), np.int64)
+    a_first[:, cover] = parts_first[combos[:, 0]]
+    a_first[:, free] = attacks[combos[:, 2]]
+    a_pairs = _chosen_disagreer_answers(a_first, combos[:, 3], pair_list)
+    if len(fixed_pairs):
+        a_pairs[:, fixed_pairs] = parts_pairs[combos[:, 1]]
+    # the same key function on attacked and clean tables: the fixed part names the class's outcome
+    part_key = (_keys(a_first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
+                + _keys(a_pairs, fixed_pairs, range(alphabet)))
+    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(a_pairs, index),
+                  patches=patches, k=k).output
+    clean_key = (_keys(first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
+                 + _keys(pairs, fixed_pairs, range(alphabet)))
+    ok = {}
     for y in range(alphabet):
-        robust = clean == y
-        for ok, clean_key in attack_ok:
-            robust &= ok[y][clean_key]
-        if certificate == "exact":  # T11(b): the exact condition, from proofs.reference
-            from .reference import recovery_robust_reference
-            positions = [(cover, forced) for cover, forced, _ in classes]
-            certified = np.array([
-                recovery_robust_reference(f, lambda i, j, t=t: t[index[min(i, j), max(i, j)]], y, positions,
-                                          range(alphabet))
-                for f, t in zip(first, pairs)])
-        else:
-            certified = certify(first, np.full(len(first), y), maskset, "recovery", patch=patch,
-                                pair_predictor=_answer_from(pairs, index),
-                                recovery_certificate=certificate).certified
-        _tally(result, first, y, robust, certified, pairs)
+        good = np.ones(len(parts_first) * len(parts_pairs), dtype=bool)
+        np.logical_and.at(good, part_key, outs == y)
+        ok[y] = good[clean_key]
+    return ok
+
+
+def recovery_robustness(maskset, patch, classes=None, alphabet: int = 3, patches: int = 1,
+                        k: int | None = None, cache: dict | None = None) -> dict:
+    """``{y: robust}`` over the :func:`clean_tables`: PatchCleanser's defence outputs ``y`` on the clean
+    table and under every attack of ``classes`` (default: the positions of ``patch``), each
+    ``(fixed members, (n, n) fixed pairs, where)``; free pairs follow the chosen-disagreer abstraction.
+    ``maskset`` may be a MaskGroups (its pairs are pairs of groups); ``k`` is the multiplicity the
+    defence is told (default: the set's own). ``cache`` (a dict, one per family and alphabet) keeps
+    each class's outcome for later calls: recovery does not depend on the configured size."""
+    n = len(maskset)
+    index, first, pairs = clean_tables(n, alphabet)
+    clean = defend(first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(pairs, index),
+                   patches=patches, k=k).output
+    if classes is None:
+        classes = _position_classes(maskset, patch, with_pairs=True)
+    robust = {y: clean == y for y in range(alphabet)}
+    for cover, forced, _ in classes:
+        key = (cover.tobytes(), forced.tobytes())
+        if cache is None or key not in cache:
+            ok = _recovery_class_ok(maskset, patch, cover, forced, first, pairs, alphabet, patches, k)
+            if cache is None:
+                cache = {}
+            cache[key] = ok
+        for y in range(alphabet):
+            robust[y] &= cache[key][y]
+    return robust
+
+
+def recovery_certified(maskset, patch, certificate: str, y: int, alphabet: int = 3, classes=None,
+                       patches: int = 1, k: int | None = None) -> np.ndarray:
+    """The certificate on every :func:`clean_tables` entry for label ``y``: ``hitting_set`` or
+    ``all_pairs`` (the package's, through :func:`certify`) or ``exact`` (T11(b),
+    :func:`proofs.reference.recovery_robust_reference`, with the attacks of ``classes``)."""
+    n = len(maskset)
+    index, first, pairs = clean_tables(n, alphabet)
+    if certificate == "exact":  # T11(b): the exact condition, from proofs.reference
+        from .reference import recovery_robust_reference
+        if classes is None:
+            classes = _position_classes(maskset, patch, with_pairs=True)
+        positions = [(cover, forced) for cover, forced, _ in classes]
+        return np.array([
+            recovery_robust_reference(f, lambda i, j, t=t: t[index[min(i, j), max(i, j)]], y, positions,
+                                      range(alphabet))
+            for f, t in zip(first, pairs)])
+    return certify(first, np.full(len(first), y), maskset, "recovery", patch=patch,
+                   pair_predictor=_answer_from(pairs, index), recovery_certificate=certificate,
+                   patches=patches, k=k).certified
+
+
+def recovery_exact(maskset, patch, certificate: str = "hitting_set", alphabet: int = 3,
+                   geometry: str = "", classes=None, patches: int = 1, k: int | None = None) -> ExactResult:
+    """Certificate vs robustness of PatchCleanser's defence on every clean (row, pair table).
+
+    ``certificate`` is ``hitting_set`` or ``all_pairs`` (the package's, through :func:`certify`) or
+    ``exact`` (T11(b), :func:`proofs.reference.recovery_robust_reference`). ``classes`` and
+    ``patches`` as in :func:`recovery_robustness` (T15: MaskGroups, several patches).
+    """
+    _, first, pairs = clean_tables(len(maskset), alphabet)
+    robust = recovery_robustness(maskset, patch, classes, alphabet, patches, k)
+    result = ExactResult("recovery", certificate, geometry)
+    for y in range(alphabet):
+        certified = recovery_certified(maskset, patch, certificate, y, alphabet, classes, patches, k)
+        _tally(result, first, y, robust[y], certified, pairs)
     return result
+
+
+def attack_classes(family, pixel_sets) -> list:
+    """The distinct attacks of a physical threat: for each ``(where, (H, W) bool pixels)`` of
+    ``pixel_sets`` (every pixel the patches may change), the members whose hidden pixels (a group:
+    the union of its masks) contain all of them, and the pairs of members whose union does. Returns
+    ``[(fixed members (n,), fixed pairs (n, n), where)]``, one per distinct signature."""
+    dense = dense_pixels(family)
+    union = dense[:, None] | dense[None, :]
+    seen = {}
+    for where, pixels in pixel_sets:
+        cover = dense[:, pixels].all(1)
+        forced = union[:, :, pixels].all(2)
+        seen.setdefault(cover.tobytes() + forced.tobytes(), (cover, forced, where))
+    return list(seen.values())
+
+
+def box_attacks(image, patch):
+    """One ``ph x pw`` patch at every position."""
+    for position in positions(image, patch):
+        yield position, box(image, patch, position)
+
+
+def tuple_attacks(image, patch, patches: int):
+    """``patches`` patches of size ``ph x pw`` at every multiset of positions (they may overlap)."""
+    for where in itertools.combinations_with_replacement(positions(image, patch), patches):
+        yield where, np.logical_or.reduce([box(image, patch, p) for p in where])
+
+
+def shape_attacks(image, patch):
+    """A patch of any shape that fits in a ``ph x pw`` box: every non-empty subset of the box's
+    pixels (L-shapes, diagonals, single pixels, ...) at every position."""
+    cells = list(itertools.product(range(patch[0]), range(patch[1])))
+    for a, b in positions(image, patch):
+        for size in range(1, len(cells) + 1):
+            for shape in itertools.combinations(cells, size):
+                pixels = np.zeros(image, dtype=bool)
+                pixels[tuple(np.array(shape).T + np.array([[a], [b]]))] = True
+                yield ((a, b), shape), pixels
 
 
 def random_geometries(seed: int = 0, count: int = 6, max_masks: int = 5):

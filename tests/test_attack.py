@@ -1,14 +1,20 @@
-"""Issue 5: the adaptive patch attack against every certificate."""
+"""Issue 5: the adaptive patch attack against every certificate; issue 13: two patches, misestimated size."""
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from certmask_backends.pytorch import TorchBackend  # noqa: E402
-from certmask_backends.pytorch.attack import PatchAttack, attack_undefended, run_attack  # noqa: E402
+from certmask_backends.pytorch.attack import (  # noqa: E402
+    MultiPatchAttack,
+    PatchAttack,
+    attack_undefended,
+    run_attack,
+)
 from certmask_backends.pytorch.models import load_model  # noqa: E402
 
-from certmask_core import ALERT, PatchThreat, certify, defend, make_maskset  # noqa: E402
+from certmask_core import ALERT, CertMaskError, PatchThreat, certify, defend, make_maskset  # noqa: E402
+from certmask_core.coverage import coverage_counts, coverage_extremes  # noqa: E402
 from certmask_core.run.experiment import load_dataset  # noqa: E402
 
 
@@ -76,3 +82,127 @@ def test_the_attack_breaks_the_undefended_model(data):
     broken = [attack_undefended(backend, model, xi, int(yi), (6, 6), steps=10, stride=4, seed=i)[0]
               for i, (xi, yi) in enumerate(zip(x, y))]
     assert any(broken)
+
+
+# ---------------------------------------------------------------- issue 13: two patches, misestimated size
+def _spots(*bright):
+    """An 8x8 grey image (0.5) with the given pixels at 1.0."""
+    image = np.full((1, 8, 8), 0.5, np.float32)
+    for a, b in bright:
+        image[0, a, b] = 1.0
+    return image
+
+
+def test_two_patches_break_a_weak_image_that_one_patch_cannot():
+    """BrightSpot on an image with bright pixels in opposite corners (label 0): darkening both needs two
+    patches. The two-patch defence does not certify it (the group hiding both corners says 1), and the
+    two-patch attack flips every group, so detection outputs 1: a real break of an uncertified image.
+    One patch leaves the other corner visible to some mask and detection alerts. The plain image (label
+    1) is certified for two patches and stays unbroken."""
+    backend, model = TorchBackend(), BrightSpot()
+    images = np.stack([_spots((1, 1), (6, 6)), _spots()])
+    labels = np.array([0, 1])
+    kw = dict(steps=10, stride=1, masks_per_axis=(2, 2), show_progress=False, attack_all=True)
+    two = run_attack(backend, model, images, labels, (2, 2), 1, "replicated", "detection", patches=2, **kw)
+    assert two["patches"] == 2 and two["num_masks"] == 4 and two["num_groups"] == 6
+    weak, plain = two["per_image"]
+    assert not weak["certified"] and plain["certified"] and two["certified_accuracy"] == 0.5
+    assert weak["success"] and weak["attacked_output"] == 1
+    (a1, b1), (a2, b2) = sorted(weak["positions"])
+    assert a1 <= 1 <= a1 + 1 and b1 <= 1 <= b1 + 1 and a2 <= 6 <= a2 + 1 and b2 <= 6 <= b2 + 1
+    assert not plain["success"] and plain["attacked_output"] in (1, ALERT)
+    assert two["certified_broken"] == 0
+    assert weak["undefended_broken"] and plain["undefended_broken"]   # the plain model falls to any patch
+
+    one = run_attack(backend, model, images, labels, (2, 2), 1, "replicated", "detection", **kw)
+    assert one["patches"] == 1 and not one["per_image"][0]["success"]  # one patch cannot darken both
+
+
+def test_two_patch_attack_never_breaks_a_certified_image(data, tmp_path):
+    backend, model, x, y = data
+    for mode, n in (("detection", 2), ("recovery", 1)):
+        result = run_attack(backend, model, x[:n], y[:n], (3, 3), 1, "replicated", mode, steps=3,
+                            stride=13, masks_per_axis=(3, 3), show_progress=False, attack_all=True,
+                            patches=2, pair_budget=3, group_sample=12, out_dir=tmp_path / mode)
+        assert result["patches"] == 2 and result["num_groups"] == 36 and result["images"] == n
+        assert result["certified_broken"] == 0, result["certified_broken_images"]
+        for row in result["per_image"]:
+            assert row["attacked"] and len(row["positions"]) == 2
+            if row["certified"]:
+                assert row["attacked_output"] in ((row["label"], ALERT) if mode != "recovery"
+                                                  else (row["label"],))
+        assert (tmp_path / mode / "attack.json").exists() and (tmp_path / mode / "attack.png").exists()
+        assert result["certified_accuracy"] > 0 or mode == "recovery"   # detection certifies both
+
+
+def test_two_patch_attack_breaks_the_undefended_model(data):
+    backend, model, x, y = data
+    broken = [attack_undefended(backend, model, xi, int(yi), (5, 5), steps=5, stride=10, seed=i, patches=2)
+              for i, (xi, yi) in enumerate(zip(x[:2], y[:2]))]
+    assert any(ok for ok, _ in broken)
+    assert all(len(where) == 2 for _, where in broken)
+
+
+def test_two_patches_refuse_paper_three_patches_and_bad_options():
+    backend, model = TorchBackend(), BrightSpot()
+    images, labels = _spots()[None], np.array([1])
+    with pytest.raises(CertMaskError, match="paper"):
+        run_attack(backend, model, images, labels, (2, 2), 1, "replicated", "paper", patches=2,
+                   masks_per_axis=(2, 2), show_progress=False)
+    with pytest.raises(CertMaskError, match="patches"):
+        run_attack(backend, model, images, labels, (2, 2), 1, "replicated", "detection", patches=3,
+                   masks_per_axis=(2, 2), show_progress=False)
+    with pytest.raises(CertMaskError, match="not both"):
+        run_attack(backend, model, images, labels, (2, 2), 1, "replicated", "detection", patches=2,
+                   true_patch=(3, 3), masks_per_axis=(2, 2), show_progress=False)
+    ms = make_maskset(PatchThreat((8, 8), (2, 2)), 1, "replicated", masks_per_axis=(2, 2))
+    with pytest.raises(CertMaskError, match="group_sample"):
+        MultiPatchAttack(backend, model, ms, (2, 2), "detection", group_sample=0)
+
+
+def test_a_larger_true_patch_breaks_images_certified_for_the_planned_size():
+    """The set is planned for 2x2 (masks of 4-5 pixels, overlapping by 1); a 3x3 patch at (3, 3) lies in
+    no mask, so every mask sees it and a bright patch makes all of them say 0: detection outputs 0 on
+    an image certified (for 2x2) as 1. The 3x3 size is not covered, so nothing is certified for it and
+    no certificate is broken."""
+    backend, model = TorchBackend(), BrightSpot()
+    images, labels = np.stack([_spots(), _spots()]), np.array([1, 1])
+    kw = dict(steps=10, stride=1, masks_per_axis=(2, 2), show_progress=False)
+    ms = make_maskset(PatchThreat((8, 8), (2, 2)), 1, "replicated", masks_per_axis=(2, 2))
+    uncovered = coverage_counts(ms, (3, 3)) == 0
+    for mode in ("detection", "recovery"):
+        result = run_attack(backend, model, images, labels, (2, 2), 1, "replicated", mode, true_patch=(3, 3),
+                            **kw)
+        assert result["patch"] == [2, 2] and result["true_patch"] == [3, 3]
+        assert not result["true_size_covered"] and result["true_size_min_coverage"] == 0
+        assert result["certified_planned_accuracy"] == 1.0 and result["certified_planned"] == 2
+        assert result["certified_true_size"] == 0 and result["certified_accuracy"] == 0.0
+        assert result["attack_success_on_planned_certified"] == 1.0
+        assert result["planned_certified_broken"] == 2
+        assert result["certified_broken"] == 0 and result["empirical_robust_accuracy"] == 0.0
+        for row in result["per_image"]:
+            assert row["certified_planned"] and not row["certified_true_size"] and not row["certified"]
+            assert row["attacked_output"] == 0
+            a, b = row["position"]
+            assert uncovered[a, b]                 # the 3x3 patch lies in no mask
+
+
+def test_true_size_certified_only_when_the_set_covers_it(data):
+    """Smaller true sizes are covered and inherit the planned certificate (T14); larger ones are not
+    covered by a replicated set and get no certificate; the attack never breaks what is certified."""
+    backend, model, x, y = data
+    kw = dict(steps=3, stride=10, masks_per_axis=(3, 3), show_progress=False)
+    for true in ((1, 3), (6, 6)):
+        result = run_attack(backend, model, x[:2], y[:2], (5, 5), 1, "replicated", "detection",
+                            true_patch=true, **kw)
+        covered = coverage_extremes(make_maskset(PatchThreat((28, 28), (5, 5)), 1, "replicated",
+                                                 masks_per_axis=(3, 3)), true)[0] > 0
+        assert result["true_size_covered"] == covered == (true == (1, 3))
+        rows = result["per_image"]
+        if covered:
+            assert [r["certified_true_size"] for r in rows] == [r["certified_planned"] for r in rows]
+        else:
+            assert not any(r["certified_true_size"] for r in rows)
+        assert result["certified_planned_accuracy"] > 0
+        assert result["certified_broken"] == 0
+        assert sorted(s["patch"] for s in result["sizes"]) == sorted([[5, 5], list(true)])

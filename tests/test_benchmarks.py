@@ -67,3 +67,17 @@ def test_training_benchmark_measures_every_recipe_in_one_run():
     # greedy scores 2 x samples candidates per masked image (p_none = 0.2 leaves a fifth clean)
     assert [r["scoring_passes_per_image"] > 0 for r in rows] == [False, False, False, True, True]
     assert rows[4]["scoring_passes_per_image"] > rows[3]["scoring_passes_per_image"]
+
+
+def test_issue13_benchmark_paths_agree_on_small_cases():
+    pytest.importorskip("torch")
+    from certmask_backends.pytorch import TorchBackend
+
+    from benchmarks.bench_issue13 import sizes, verifier
+    from certmask_core.run.experiment import load_dataset
+    rows = verifier(cases=((10, 2, 3), (16, 3, 4)))  # asserts closed form == general == brute force
+    assert [r["min_coverage"] for r in rows] == [1, 1]
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=3)
+    backend = TorchBackend()
+    row = sizes(backend, backend.load_model("bundled"), x, y, sides=(2, 3))  # asserts equal certificates
+    assert row["pair_passes_one_run"] <= row["pair_passes_per_size"]

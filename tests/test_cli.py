@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from certmask_core.run.cli import main
@@ -71,7 +72,8 @@ def test_certify_end_to_end_on_the_bundled_subset(capsys, tmp_path):
 
 def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
     common = ["certify", "--data", "fashion-mnist-subset", "--patch", "4", "4", "--k", "1", "2",
-              "--mode", "detection", "recovery", "--limit", "16", "--quiet", "--no-plots"]
+              "--mode", "detection", "recovery", "--sizes", "2", "4", "--limit", "16", "--quiet",
+              "--no-plots"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", "-m", "certmask_core.run.cli", *common,
@@ -84,7 +86,7 @@ def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
     assert dist["world_size"] == 2 and single["world_size"] == 1
     assert dist["images"] == single["images"] == 16
     for a, b in zip(dist["runs"], single["runs"]):
-        assert a["per_image"] == b["per_image"]
+        assert a["per_image"] == b["per_image"] and a["sizes"] == b["sizes"]
         for key in ("clean_accuracy", "certified_accuracy", "alert_rate", "certificate_passes_per_image"):
             assert a[key] == b[key]
 
@@ -119,3 +121,93 @@ def test_every_option_of_every_command_has_a_help_text():
                for name, sub in commands.items() for action in sub._actions
                if action.dest != "help" and not action.help]
     assert missing == [] and set(commands) == {"plan", "coverage", "certify", "attack", "train"}
+
+
+def test_certify_several_sizes_from_one_run(tmp_path):
+    out = tmp_path / "sizes"
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "30", "--patch", "3", "3",
+                 "--k", "2", "--mode", "detection", "plurality", "recovery", "--sizes", "1-4", "2x5",
+                 "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["sizes"] == [[1, 1], [2, 2], [3, 3], [2, 5], [4, 4]]
+    records = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    for run in results["runs"]:
+        by_size = {tuple(s["patch"]): s for s in run["sizes"]}
+        planned = by_size[(3, 3)]
+        assert planned["covered"] and planned["min_coverage"] == 2
+        # the planned size's certificate is the run's (plus what a larger certified size implies)
+        assert planned["certified_accuracy"] >= run["certified_accuracy"]
+        key = f"replicated/k2/{run['mode']}"
+        certified = np.array([r["runs"][key]["sizes_certified"] for r in records], bool)
+        assert (certified[:, 0] >= certified[:, 2]).all()  # T14(b): 3x3 certified => 1x1 certified
+        assert (certified.mean(0) == [s["certified_accuracy"] for s in run["sizes"]]).all()
+        squares = np.array([1, 2, 3, 0, 4])
+        assert run["per_image"]["largest_certified"] == np.where(certified, squares, 0).max(1).tolist()
+        if run["mode"] == "recovery":
+            assert run["sizes_passes_per_image"] >= run["certificate_passes_per_image"]
+    assert "Certified accuracy by patch size" in (out / "results.md").read_text()
+    assert (out / "certified_vs_size.png").stat().st_size > 0
+
+
+def test_a_multi_size_set_from_plan_is_certified_from_its_file(capsys, tmp_path):
+    assert main(["plan", "--image", "28", "28", "--patch", "3", "3", "--patch", "5", "5",
+                 "--masks-per-axis", "4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["origins"]) == 32 and plan["patch_size"] == [5, 5]
+    assert [c["min_coverage"] for c in plan["summary"]["union"]["coverage"]] == [2, 1]
+    path = tmp_path / "union.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "run"
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "10", "--patch", "5", "5",
+                 "--masks", str(path), "--sizes", "3", "5", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["strategy"] == "file:union.json" and run["k"] == 1 and run["plan"]["num_masks"] == 32
+    assert [s["min_coverage"] for s in run["sizes"]] == [2, 1]
+    other = tmp_path / "other.json"
+    capsys.readouterr()
+    assert main(["plan", "--image", "20", "20", "--patch", "3", "3", "--masks-per-axis", "2", "--json"]) == 0
+    other.write_text(capsys.readouterr().out)
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "2", "--patch", "5", "5",
+                 "--masks", str(other), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "the mask set is for 20x20 images, the data are 28x28" in capsys.readouterr().err
+
+
+def test_certify_two_patches_over_mask_pairs(tmp_path):
+    out = tmp_path / "two"
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "12", "--patch", "3", "3",
+                 "--patches", "2", "--mode", "detection", "plurality", "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["patches"] == 2
+    for run in results["runs"]:
+        assert run["plan"]["groups"] == 120 and run["plan"]["num_masks"] == 16
+        assert run["certificate_passes_per_image"] == 120
+        assert run["certified_accuracy"] <= run["clean_accuracy"]
+    assert "(2 patches)" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sizes", "5-3"], "--sizes: cannot read '5-3'"),
+    (["--sizes", "3xx"], "--sizes: cannot read '3xx'"),
+    (["--sizes", "0"], "sizes[0][0] (h) must be >= 1"),
+    (["--sizes", "29"], "larger than the image"),
+    (["--patches", "0"], "patches must be an integer in [1, 8]"),
+    (["--patches", "2", "--mode", "paper"], "'paper' is defined for one patch only"),
+])
+def test_sizes_and_patches_bad_input(capsys, tmp_path, argv, message):
+    assert main(["certify", "--data", "fashion-mnist-subset", "--limit", "2", "--patch", "3", "3",
+                 "--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_attack_command_with_two_patches_and_a_larger_true_patch(capsys, tmp_path):
+    pytest.importorskip("torch")
+    common = ["attack", "--data", "fashion-mnist-subset", "--limit", "1", "--patch", "3", "3", "--k", "1",
+              "--masks-per-axis", "2", "--steps", "2", "--stride", "13", "--quiet"]
+    assert main([*common, "--patches", "2", "--out", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "attack.json").read_text())
+    assert two["patches"] == 2 and two["num_groups"] == 6 and two["certified_broken"] == 0
+    assert main([*common, "--true-patch", "14", "14", "--out", str(tmp_path / "big")]) == 0
+    big = json.loads((tmp_path / "big" / "attack.json").read_text())
+    assert big["true_patch"] == [14, 14] and big["certified_broken"] == 0
+    assert big["true_size_covered"] == (big["true_size_min_coverage"] > 0)
+    assert "true_size_covered" in capsys.readouterr().out

@@ -23,6 +23,7 @@ from torch import nn
 
 from certmask_core import CertMaskError, MaskSet
 from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
+from certmask_core.multipatch import MaskGroups
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -366,8 +367,15 @@ class TorchBackend:
         inside = (ys >= r[:, 0]) & (ys < r[:, 2]) & (xs >= r[:, 1]) & (xs < r[:, 3])
         return inside.unsqueeze(1)
 
-    def hidden_pixels(self, maskset: MaskSet) -> torch.Tensor:
-        """``(n, 1, H, W)`` bool on the device, True where mask ``i`` hides a pixel."""
+    def hidden_pixels(self, maskset: MaskSet | MaskGroups) -> torch.Tensor:
+        """``(n, 1, H, W)`` bool on the device, True where mask ``i`` (or group ``i``: the union of
+        its masks) hides a pixel."""
+        if isinstance(maskset, MaskGroups):
+            base = self.hidden_pixels(maskset.base)
+            members = torch.as_tensor(np.array(maskset.members), device=self.device)
+            return base[members].any(1)
+        if not isinstance(maskset, MaskSet):
+            raise CertMaskError(f"expected a MaskSet or MaskGroups, got {type(maskset).__name__}")
         rects = torch.as_tensor(maskset.rectangles(), device=self.device)
         return self.rasterise(rects, *maskset.image_size)
 

@@ -14,10 +14,10 @@ import numpy as np
 
 from .. import __version__
 from ..certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICATES
-from ..constructions import make_maskset, plan_summary
+from ..constructions import make_maskset, plan_summary, union_maskset
 from ..coverage import cell_grid, coverage_extremes
 from ..errors import CertMaskError
-from ..geometry import STRATEGIES, MaskSet, PatchThreat
+from ..geometry import STRATEGIES, PatchThreat
 
 
 def _pair_arg(values, name):
@@ -28,41 +28,68 @@ def _pair_arg(values, name):
     return (values[0], values[-1])
 
 
+def _sizes_arg(tokens):
+    """``--sizes`` tokens -> (ph, pw) pairs: ``N`` (a square), ``A-B`` (squares A..B), ``HxW``."""
+    if tokens is None:
+        return None
+    sizes = []
+    for token in (t for text in tokens for t in text.replace(",", " ").split()):
+        try:
+            if "x" in token:
+                h, w = token.split("x")
+                sizes.append((int(h), int(w)))
+            elif "-" in token:
+                low, high = (int(v) for v in token.split("-"))
+                if low > high:
+                    raise ValueError
+                sizes += [(side, side) for side in range(low, high + 1)]
+            else:
+                sizes.append((int(token), int(token)))
+        except ValueError:
+            raise CertMaskError(f"--sizes: cannot read {token!r}; give N (a square), A-B (squares A to B) "
+                                f"or HxW") from None
+    return sizes
+
+
 def cmd_plan(args) -> int:
-    threat = PatchThreat(tuple(args.image), tuple(args.patch))
-    ms = make_maskset(threat, args.k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
-                      masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
-    summary = plan_summary(ms)
+    threats = [PatchThreat(tuple(args.image), tuple(patch)) for patch in args.patch]
+    parts = [make_maskset(threat, args.k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
+                          masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
+             for threat in threats]
+    summaries = [plan_summary(ms) for ms in parts]
+    ms = parts[0] if len(parts) == 1 else union_maskset(parts)
+    union = None
+    if len(parts) > 1:  # a multi-size set: its coverage of every planned patch, verified
+        coverage = [coverage_extremes(ms, t)[:2] for t in threats]
+        union = {"num_masks": len(ms), "distinct": ms.is_distinct(),
+                 "coverage": [{"patch": list(t.patch_size), "min_coverage": low, "max_coverage": high}
+                              for t, (low, high) in zip(threats, coverage)]}
     if args.plot:
         from .plots import plan_figure
-        plan_figure(ms, threat, args.plot)
+        plan_figure(ms, ms.threat, args.plot)
     if args.json:
-        print(json.dumps({**ms.to_dict(), "summary": summary}))
+        print(json.dumps({**ms.to_dict(), "summary": summaries[0] if union is None else
+                          {"parts": summaries, "union": union}}))
         return 0
-    print(f"{summary['strategy']} k={summary['k']} on {threat.image_size[0]}x{threat.image_size[1]}, "
-          f"patch {threat.patch_size[0]}x{threat.patch_size[1]}, mask {summary['mask_size'][0]}x"
-          f"{summary['mask_size'][1]}")
-    print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  gap {summary['gap']}  "
-          f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
-          f"distinct {summary['distinct']}")
+    for threat, summary in zip(threats, summaries):
+        print(f"{summary['strategy']} k={summary['k']} on {threat.image_size[0]}x{threat.image_size[1]}, "
+              f"patch {threat.patch_size[0]}x{threat.patch_size[1]}, mask {summary['mask_size'][0]}x"
+              f"{summary['mask_size'][1]}")
+        print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  gap {summary['gap']}  "
+              f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
+              f"distinct {summary['distinct']}")
+    if union is not None:
+        print(f"union: {union['num_masks']} masks (distinct {union['distinct']}); coverage "
+              + ", ".join(f"{c['patch'][0]}x{c['patch'][1]} min {c['min_coverage']} max {c['max_coverage']}"
+                          for c in union["coverage"]))
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
 
 
-def _read_maskset(path_text: str) -> MaskSet:
-    path = Path(path_text)
-    if not path.is_file():
-        raise CertMaskError(f"mask-set file not found: {str(path)!r}")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CertMaskError(f"cannot read the mask-set file {str(path)!r}: {err}") from None
-    return MaskSet.from_json(text)
-
-
 def cmd_coverage(args) -> int:
-    ms = _read_maskset(args.masks)
+    from .experiment import read_maskset
+    ms = read_maskset(args.masks)
     k = args.k if args.k is not None else 1
     if k < 1:
         raise CertMaskError(f"--k must be >= 1, got {k}")
@@ -116,20 +143,24 @@ def _run_record(args, backend, model, images, labels, source, config, masksets) 
     continue a run."""
     import platform
     from dataclasses import asdict
+
+    from .experiment import base_set, family_plan
     fingerprint = {
         "model": args.model, "weights": args.weights, "model_sha256": backend.model_fingerprint(model),
         "data": args.data, "data_sha256": _sha256(images, labels), "images": len(images),
         "config": json.loads(json.dumps(asdict(config))),
-        "masks": [{"strategy": s, "k": k, "num_masks": len(ms), "sha256": _sha256(ms.rectangles())}
+        "masks": [{"strategy": s, "k": k, "num_masks": len(base_set(ms)),
+                   "sha256": _sha256(base_set(ms).rectangles(), getattr(ms, "members", np.zeros(0)))}
                   for (s, k), ms in masksets.items()]}
     H, W = images.shape[2:]
+    threat = PatchThreat((H, W), config.patch)
     return {"command": args.command_line, "certmask": __version__, "backend": args.backend,
             "backend_versions": backend.versions(), "python": platform.python_version(),
             "device": args.device, "data_source": source,
             "seed": None,  # certification draws nothing at random: the same inputs give the same results
             "patch": list(config.patch),
             "patch_percent_of_image": 100.0 * config.patch[0] * config.patch[1] / (H * W),
-            "mask_layouts": [plan_summary(ms) for ms in masksets.values()], "fingerprint": fingerprint,
+            "mask_layouts": [family_plan(ms, threat) for ms in masksets.values()], "fingerprint": fingerprint,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -137,6 +168,7 @@ def cmd_certify(args) -> int:
     from .experiment import (
         PER_IMAGE_FILE,
         RunConfig,
+        base_set,
         check_out_dir,
         load_data,
         masksets_of,
@@ -150,10 +182,12 @@ def cmd_certify(args) -> int:
     data = load_data(args.data, args.data_root, args.limit, image_size=_image_size(args))
     images, labels, source = data.images, data.labels, data.source
     model = _load_checked_model(backend, args, images)
-    config = RunConfig(tuple(args.patch), args.k, args.strategy, args.mode,
-                       masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
+    config = RunConfig(tuple(args.patch), args.k,
+                       args.strategy if args.strategy is not None else [] if args.masks else ["replicated"],
+                       args.mode, masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"),
-                       recovery_certificate=args.recovery_certificate,
+                       recovery_certificate=args.recovery_certificate, mask_files=args.masks or (),
+                       patches=args.patches, sizes=_sizes_arg(args.sizes),
                        margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                          else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)))
     rank, world, gather, close = (0, 1, None, lambda: None)
@@ -188,11 +222,13 @@ def cmd_certify(args) -> int:
     results.update({"data": args.data, "data_source": source, "model": args.model,
                     "device": args.device, "backend": args.backend, "classes": data.classes,
                     "image_names": data.ids})
-    write_outputs(results, out, images, plots=not args.no_plots)
+    write_outputs(results, out, images, plots=not args.no_plots,
+                  maskset=base_set(next(iter(masksets_of(config, images.shape[2:]).values()))))
     print(f"data: {source}")
     print(results_table(results), end="")
     print(f"wrote {out}/results.json, results.md, run.json, {PER_IMAGE_FILE}"
-          + ("" if args.no_plots else ", accuracy_vs_k.png, examples.png"))
+          + ("" if args.no_plots else ", accuracy_vs_k.png, examples.png")
+          + (", certified_vs_size.png" if config.sizes and not args.no_plots else ""))
     return 0
 
 
@@ -233,13 +269,15 @@ def cmd_attack(args) -> int:
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                              mask_size=_pair_arg(args.mask, "--mask"), out_dir=args.out,
                              show_progress=None if not args.quiet else False,
-                             attack_all=args.attack_all)
+                             attack_all=args.attack_all, patches=args.patches,
+                             true_patch=tuple(args.true_patch) if args.true_patch else None)
     results.update({"data_source": source, "model": args.model})
     print(f"data: {source}")
-    for key in ("mode", "guarantee", "images", "num_masks", "clean_accuracy", "certified_accuracy",
+    for key in ("mode", "guarantee", "images", "num_masks", "patches", "num_groups", "clean_accuracy",
+                "true_patch", "true_size_covered", "certified_planned_accuracy",
+                "certified_true_size_accuracy", "attack_success_on_planned_certified", "certified_accuracy",
                 "claimed_certified_accuracy_UNSOUND", "empirical_robust_accuracy", "certified_broken",
-                "claim_broken_UNSOUND",
-                "undefended_clean_accuracy", "undefended_robust_accuracy"):
+                "claim_broken_UNSOUND", "undefended_clean_accuracy", "undefended_robust_accuracy"):
         if key in results:
             print(f"{key:28s} {results[key]}")
     print(f"wrote {args.out}/attack.json, attack.png")
@@ -247,7 +285,7 @@ def cmd_attack(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .experiment import load_dataset
+    from .experiment import load_dataset, read_maskset
     backend = _backend(args)
     out = Path(args.out)
     checkpoints = out / "checkpoints"
@@ -264,7 +302,7 @@ def cmd_train(args) -> int:
     model = _load_checked_model(backend, args, images)
     masksets = []
     if args.masks:
-        masksets.append(_read_maskset(args.masks))
+        masksets.append(read_maskset(args.masks))
     for patch in args.patch or []:
         threat = PatchThreat(images.shape[2:], tuple(patch))
         masksets += [make_maskset(threat, k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
@@ -367,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="build a mask set; print its count, lower bound and gap")
     p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"),
                    help="image size in pixels")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
-                   help="patch size in pixels")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"), action="append",
+                   help="patch size in pixels; repeat it for a multi-size set (the union of one set per "
+                        "patch, each with its own mask size under --masks-per-axis)")
     p.add_argument("--k", type=int, default=1, help="every patch position covered by at least k masks")
     p.add_argument("--strategy", default="patchcleanser", choices=STRATEGIES, help="construction")
     group = p.add_mutually_exclusive_group(required=True)
@@ -400,13 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recovery's certificate: hitting_set (T11, default: the good masks hit every "
                         "minimal covering set) or all_pairs (T8: every one- and two-mask prediction "
                         "is right; for comparison)")
+    p.add_argument("--masks", metavar="MASKS.json", action="append",
+                   help="also certify this mask-set file ('certmask plan --json'; repeatable), with the "
+                        "coverage it verifiably gives --patch; without --strategy only the files are used")
+    p.add_argument("--patches", type=int, default=1, metavar="M",
+                   help="certify against M patches of --patch size: each set's groups of M masks are "
+                        "hidden together (M=2: every pair of masks; T15)")
+    p.add_argument("--sizes", nargs="+", metavar="SIZE",
+                   help="also certify these patch sizes from the same predictions (T14): N (a square), "
+                        "A-B (squares A to B) or HxW, e.g. '--sizes 1-7 2x5 5x2'; results.json gets "
+                        "certified accuracy per size and each image's largest certified square")
     p.add_argument("--out", default="results/certify",
                    help="folder for results.json, results.md, run.json, per_image.jsonl and the plots")
     p.add_argument("--resume", action="store_true",
                    help="keep the images already in --out/per_image.jsonl and certify only the rest (same "
                         "command); the results equal an uninterrupted run's")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.set_defaults(func=cmd_certify)
+    p.set_defaults(func=cmd_certify, strategy=None)
 
     p = sub.add_parser("attack", help="adaptive patch attack on the defended model")
     _add_model_args(p)
@@ -415,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=3, help="position search stride before refinement")
     p.add_argument("--attack-all", action="store_true",
                    help="attack uncertified images too (empirical robust accuracy), not only certified ones")
+    p.add_argument("--patches", type=int, default=1, choices=[1, 2],
+                   help="attack with this many patches of --patch size (2: the defence hides every pair of "
+                        "masks)")
+    p.add_argument("--true-patch", type=int, nargs=2, metavar=("PH", "PW"),
+                   help="misestimated size: the set is planned for --patch, the attacker uses this larger "
+                        "patch; an image counts as certified only where the set covers this size")
     p.add_argument("--out", default="results/attack", help="folder for attack.json and attack.png")
     p.set_defaults(func=cmd_attack)
 

@@ -101,6 +101,35 @@ def certified_vs_k(runs_by_patch: dict, path, label=lambda r: r["mode"]) -> None
     plt.close(fig)
 
 
+def certified_vs_size(results: dict, path) -> None:
+    """Certified accuracy against the side of a square patch, one curve per run (T14).
+
+    Every square size of ``results["sizes"]`` the run can certify is a point; a curve ends where the
+    set stops covering (nothing is certified beyond). The planned patch is marked. Non-square sizes
+    are in ``results.md``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, r in enumerate(run for run in results["runs"] if "sizes" in run):
+        squares = [(s["patch"][0], s["certified_accuracy"]) for s in r["sizes"]
+                   if s["patch"][0] == s["patch"][1] and s["certifiable"]]
+        if squares:
+            sides, accuracy = zip(*squares)
+            ax.plot(sides, accuracy, "-o", ms=3, color=plt.cm.tab10(i % 10),
+                    label=f"{r['strategy']} k={r['k']} {r['mode']}")
+    ax.axvline(results["patch"][0], color="gray", lw=0.8, ls="--", label="planned patch")
+    several = f" ({results['patches']} patches)" if results.get("patches", 1) > 1 else ""
+    ax.set_xlabel("side of the square patch (pixels)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("certified accuracy")
+    ax.set_title(f"planned {results['patch'][0]}x{results['patch'][1]}{several}, {results['images']} images")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, class_names: Sequence[str],
                    path, patch_boxes: Sequence | None = None) -> None:
     """A row of images with every mask outlined; titles give the defended output."""

@@ -1,0 +1,299 @@
+"""Unknown patch size: one run of masked predictions certifies every patch size (theorem T14).
+
+A patch of size ``(qh, qw) <= (ph, pw)`` (both sides no larger) can do nothing a ``ph x pw`` patch
+cannot: the larger patch may copy the clean pixels it does not need. So a certificate against
+``ph x pw`` also holds against every smaller patch, and against any patch *shape* that fits inside a
+``ph x pw`` box (T14(b)). A smaller patch is also covered by more masks at each position (T14(a):
+``S_q(l') ⊇ S_p(l)`` whenever the ``p`` box at ``l`` holds the ``q`` patch at ``l'``), so every minimal
+covering set for ``q`` contains one for ``p``.
+
+What a size's certificate may use depends on the defence. ``detection`` and ``recovery`` never look at
+the patch size, so each size has its own certificate, and the hitting set of recovery needs fewer
+good masks for a smaller patch. ``plurality`` and ``covering_consensus`` decide with the minimal sets
+of the size they are deployed for; their certificate is the deployed size's, and it extends to
+every size whose minimal sets each contain a deployed minimal set (T14(c)), which includes every
+smaller size and possibly some larger ones. Sizes a set does not cover are certified for nothing.
+
+:func:`certify_sizes` does this from one set of one-mask predictions; for ``recovery`` the pair
+predictions live in one cache shared by every size, so no pair is evaluated twice.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .certification import (
+    CERTIFICATES,
+    DEFAULT_MARGIN_TOLERANCE,
+    GUARANTEES,
+    SOUND,
+    PairPredictor,
+    _certificate_check,
+    _certify_inputs,
+    _geometry,
+)
+from .coverage import coverage_extremes
+from .errors import CertMaskError
+from .geometry import MaskSet, PatchThreat, _pair
+from .multipatch import MaskGroups, check_patches, tuple_coverage_extremes
+
+
+def patch_sizes(sizes) -> tuple[tuple[int, int], ...]:
+    """Validated, de-duplicated ``(ph, pw)`` sizes sorted by area then height (an int is a square).
+
+    Examples
+    --------
+    >>> patch_sizes([3, (2, 4), 1, 3])
+    ((1, 1), (2, 4), (3, 3))
+    """
+    if isinstance(sizes, (numbers.Integral, str, bytes, dict)) or not hasattr(sizes, "__iter__"):
+        raise CertMaskError(f"sizes must be a list of patch sizes (ints or (ph, pw) pairs), got {sizes!r}")
+    out = {_pair(f"sizes[{i}]", s) for i, s in enumerate(sizes)}
+    if not out:
+        raise CertMaskError("sizes is empty: give at least one patch size")
+    return tuple(sorted(out, key=lambda s: (s[0] * s[1], s)))
+
+
+class PairCache:
+    """A pair predictor that evaluates each (image, unordered pair) once and remembers the answer.
+
+    Wraps a :data:`~certmask_core.certification.PairPredictor` (using its ``many`` when present);
+    ``rows`` maps the image indices it is asked about to the wrapped predictor's (for certifying a
+    subset of a batch). ``evaluated[b]`` counts the pairs actually evaluated for image ``b``.
+    """
+
+    def __init__(self, pair_predictor, num_images: int):
+        if not callable(pair_predictor):
+            raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor, got {pair_predictor!r}")
+        self.pair_predictor = pair_predictor
+        self.answers: dict[tuple[int, int, int], np.ndarray] = {}
+        self.evaluated = np.zeros(num_images, dtype=np.int64)
+
+    def view(self, rows: np.ndarray):
+        """A pair predictor for images ``rows`` of the batch (local index ``t`` = image ``rows[t]``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+
+        def predict(index, pairs):
+            return self.many(np.full(len(pairs), index), pairs, rows)
+
+        predict.many = lambda image_indices, pairs: self.many(image_indices, pairs, rows)
+        return predict
+
+    def many(self, image_indices, pairs, rows=None) -> np.ndarray:
+        image_indices = np.asarray(image_indices, dtype=np.int64)
+        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        images = image_indices if rows is None else rows[image_indices]
+        keys = [(int(b), int(i), int(j)) for b, (i, j) in zip(images, pairs)]
+        new = sorted({key for key in keys if key not in self.answers})
+        if new:
+            b, i, j = (np.array(column, dtype=np.int64) for column in zip(*new))
+            many = getattr(self.pair_predictor, "many", None)
+            if callable(many):
+                answer = np.asarray(many(b, np.stack([i, j], 1)))
+            else:
+                answer = np.concatenate([np.asarray(self.pair_predictor(int(image), np.array([[u, v]])))
+                                         for image, u, v in new])
+            if len(answer) != len(new):
+                raise CertMaskError(f"pair_predictor returned {len(answer)} predictions for {len(new)} pairs")
+            self.answers.update(zip(new, answer))
+            np.add.at(self.evaluated, b, 1)
+        if not keys:
+            return np.empty(0, np.int64)
+        return np.stack([self.answers[key] for key in keys])
+
+
+def _larger(sizes, s: int) -> list[int]:
+    """Indices of the sizes other than ``sizes[s]`` that are at least as large on both sides."""
+    return [t for t, (h, w) in enumerate(sizes) if t != s and h >= sizes[s][0] and w >= sizes[s][1]]
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Certificates of one mode for several patch sizes, from one set of predictions.
+
+    Attributes
+    ----------
+    mode, guarantee : str
+    sizes : tuple of (ph, pw)
+        Sorted by area (:func:`patch_sizes`).
+    min_coverage : ndarray, shape (S,)
+        Fewest masks covering a position of each size; 0 means the set does not cover that size, and
+        nothing is certified for it.
+    labels : ndarray, shape (B,)
+    certified : ndarray, shape (B, S), bool
+        Certified for each size: by that size's own certificate or, by T14(b), because a size at
+        least as large on both sides is certified.
+    passes : ndarray, shape (B,)
+        Forward passes over every size: ``n`` one-mask predictions plus each pair evaluated once.
+    num_masks : int
+    deployed : (ph, pw) or None
+        The size a size-dependent defence (``plurality``, ``covering_consensus``) runs with; every
+        column is a promise about that one deployment. None for the size-free defences.
+    certifiable : ndarray, shape (S,), bool
+        Sizes this deployment can certify at all: covered, and for a size-dependent defence every
+        minimal set of the size holds a deployed one (T14(c)). Elsewhere nothing is certified.
+    """
+
+    mode: str
+    guarantee: str
+    sizes: tuple
+    min_coverage: np.ndarray
+    labels: np.ndarray
+    certified: np.ndarray
+    passes: np.ndarray
+    num_masks: int
+    deployed: tuple | None
+    certifiable: np.ndarray
+
+    @property
+    def inherited(self) -> np.ndarray:
+        """``(S,)`` images certified for a size through a strictly larger certified size (T14(b))."""
+        return np.array([self.certified[:, _larger(self.sizes, s)].any(1).sum()
+                         for s in range(len(self.sizes))], dtype=np.int64)
+
+    def certified_accuracy(self) -> np.ndarray:
+        """``(S,)`` share of images certified at each size."""
+        return self.certified.mean(0) if len(self.labels) else np.zeros(len(self.sizes))
+
+    def largest_certified(self) -> np.ndarray:
+        """``(B,)`` side of the largest square patch certified (0: none); needs the squares listed.
+
+        By T14(b) a certified ``s x s`` implies every smaller square, so this is the largest ``s``
+        whose square is in :attr:`sizes` and certified.
+        """
+        sides = np.array([h if h == w else 0 for h, w in self.sizes])
+        return np.where(self.certified, sides, 0).max(1, initial=0)
+
+    def summary(self) -> dict:
+        """JSON-ready per-size figures."""
+        accuracy = self.certified_accuracy()
+        n = max(len(self.labels), 1)
+        return {"mode": self.mode, "guarantee": self.guarantee, "images": len(self.labels),
+                "num_masks": self.num_masks, "passes_per_image": float(self.passes.sum() / n),
+                "defence_deployed_for": list(self.deployed) if self.deployed else "any size",
+                "sizes": [{"patch": list(size), "min_coverage": int(cov), "covered": bool(cov > 0),
+                           "certifiable": bool(ok), "certified_accuracy": float(acc), "inherited": int(inh)}
+                          for size, cov, ok, acc, inh in zip(self.sizes, self.min_coverage, self.certifiable,
+                                                             accuracy, self.inherited)]}
+
+
+SIZE_FREE_DEFENCES = ("detection", "recovery")
+"""Defences that never look at the patch size: unanimity and double masking run the same whatever
+size they are told, so each size may be certified by its own certificate. ``plurality`` and
+``covering_consensus`` decide with the minimal covering sets of the size they are deployed for."""
+
+
+def _minimal_sets(family, size, patches: int) -> np.ndarray:
+    return _geometry(family, size, 1, patches).minimal_sets()
+
+
+def _contains_one_of(sets: np.ndarray, smaller: np.ndarray) -> bool:
+    """Every row of ``sets`` contains some row of ``smaller`` (bitsets over the same members)."""
+    inside = ((smaller[None, :, :] & ~sets[:, None, :]) == 0).all(2)
+    return bool(inside.any(1).all())
+
+
+def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mode: str = "detection", *,
+                  patch=None, pair_predictor: PairPredictor | None = None, num_classes: int | None = None,
+                  margin_tolerance: float = DEFAULT_MARGIN_TOLERANCE,
+                  recovery_certificate: str = "hitting_set", pair_cache: PairCache | None = None,
+                  patches: int = 1) -> SizeReport:
+    """Certify every patch size in ``sizes`` from one set of one-mask predictions, for one deployment.
+
+    A certificate is a promise about a defence as it runs. ``detection`` and ``recovery`` do not depend
+    on the patch size, so each size gets its own certificate (a smaller patch needs less of the
+    model), and by inclusion (T14(b)) every size inside a certified one is certified. ``plurality``
+    and ``covering_consensus`` run with the minimal covering sets of the size they are deployed for,
+    ``patch``: size ``q`` is certified when the deployed certificate holds and every minimal covering
+    set of ``q`` contains a minimal covering set of ``patch`` (always so for ``q <= patch``, T14(a)),
+    so that under a ``q`` patch one of the deployed defence's minimal sets stays clean (T14(c)). Their
+    own certificate at another size would promise nothing for the deployed defence.
+
+    Parameters
+    ----------
+    predictions : array, shape (B, n) or (B, n, K)
+        One-mask predictions on the clean images (logits to have margins checked).
+    labels : array, shape (B,)
+    maskset : MaskSet or MaskGroups
+        Any set; each size's coverage is verified, and a size some position of which no mask covers
+        is certified for no image (sizes larger than the image are refused). MaskGroups with
+        ``patches`` certify ``patches`` patches of each size (T15; inclusion holds patch by patch).
+    sizes : iterable of int or (ph, pw)
+    mode : {"detection", "plurality", "covering_consensus", "recovery"}
+        ``paper`` is refused: it certifies nothing.
+    patch : (ph, pw), optional
+        The size ``plurality`` and ``covering_consensus`` are deployed for (default: the set's
+        threat); ignored by the size-free defences.
+    pair_predictor : callable, optional
+        Required for ``recovery``; each pair is evaluated at most once over all sizes.
+    pair_cache : PairCache, optional
+        Share one cache between modes (``recovery`` under both certificates, say).
+    num_classes, margin_tolerance, recovery_certificate, patches
+        As in :func:`~certmask_core.certification.certify`.
+
+    Returns
+    -------
+    SizeReport
+
+    Examples
+    --------
+    >>> from certmask_core import make_maskset
+    >>> ms = make_maskset(PatchThreat((1, 8), (1, 3)), masks_per_axis=(1, 2))
+    >>> report = certify_sizes(np.array([[2, 2]]), [2], ms, [(1, 1), (1, 3), (1, 6)])
+    >>> report.min_coverage.tolist(), report.certified.tolist()
+    ([1, 1, 0], [[True, True, False]])
+    """
+    mode, num_classes, tolerance, y, first, margins = _certify_inputs(
+        predictions, labels, maskset, mode, num_classes, recovery_certificate, margin_tolerance)
+    if not SOUND[mode]:
+        raise CertMaskError(f"mode {mode!r} certifies nothing (its claim is refuted, proofs/t9); "
+                            "choose a sound mode")
+    patches = check_patches(patches)
+    sizes = patch_sizes(sizes)
+    base = maskset.base if isinstance(maskset, MaskGroups) else maskset
+    for size in sizes:
+        PatchThreat(maskset.image_size, size)  # a size larger than the image is an error, not "uncovered"
+    deployed = None
+    if mode not in SIZE_FREE_DEFENCES:
+        if patch is None and base.threat is None:
+            raise CertMaskError(f"mode {mode!r} depends on the patch size it is deployed for: give patch=")
+        deployed = PatchThreat(maskset.image_size, patch if patch is not None else base.threat.patch_size
+                               ).patch_size
+    B = len(y)
+    if mode == "recovery" and pair_cache is None:
+        pair_cache = PairCache(pair_predictor, B)
+    if patches == 1 and isinstance(maskset, MaskSet):
+        coverage = np.array([coverage_extremes(maskset, size)[0] for size in sizes], dtype=np.int64)
+    else:
+        coverage = np.array([tuple_coverage_extremes(maskset, size, patches)[0] for size in sizes],
+                            dtype=np.int64)
+    certified = np.zeros((B, len(sizes)), dtype=bool)
+    certificate = recovery_certificate if mode == "recovery" else CERTIFICATES[mode]
+    certifiable = coverage > 0
+    if deployed is not None:
+        minimal = _minimal_sets(maskset, deployed, patches)
+        certifiable &= [ok and _contains_one_of(_minimal_sets(maskset, size, patches), minimal)
+                        for ok, size in zip(certifiable, sizes)]
+        if certifiable.any():
+            held = _certificate_check(mode, first, margins, y, _geometry(maskset, deployed, 1, patches),
+                                      None, num_classes, tolerance, certificate, 1024)[0]
+            certified[:, certifiable] = held[:, None]
+    else:
+        # largest first: an image certified for a size is certified for every size inside it (T14(b))
+        for s in sorted(range(len(sizes)), key=lambda t: -sizes[t][0] * sizes[t][1]):
+            implied = certified[:, _larger(sizes, s)].any(1)
+            certified[:, s] = implied
+            rows = np.flatnonzero(~implied)
+            if coverage[s] == 0 or not len(rows):
+                continue
+            predictor = pair_cache.view(rows) if mode == "recovery" else None
+            geo = _geometry(maskset, sizes[s], 1, patches)
+            certified[rows, s] = _certificate_check(mode, first[rows], margins[rows], y[rows], geo, predictor,
+                                                    num_classes, tolerance, certificate, 1024)[0]
+    passes = np.full(B, len(maskset), dtype=np.int64)
+    if mode == "recovery":
+        passes += pair_cache.evaluated
+    return SizeReport(mode, GUARANTEES[mode], sizes, coverage, y, certified, passes, len(maskset), deployed,
+                      certifiable)
