@@ -60,7 +60,7 @@ def figure(sizes_runs: list[dict], multi_runs: list[dict], path: Path) -> None:
                 squares = [(s["patch"][0], s["certified_accuracy"]) for s in run["sizes"]
                            if s["patch"][0] == s["patch"][1] and s.get("certifiable", s["covered"])]
                 sides, accuracy = zip(*squares)
-                ax.plot(sides, accuracy, "-o", ms=3, color=plt.cm.tab10(i % 10),
+                ax.plot(sides, accuracy, "-o", ms=3, color=plt.cm.tab20(i % 20),
                         label=f"{_set_name(run)} {run['mode']} ({run['plan']['num_masks']} masks, "
                               f"{run['images']} img)")
                 i += 1
@@ -70,7 +70,7 @@ def figure(sizes_runs: list[dict], multi_runs: list[dict], path: Path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("certified accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=5.5)
+        ax.legend(fontsize=5.5, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

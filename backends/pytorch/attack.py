@@ -42,6 +42,7 @@ reported as the attack's success rate against them, not as broken certificates.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -496,34 +497,15 @@ def attack_undefended(backend, model, image: np.ndarray, y: int, patch, steps: i
     threat = PatchThreat(image.shape[1:], patch)
     x = backend.prepare_images(model, image[None])[0]
     gen = torch.Generator().manual_seed(seed)
-    positions = _positions(threat, stride)
+    grid = _positions(threat, stride)
+    single = check_patches(patches) == 1
+    # one patch: every position in one batch; several: every tuple of distinct positions, in chunks
+    tuples = [(q,) for q in grid] if single else list(itertools.combinations(grid, patches))
+    step = len(tuples) if single else chunk
     ph, pw = threat.patch_size
-    if check_patches(patches) != 1:
-        return _attack_undefended_many(model, x, y, positions, (ph, pw), patches, steps, step_size, gen,
-                                       chunk)
-    p = torch.rand(len(positions), x.shape[0], ph, pw, generator=gen).to(x.device, x.dtype)
-    p.requires_grad_(True)
-    target = torch.full((len(positions),), y, device=x.device)
     with eval_mode(model):
-        for _ in range(steps):
-            loss = F.cross_entropy(model(_paste(x, p, positions)), target)
-            grad, = torch.autograd.grad(loss, p)
-            with torch.no_grad():
-                p += step_size * grad.sign()  # untargeted: push the true class down
-                p.clamp_(0.0, 1.0)
-        with torch.no_grad():
-            wrong = model(_paste(x, p, positions)).argmax(1) != y
-    i = int(wrong.nonzero()[0]) if wrong.any() else 0
-    return bool(wrong.any()), list(positions[i])
-
-
-def _attack_undefended_many(model, x, y, grid, patch, patches, steps, step_size, gen, chunk):
-    import itertools
-    tuples = list(itertools.combinations(grid, patches))
-    ph, pw = patch
-    with eval_mode(model):
-        for start in range(0, len(tuples), chunk):
-            tups = tuples[start:start + chunk]
+        for start in range(0, len(tuples), step):
+            tups = tuples[start:start + step]
             p = torch.rand(len(tups), patches, x.shape[0], ph, pw, generator=gen).to(x.device, x.dtype)
             p.requires_grad_(True)
             target = torch.full((len(tups),), y, device=x.device)
@@ -536,8 +518,12 @@ def _attack_undefended_many(model, x, y, grid, patch, patches, steps, step_size,
             with torch.no_grad():
                 wrong = model(_paste_many(x, p, tups)).argmax(1) != y
             if wrong.any():
-                return True, [list(q) for q in tups[int(wrong.nonzero()[0])]]
-    return False, [list(q) for q in tuples[0]] if tuples else []
+                return True, _position_list(tups[int(wrong.nonzero()[0])], single)
+    return False, _position_list(tuples[0], single) if tuples else []
+
+
+def _position_list(positions, single: bool) -> list:
+    return list(positions[0]) if single else [list(q) for q in positions]
 
 
 def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mode: str, steps: int = 40,
