@@ -64,6 +64,8 @@ class MaskGroups:
     def __post_init__(self):
         if not isinstance(self.base, MaskSet):
             raise CertMaskError(f"base must be a MaskSet, got {type(self.base).__name__}")
+        if np.ma.isMaskedArray(self.members):
+            raise CertMaskError("members: a masked array (its hidden values would count); pass a plain array")
         try:
             members = np.asarray(self.members)
         except (TypeError, ValueError) as err:

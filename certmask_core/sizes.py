@@ -69,6 +69,7 @@ class PairCache:
             raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor, got {pair_predictor!r}")
         self.pair_predictor = pair_predictor
         self.answers: dict[tuple[int, int, int], np.ndarray] = {}
+        self.row_shape: tuple | None = None  # () for labels, (K,) for logits
         self.evaluated = np.zeros(num_images, dtype=np.int64)
 
     def view(self, rows: np.ndarray):
@@ -81,6 +82,17 @@ class PairCache:
         predict.many = lambda image_indices, pairs: self.many(image_indices, pairs, rows)
         return predict
 
+    @staticmethod
+    def _checked(answer, m: int) -> np.ndarray:
+        try:
+            answer = np.asarray(answer)
+        except ValueError as err:  # a ragged answer
+            raise CertMaskError(f"pair_predictor's answer is not an array: {err}") from None
+        if answer.ndim not in (1, 2) or len(answer) != m:
+            raise CertMaskError(f"pair_predictor must return labels (m,) or logits (m, K) for m = {m} pairs, "
+                                f"got shape {answer.shape}")
+        return answer
+
     def many(self, image_indices, pairs, rows=None) -> np.ndarray:
         image_indices = np.asarray(image_indices, dtype=np.int64)
         pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
@@ -91,13 +103,17 @@ class PairCache:
             b, i, j = (np.array(column, dtype=np.int64) for column in zip(*new))
             many = getattr(self.pair_predictor, "many", None)
             if callable(many):
-                answer = np.asarray(many(b, np.stack([i, j], 1)))
+                answers = [self._checked(many(b, np.stack([i, j], 1)), len(new))]
             else:
-                answer = np.concatenate([np.asarray(self.pair_predictor(int(image), np.array([[u, v]])))
-                                         for image, u, v in new])
-            if len(answer) != len(new):
-                raise CertMaskError(f"pair_predictor returned {len(answer)} predictions for {len(new)} pairs")
-            self.answers.update(zip(new, answer))
+                answers = [self._checked(self.pair_predictor(int(image), np.array([[u, v]])), 1)
+                           for image, u, v in new]
+            for answer in answers:
+                if self.row_shape is None:
+                    self.row_shape = answer.shape[1:]
+                if answer.shape[1:] != self.row_shape:
+                    raise CertMaskError(f"pair_predictor answered rows of shape {answer.shape[1:]} after "
+                                        f"{self.row_shape}: labels on one call and logits on another?")
+            self.answers.update(zip(new, np.concatenate(answers)))
             np.add.at(self.evaluated, b, 1)
         if not keys:
             return np.empty(0, np.int64)
@@ -262,6 +278,11 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
         deployed = PatchThreat(maskset.image_size, patch if patch is not None else base.threat.patch_size
                                ).patch_size
     B = len(y)
+    if pair_cache is not None:
+        if pair_predictor is not None:
+            raise CertMaskError("give pair_predictor or pair_cache (which holds its own predictor), not both")
+        if not isinstance(pair_cache, PairCache) or len(pair_cache.evaluated) != B:
+            raise CertMaskError(f"pair_cache must be a PairCache for these {B} images, got {pair_cache!r}")
     if mode == "recovery" and pair_cache is None:
         pair_cache = PairCache(pair_predictor, B)
     if patches == 1 and isinstance(maskset, MaskSet):

@@ -175,3 +175,9 @@ def test_two_patch_recovery_end_to_end_on_the_backend():
                        recovery_certificate="all_pairs")
     assert (report.certified >= allpairs.certified).all()  # the hitting set never certifies less
     assert report.summary()["all_pairs_passes"] == len(groups) * (len(groups) + 1) // 2
+
+
+def test_masked_members_are_refused():
+    ms = make_maskset(PatchThreat(8, 2), masks_per_axis=2)
+    with pytest.raises(CertMaskError, match="masked array"):
+        MaskGroups(ms, np.ma.masked_array([[2, 1]], mask=[[1, 0]]))

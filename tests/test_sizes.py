@@ -169,3 +169,30 @@ def test_pair_cache_answers_from_memory():
     again = cache.view(np.array([1, 0])).many(np.array([1, 0]), np.array([[1, 0], [3, 2]]))
     assert first.tolist() == again.tolist() and len(counting.seen) == 2
     assert cache.evaluated.tolist() == [1, 1]
+
+
+def test_hostile_pair_answers_and_caches_are_named():
+    """Found by an independent review: these raised ValueError, AttributeError or IndexError, or were
+    silently accepted."""
+    ms = MaskSet((1, 6), [[0, 0], [0, 3], [0, 0]], [[1, 3], [1, 3], [1, 6]])
+    first, labels = np.zeros((1, 3), np.int64), [0]
+    for answer in (lambda b, p: 0, lambda b, p: None, lambda b, p: np.zeros((len(p), 2, 2))):
+        with pytest.raises(CertMaskError, match="pair_predictor"):
+            certify_sizes(first, labels, ms, [1], "recovery", pair_predictor=answer)
+    calls = []
+
+    def flipping(b, p):  # labels first, logits next
+        calls.append(1)
+        return np.zeros(len(p), np.int64) if len(calls) == 1 else np.zeros((len(p), 3))
+
+    with pytest.raises(CertMaskError, match="labels on one call and logits on another"):
+        certify_sizes(np.zeros((2, 3), np.int64), [0, 0], ms, [(1, 1), (1, 2)], "recovery",
+                      pair_predictor=flipping)
+    zeros = PairCache(lambda b, p: np.zeros(len(p), np.int64), 1)
+    with pytest.raises(CertMaskError, match="not both"):
+        certify_sizes(first, labels, ms, [1], "recovery", pair_cache=zeros,
+                      pair_predictor=lambda b, p: np.ones(len(p), np.int64))
+    for cache in ("cache", PairCache(lambda b, p: np.zeros(len(p), np.int64), 2)):
+        with pytest.raises(CertMaskError, match="pair_cache must be a PairCache for these 1 images"):
+            certify_sizes(first, labels, ms, [1], "recovery", pair_cache=cache)
+    assert certify_sizes(first, labels, ms, [1], "recovery", pair_cache=zeros).certified.tolist() == [[True]]
