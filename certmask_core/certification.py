@@ -49,7 +49,7 @@ import numba
 import numpy as np
 
 from . import double_masking, multipatch
-from .coverage import _threat_for, coverage_extremes, covering_set_bits, minimal_covering_set_bits, unpack
+from .coverage import _threat_for, covering_set_bits, minimal_covering_set_bits, unpack
 from .double_masking import all_pairs  # noqa: F401 - public here since the first release
 from .errors import CertMaskError
 from .geometry import MaskSet
@@ -405,16 +405,13 @@ def _geometry(maskset: MaskSet | MaskGroups, patch, k, patches: int = 1) -> _Geo
         raise CertMaskError("a user-supplied mask set needs patch=(ph, pw)")
     threat = _threat_for(base, patch)
     claimed = _check_int("k", k if k is not None else (getattr(maskset, "k", None) or 1))
-    if patches == 1 and isinstance(maskset, MaskSet):
-        low, _, (a, b) = coverage_extremes(maskset, threat)
-        if low < claimed:
-            raise CertMaskError(f"the mask set is not {claimed}-fold: patch position ({a}, {b}) is "
-                                f"covered by {low} masks")
-    else:
-        low, where = multipatch.tuple_coverage_extremes(maskset, threat.patch_size, patches)
-        if low < claimed:
-            raise CertMaskError(f"the family is not {claimed}-fold for {patches} patches: the positions "
-                                f"{where} are covered by {low} of its {len(maskset)} members")
+    low, where = multipatch.family_coverage(maskset, threat.patch_size, patches)
+    if low < claimed and patches == 1 and isinstance(maskset, MaskSet):
+        raise CertMaskError(f"the mask set is not {claimed}-fold: patch position {where} is covered by {low} "
+                            f"masks")
+    if low < claimed:
+        raise CertMaskError(f"the family is not {claimed}-fold for {patches} patches: the positions {where} "
+                            f"are covered by {low} of its {len(maskset)} members")
     return _Geometry(maskset, threat.patch_size, claimed, patches)
 
 

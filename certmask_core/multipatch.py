@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .coverage import _minimal_flags, _pack, _popcount, _threat_for, _unique_rows, cell_grid
+from .coverage import (
+    _minimal_flags,
+    _pack,
+    _popcount,
+    _threat_for,
+    _unique_rows,
+    cell_grid,
+    coverage_extremes,
+)
 from .errors import CertMaskError
 from .geometry import MaskSet
 
@@ -222,6 +230,15 @@ def tuple_coverage_extremes(family, patch, patches: int = 2):
     counts = _popcount(bits)
     t = int(counts.argmin())
     return int(counts[t]), tuple((int(positions[r, 0]), int(positions[r, 1])) for r in tuples[t])
+
+
+def family_coverage(family, patch, patches: int = 1):
+    """``(min, argmin)`` over positions (one patch, a MaskSet: :func:`coverage_extremes`) or over
+    m-tuples of positions (:func:`tuple_coverage_extremes`)."""
+    if patches == 1 and isinstance(family, MaskSet):
+        low, _, where = coverage_extremes(family, patch)
+        return low, where
+    return tuple_coverage_extremes(family, patch, patches)
 
 
 def tuple_minimal_sets(family, patch, patches: int = 2) -> np.ndarray:

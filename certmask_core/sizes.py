@@ -34,10 +34,9 @@ from .certification import (
     _certify_inputs,
     _geometry,
 )
-from .coverage import coverage_extremes
 from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat, _pair
-from .multipatch import MaskGroups, check_patches, tuple_coverage_extremes
+from .multipatch import MaskGroups, check_patches, family_coverage
 
 
 def patch_sizes(sizes) -> tuple[tuple[int, int], ...]:
@@ -285,11 +284,7 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
             raise CertMaskError(f"pair_cache must be a PairCache for these {B} images, got {pair_cache!r}")
     if mode == "recovery" and pair_cache is None:
         pair_cache = PairCache(pair_predictor, B)
-    if patches == 1 and isinstance(maskset, MaskSet):
-        coverage = np.array([coverage_extremes(maskset, size)[0] for size in sizes], dtype=np.int64)
-    else:
-        coverage = np.array([tuple_coverage_extremes(maskset, size, patches)[0] for size in sizes],
-                            dtype=np.int64)
+    coverage = np.array([family_coverage(maskset, size, patches)[0] for size in sizes], dtype=np.int64)
     certified = np.zeros((B, len(sizes)), dtype=bool)
     certificate = recovery_certificate if mode == "recovery" else CERTIFICATES[mode]
     certifiable = coverage > 0
