@@ -17,6 +17,11 @@ recovery             2      the good masks hit every minimal set (hitting_set)  
 paper                1      every one-mask prediction is y (as the paper)             NONE (T9)
 ==================== ====== ========================================================= ================
 
+Every mode also runs over a :class:`~certmask_core.multipatch.MaskGroups` (one prediction per group of
+masks hidden together) against ``patches`` patches: masks become groups and positions become tuples of
+positions, and every guarantee carries over (T15). :mod:`certmask_core.sizes` certifies several patch
+sizes from the same predictions (T14).
+
 A mask is *good* when its one-mask prediction and every two-mask prediction with it equal ``y``.
 The hitting-set certificate is recovery's default: it never certifies less than all pairs, equals it
 when every mask is the only cover of some position (PatchCleanser's grids), and with k-fold sets it
@@ -340,7 +345,7 @@ def _one_round_kernel(labels, sets, paper, k):  # pragma: no cover - compiled
 class _Geometry:
     """What the defences need to know of a mask family for one threat (cached on the family).
 
-    ``family`` is a MaskSet (one mask per prediction) or a MaskGroups (one group per prediction);
+    ``maskset`` is a MaskSet (one mask per prediction) or a MaskGroups (one group per prediction);
     ``patches`` is the number of patches. For one patch and a MaskSet the covering sets are those of
     :mod:`.coverage`; otherwise those of m-tuples of positions (:mod:`.multipatch`, T15).
     """
