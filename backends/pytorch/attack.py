@@ -662,14 +662,12 @@ def _write(result, rows, images, ms, patch, out: Path) -> None:
         attacked = images[shown].copy()
         boxes = []
         for j, i in enumerate(shown):
-            if "positions" in rows[i]:  # several patches: pasted in order, the first one outlined
-                for (a, b), content in zip(rows[i]["positions"], rows[i]["patch"]):
-                    attacked[j, :, a:a + patch[0], b:b + patch[1]] = content
-                boxes.append((tuple(rows[i]["positions"][0]), patch))
-                continue
-            a, b = rows[i]["position"]
-            attacked[j, :, a:a + patch[0], b:b + patch[1]] = rows[i]["patch"]
-            boxes.append(((a, b), patch))
+            # several patches are pasted in order (a later one over an earlier one)
+            positions, contents = ((rows[i]["positions"], rows[i]["patch"]) if "positions" in rows[i]
+                                   else ([rows[i]["position"]], [rows[i]["patch"]]))
+            for (a, b), content in zip(positions, contents):
+                attacked[j, :, a:a + patch[0], b:b + patch[1]] = content
+            boxes.append([(tuple(position), patch) for position in positions])
         example_images(attacked, ms, [rows[i]["attacked_output"] for i in shown], FASHION_MNIST_CLASSES,
                        out / "attack.png", patch_boxes=boxes)
     tmp = out / "attack.json.partial"

@@ -132,7 +132,10 @@ def certified_vs_size(results: dict, path) -> None:
 
 def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, class_names: Sequence[str],
                    path, patch_boxes: Sequence | None = None) -> None:
-    """A row of images with every mask outlined; titles give the defended output."""
+    """A row of images with every mask outlined; titles give the defended output.
+
+    ``patch_boxes[i]``, when given, lists the ``((a, b), (ph, pw))`` patches of image ``i`` (outlined in red).
+    """
     plt = _pyplot()
     from matplotlib.patches import Rectangle
     n = len(images)
@@ -143,8 +146,7 @@ def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, clas
         for (y, x), (h, w) in zip(maskset.origins, maskset.sizes):
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="tab:cyan",
                                    lw=0.4, alpha=0.6))
-        if patch_boxes is not None and patch_boxes[i] is not None:
-            (a, b), (ph, pw) = patch_boxes[i]
+        for (a, b), (ph, pw) in (patch_boxes[i] if patch_boxes is not None else ()):
             ax.add_patch(Rectangle((b - 0.5, a - 0.5), pw, ph, fill=False, edgecolor="red", lw=1.2))
         out = outputs[i]
         ax.set_title("ALERT" if out == -1 else class_names[out] if out < len(class_names) else str(out),
