@@ -404,7 +404,7 @@ def _check_family(maskset) -> None:
 def _geometry(maskset: MaskSet | MaskGroups, patch, k, patches: int = 1) -> _Geometry:
     _check_family(maskset)
     patches = multipatch.check_patches(patches)
-    base = maskset.base if isinstance(maskset, MaskGroups) else maskset
+    base = multipatch.base_set(maskset)
     patch = patch if patch is not None else base.threat
     if patch is None:
         raise CertMaskError("a user-supplied mask set needs patch=(ph, pw)")

@@ -279,11 +279,15 @@ def minimal_covering_set_bits(maskset: MaskSet, patch) -> np.ndarray:
     key = ("minimal", threat.patch_size)
     if key not in maskset._cache:
         bits = covering_set_bits(maskset, threat)
-        sizes = _popcount(bits)
-        order = np.argsort(sizes, kind="stable")
-        flags = _minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])
-        maskset._cache[key] = bits[order][flags]
+        maskset._cache[key] = bits[minimal_rows(bits)]
     return maskset._cache[key]
+
+
+def minimal_rows(bits: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``bits`` (unique bitsets) that contain no other row, by size then order."""
+    sizes = _popcount(bits)
+    order = np.argsort(sizes, kind="stable")
+    return order[_minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])]
 
 
 def covering_sets(maskset: MaskSet, patch) -> np.ndarray:

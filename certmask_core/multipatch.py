@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .coverage import (
-    _minimal_flags,
     _pack,
     _popcount,
     _threat_for,
     _unique_rows,
     cell_grid,
     coverage_extremes,
+    minimal_rows,
 )
 from .errors import CertMaskError
 from .geometry import MaskSet
@@ -143,6 +143,11 @@ def check_patches(patches) -> int:
     return int(patches)
 
 
+def base_set(family) -> MaskSet:
+    """The MaskSet a family's members are drawn from (a MaskSet is its own)."""
+    return family.base if isinstance(family, MaskGroups) else family
+
+
 def _family_parts(family) -> tuple[MaskSet, np.ndarray]:
     """(base set, ``(len(base), n)`` incidence of base masks in family members)."""
     if isinstance(family, MaskGroups):
@@ -175,9 +180,7 @@ def _union_rows(family, patch):
     bits, positions = np.concatenate(found), np.concatenate(where)
     bits, first = _unique_with_index(bits)
     positions = positions[first]
-    sizes = _popcount(bits)
-    order = np.argsort(sizes, kind="stable")
-    keep = order[_minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])]
+    keep = minimal_rows(bits)
     family._cache[key] = (bits[keep], positions[keep])
     return family._cache[key]
 
@@ -246,9 +249,7 @@ def tuple_minimal_sets(family, patch, patches: int = 2) -> np.ndarray:
     key = ("tuple minimal", patch, patches)
     if key not in family._cache:
         bits = _unique_rows(tuple_covering_sets(family, patch, patches)[0])
-        sizes = _popcount(bits)
-        order = np.argsort(sizes, kind="stable")
-        family._cache[key] = bits[order][_minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])]
+        family._cache[key] = bits[minimal_rows(bits)]
     return family._cache[key]
 
 

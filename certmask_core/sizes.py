@@ -36,7 +36,7 @@ from .certification import (
 )
 from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat, _pair
-from .multipatch import MaskGroups, check_patches, family_coverage
+from .multipatch import MaskGroups, base_set, check_patches, family_coverage
 
 
 def patch_sizes(sizes) -> tuple[tuple[int, int], ...]:
@@ -267,7 +267,7 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
                             "choose a sound mode")
     patches = check_patches(patches)
     sizes = patch_sizes(sizes)
-    base = maskset.base if isinstance(maskset, MaskGroups) else maskset
+    base = base_set(maskset)
     for size in sizes:
         PatchThreat(maskset.image_size, size)  # a size larger than the image is an error, not "uncovered"
     deployed = None

@@ -18,6 +18,7 @@ from ..constructions import make_maskset, plan_summary, union_maskset
 from ..coverage import cell_grid, coverage_extremes
 from ..errors import CertMaskError
 from ..geometry import STRATEGIES, PatchThreat
+from ..multipatch import base_set
 
 
 def _pair_arg(values, name):
@@ -144,7 +145,7 @@ def _run_record(args, backend, model, images, labels, source, config, masksets) 
     import platform
     from dataclasses import asdict
 
-    from .experiment import base_set, family_plan
+    from .experiment import family_plan
     fingerprint = {
         "model": args.model, "weights": args.weights, "model_sha256": backend.model_fingerprint(model),
         "data": args.data, "data_sha256": _sha256(images, labels), "images": len(images),
@@ -168,7 +169,6 @@ def cmd_certify(args) -> int:
     from .experiment import (
         PER_IMAGE_FILE,
         RunConfig,
-        base_set,
         check_out_dir,
         load_data,
         masksets_of,

@@ -33,7 +33,7 @@ from ..constructions import make_maskset, plan_summary
 from ..coverage import coverage_extremes
 from ..errors import CertMaskError
 from ..geometry import MaskSet, PatchThreat
-from ..multipatch import MaskGroups, check_patches, combination_groups
+from ..multipatch import MaskGroups, base_set, check_patches, combination_groups
 from ..sizes import PairCache, SizeReport, certify_sizes, patch_sizes
 from .datasets import (
     FASHION_MNIST_CLASSES,
@@ -209,10 +209,6 @@ def masksets_of(config: RunConfig, image_size) -> dict:
     if config.patches > 1:
         sets = {key: combination_groups(ms, config.patches) for key, ms in sets.items()}
     return sets
-
-
-def base_set(family) -> MaskSet:
-    return family.base if isinstance(family, MaskGroups) else family
 
 
 def family_plan(family, threat: PatchThreat) -> dict:
