@@ -1,4 +1,4 @@
-"""Deterministic k-fold mask-set constructions (theorems T3, T4, T5).
+"""Deterministic k-fold mask-set constructions (theorems T3, T4, T5) and their exact minimum (T16).
 
 All three build a product of 1-D window lists, one per axis. A *window* is the inclusive range
 ``[a0, a1]`` of patch positions a mask covers on one axis; by T1 it maps back to the pixel rows
@@ -14,7 +14,15 @@ import numpy as np
 
 from .coverage import coverage_extremes
 from .errors import CertMaskError
-from .geometry import MAX_MASKS, MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
+from .geometry import (
+    MAX_MASKS,
+    MaskSet,
+    MaskSpec,
+    PatchThreat,
+    _positive_int,
+    effective_coverage,
+    lower_bound,
+)
 
 Windows = list[tuple[int, int]]
 
@@ -39,42 +47,6 @@ def shifted_cover_windows(P: int, w: int, shift: int) -> Windows:
     return [(max(-shift + i * w, 0), min(-shift + (i + 1) * w - 1, P - 1)) for i in range(n)]
 
 
-def _counts_1d(windows: Windows, P: int) -> np.ndarray:
-    diff = np.zeros(P + 1, dtype=np.int64)
-    for a0, a1 in windows:
-        diff[a0] += 1
-        diff[a1 + 1] -= 1
-    return np.cumsum(diff[:-1])
-
-
-def offset_windows(P: int, w: int, k: int) -> Windows | None:
-    """1-D k-fold cover by one grid of stride ``s = floor(w / k)`` (T5), or None if ``k > min(w, P)``.
-
-    Windows are first shortened to ``min(w, P)`` so that distinct starts give distinct clipped windows.
-
-    Any ``w`` consecutive integers hold at least ``floor(w / s) >= k`` grid points, so every position
-    is covered ``k`` times. Of the ``s`` grid phases the one needing the fewest windows is kept,
-    after dropping end windows that the k-fold property does not need.
-    """
-    w = min(w, P)  # longer windows would clip to duplicates of [0, P - 1]
-    if k > w:
-        return None
-    s = w // k
-    best = None
-    for phase in range(s):
-        starts = range(phase - ((w - 1 + phase) // s) * s, P, s)
-        wins = sorted({(max(a, 0), min(a + w - 1, P - 1)) for a in starts})
-        for end in (0, -1):  # drop windows from each end while still k-fold
-            while len(wins) > k:
-                trial = wins[1:] if end == 0 else wins[:-1]
-                if _counts_1d(trial, P).min() < k:
-                    break
-                wins = trial
-        if _counts_1d(wins, P).min() >= k and (best is None or len(wins) < len(best)):
-            best = wins
-    return best
-
-
 def _product(threat: PatchThreat, rows: Windows, cols: Windows) -> tuple[np.ndarray, np.ndarray]:
     ph, pw = threat.patch_size
     r = np.array(rows, dtype=np.int64).reshape(-1, 2)
@@ -86,56 +58,116 @@ def _product(threat: PatchThreat, rows: Windows, cols: Windows) -> tuple[np.ndar
 
 
 REPLICATED_SHIFTS_PER_AXIS = 1024
-"""The replicated construction draws its copies' shifts from the first 1,024 per axis (all of them
-for windows up to 1,024 positions), so that planning stays fast on the largest images."""
+"""The shifted copies are drawn from the first 1,024 shifts per axis (all of them for windows up to
+1,024 positions), so that planning stays fast on the largest images."""
 
 
-def _replicated(threat: PatchThreat, w: tuple[int, int], k: int):
+def _axis_classes(P, w):
+    """Per axis: the cheap copy count ``q = ceil(P / w)``, how many shifts ``o`` have
+    ``ceil((P + o) / w) = q`` (the rest need ``q + 1``), and ``w`` itself, after shortening windows to
+    ``min(w, P)`` (longer windows clip to duplicates of ``[0, P - 1]``). Broadcasts over arrays."""
+    w = np.minimum(w, P)
+    q = -(-P // w)
+    return q, np.minimum(w, q * w - P + 1), w
+
+
+def _minimum_of_classes(classes, k):
+    """Sum of the ``k`` smallest products ``prod_axis N_axis(o_axis)`` over shift tuples (T16), from
+    each axis's two copy counts ``q`` (``cheap`` shifts) and ``q + 1`` (the others); -1 where
+    ``k > prod w``. Broadcasts over arrays of sizes."""
+    shape = np.broadcast_shapes(*(np.shape(q) for q, _, _ in classes))
+    costs, counts = [], []
+    for choice in itertools.product((0, 1), repeat=len(classes)):  # cheap or dear shift per axis
+        cost, count = 1, 1
+        for extra, (q, cheap, w) in zip(choice, classes):
+            cost, count = cost * (q + extra), count * (w - cheap if extra else cheap)
+        costs.append(np.broadcast_to(cost, shape))
+        counts.append(np.broadcast_to(count, shape))
+    costs, counts = np.stack(costs, -1).astype(np.int64), np.stack(counts, -1).astype(np.int64)
+    order = np.argsort(costs, axis=-1, kind="stable")
+    costs, counts = np.take_along_axis(costs, order, -1), np.take_along_axis(counts, order, -1)
+    taken_before = np.cumsum(counts, -1) - counts
+    taken = np.clip(k - taken_before, 0, counts)
+    total = (costs * taken).sum(-1)
+    return np.where(counts.sum(-1) >= k, total, -1)
+
+
+def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
+    """Fewest pairwise distinct masks of ``mask_size`` giving k-fold coverage (theorem T16).
+
+    With ``w = min(m - p + 1, P)`` per axis, the masks of one size are the points of a
+    ``(P_h + w_h - 1) x (P_w + w_w - 1)`` lattice of origins and position ``(a, b)`` is covered by the
+    ``w_h x w_w`` block of them starting at ``(a, b)``. Shift class ``(o_h, o_w)`` of that lattice is one
+    shifted single cover with ``ceil((P_h + o_h) / w_h) * ceil((P_w + o_w) / w_w)`` masks; the minimum
+    is the sum of the ``k`` smallest such counts. ``replicated`` and ``offset`` both build sets of
+    exactly this size. It equals :func:`lower_bound` while ``k`` shift classes cost no extra row or
+    column, and exceeds it otherwise (repeated masks would be needed to reach the bound).
+
+    Returns
+    -------
+    int or None
+        None when no distinct k-fold set exists (``k > w_h w_w``: position ``(0, 0)`` lies in only
+        ``w_h w_w`` distinct masks).
+
+    Examples
+    --------
+    >>> t = PatchThreat(8, 1)
+    >>> exact_minimum(t, (2, 2), k=3), lower_bound(t, (2, 2), k=3)
+    (56, 48)
+    """
+    k = _positive_int("k", k)
+    w = effective_coverage(mask_size, threat.patch_size)
+    classes = [_axis_classes(P, wi) for P, wi in zip(threat.num_positions, w)]
+    minimum = int(_minimum_of_classes(classes, k))
+    return None if minimum < 0 else minimum
+
+
+def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, int]]:
+    """The ``k`` shift classes a replicated or offset set takes: always ``k`` of the cheapest (so the set
+    has :func:`exact_minimum` masks). ``replicated`` takes the smallest shifts among equal costs;
+    ``offset`` spreads the classes it chooses among equally cheap ones as far apart as it can
+    (greatest least cyclic distance, in fractions of a window), so that its grids interleave."""
     P = threat.num_positions
-    w = tuple(min(wi, Pi) for wi, Pi in zip(w, P))  # as in offset_windows: no [0, P-1] duplicates
-    shifts = [min(wi, REPLICATED_SHIFTS_PER_AXIS) for wi in w]
+    shifts = [min(wi, Pi, REPLICATED_SHIFTS_PER_AXIS) for wi, Pi in zip(w, P)]
     if k > shifts[0] * shifts[1]:
-        raise CertMaskError(f"replicated: at most {shifts[0] * shifts[1]} distinct shifted copies of the "
-                            f"single-cover grid with windows {w} exist for image {threat.image_size} and "
-                            f"patch {threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
-    per_axis = [{o: shifted_cover_windows(P[i], w[i], o) for o in range(shifts[i])} for i in range(2)]
-    candidates = sorted(itertools.product(range(shifts[0]), range(shifts[1])),
-                        key=lambda o: (len(per_axis[0][o[0]]) * len(per_axis[1][o[1]]), sum(o), o))
-    seen: set[tuple[int, ...]] = set()
-    chosen = []
-    for oh, ow in candidates:
-        origins, sizes = _product(threat, per_axis[0][oh], per_axis[1][ow])
-        rects = {tuple(r) for r in np.concatenate([origins, sizes], 1)}
-        if rects.isdisjoint(seen):
-            seen |= rects
-            chosen.append((origins, sizes))
-            if len(chosen) == k:
-                return (np.concatenate([o for o, _ in chosen]), np.concatenate([s for _, s in chosen]))
-    raise CertMaskError(
-        f"replicated: only {len(chosen)} = min(w_h, P_h) * min(w_w, P_w) distinct shifted copies of "
-        f"the single-cover grid with windows {w} exist for image {threat.image_size} and patch "
-        f"{threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
-
-
-def _offset(threat: PatchThreat, w: tuple[int, int], k: int):
-    P = threat.num_positions
-    # an axis holds at most min(w, P) distinct windows over a position (offset_windows), so larger
-    # k_h or k_w are impossible: refuse at once instead of trying every split of k
-    most = [min(wi, Pi) for wi, Pi in zip(w, P)]
-    best = None
-    for k_h in range(1, min(k, most[0]) + 1) if k <= most[0] * most[1] else ():
-        k_w = math.ceil(k / k_h)
-        rows, cols = offset_windows(P[0], w[0], k_h), offset_windows(P[1], w[1], k_w)
-        if rows is None or cols is None:
-            continue
-        if best is None or len(rows) * len(cols) < len(best[0]) * len(best[1]):
-            best = (rows, cols)
-    if best is None:
         raise CertMaskError(
-            f"offset: no grid with windows {w} gives {k}-fold coverage with distinct masks for "
-            f"{threat.num_positions} positions (one axis must hold k_h <= min(w_h, P_h) and the other "
-            f"k_w <= min(w_w, P_w) with k_h * k_w >= k); use a larger mask or a smaller k")
-    return _product(threat, *best)
+            f"{strategy}: only {shifts[0] * shifts[1]} = min(w_h, P_h) * min(w_w, P_w) distinct shifted "
+            f"copies of the single-cover grid with windows {tuple(w)} exist for image {threat.image_size} "
+            f"and patch {threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
+    o_h, o_w = np.meshgrid(np.arange(shifts[0]), np.arange(shifts[1]), indexing="ij")
+    o_h, o_w = o_h.ravel(), o_w.ravel()
+    cost = -(-(P[0] + o_h) // min(w[0], P[0])) * -(-(P[1] + o_w) // min(w[1], P[1]))
+    order = np.lexsort((o_w, o_h, o_h + o_w, cost))
+    threshold = cost[order[k - 1]]
+    chosen = [int(i) for i in order[:k] if cost[i] < threshold]
+    ties = order[cost[order] == threshold]
+    if strategy == "replicated" or len(ties) == k - len(chosen):
+        chosen += [int(i) for i in ties[:k - len(chosen)]]
+    else:
+        period = np.array([min(wi, Pi) for wi, Pi in zip(w, P)], dtype=float)
+        candidates = np.stack([o_h[ties], o_w[ties]], 1)
+        nearest = np.full(len(ties), np.inf)
+
+        def take(shift):
+            gap = np.abs(candidates - shift) / period
+            nearest[:] = np.minimum(nearest, np.minimum(gap, 1 - gap).sum(1))
+
+        for i in chosen:
+            take(np.array([o_h[i], o_w[i]]))
+        while len(chosen) < k:
+            pick = int(np.argmax(nearest))  # the first candidate while nothing is chosen
+            chosen.append(int(ties[pick]))
+            take(candidates[pick])
+            nearest[pick] = -1.0
+    return [(int(o_h[i]), int(o_w[i])) for i in chosen]
+
+
+def _shifted_copies(threat: PatchThreat, w: tuple[int, int], k: int, strategy: str):
+    P = threat.num_positions
+    w = tuple(min(wi, Pi) for wi, Pi in zip(w, P))
+    parts = [_product(threat, shifted_cover_windows(P[0], w[0], oh), shifted_cover_windows(P[1], w[1], ow))
+             for oh, ow in _shift_classes(threat, w, k, strategy)]
+    return np.concatenate([o for o, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser",
@@ -150,8 +182,9 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     strategy : {"patchcleanser", "replicated", "offset"}
         ``patchcleanser``: single-cover grid, stride ``w``, last mask flush (T3).
         ``replicated``: ``k`` copies of the single cover, copy ``(o_h, o_w)`` shifted by ``o``
-        positions per axis so that no mask repeats; the cheapest shifts first (T4).
-        ``offset``: one grid of stride ``floor(w / k_axis)`` per axis with ``k_h * k_w >= k`` (T5).
+        positions per axis so that no mask repeats; the cheapest copies, smallest shifts first (T4).
+        ``offset``: ``k`` of the cheapest copies too, but spread as far apart as equal cost allows
+        so that the grids interleave (T5). Both have exactly :func:`exact_minimum` masks (T16).
     mask_size : int or (mh, mw), optional
     masks_per_axis : int or (n_h, n_w), optional
         Exactly one of the two; ``masks_per_axis`` means ``w = ceil(P / n)``.
@@ -160,7 +193,7 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     -------
     MaskSet
         Verified k-fold and distinct before it is returned. Compare ``len(ms)`` with
-        :func:`lower_bound` for the gap.
+        :func:`lower_bound` and :func:`exact_minimum` for the gap.
 
     Raises
     ------
@@ -178,27 +211,31 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     spec = MaskSpec(strategy, k, mask_size, masks_per_axis)
     size = spec.resolve_mask_size(threat)
     w = effective_coverage(size, threat.patch_size)
-    if lower_bound(threat, size, spec.k) > MAX_MASKS:
+    minimum = exact_minimum(threat, size, spec.k)
+    if (minimum or 0) > MAX_MASKS:
         raise CertMaskError(f"{strategy} k={spec.k} with masks {size} on {threat.image_size} needs at least "
-                            f"{lower_bound(threat, size, spec.k)} masks (limit {MAX_MASKS}); use larger "
-                            f"masks or a smaller k")
+                            f"{minimum} masks (limit {MAX_MASKS}); use larger masks or a smaller k")
     if strategy == "patchcleanser":
         origins, sizes = _product(threat, *(single_cover_windows(P, wi)
                                             for P, wi in zip(threat.num_positions, w)))
-    elif strategy == "replicated":
-        origins, sizes = _replicated(threat, w, spec.k)
     else:
-        origins, sizes = _offset(threat, w, spec.k)
+        origins, sizes = _shifted_copies(threat, w, spec.k, strategy)
     spec = MaskSpec(strategy, spec.k, mask_size=size)
     maskset = MaskSet(threat.image_size, origins, sizes, spec, threat)
-    # The constructions are proven (proofs/t3..t5); this re-check is cheap and turns a bug into an error.
-    if not maskset.is_distinct() or coverage_extremes(maskset, threat)[0] < spec.k:
+    # The constructions are proven (proofs/t3..t5, t16); this re-check is cheap and turns a bug into an error.
+    capped = max(w) > REPLICATED_SHIFTS_PER_AXIS
+    if (not maskset.is_distinct() or coverage_extremes(maskset, threat)[0] < spec.k
+            or (len(maskset) != minimum and not capped)):
         raise AssertionError(f"internal error: {strategy} set for {threat}, k={k} fails verification")
     return maskset
 
 
 def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
-    """Count, lower bound, gap and coverage range of a mask set, as a JSON-ready dict."""
+    """Count, lower bound, exact minimum, gap and coverage range of a mask set, as a JSON-ready dict.
+
+    ``gap`` is the count above :func:`lower_bound`; ``exact_minimum`` (T16) is the fewest distinct masks
+    of the set's mask size with its coverage (None when no distinct set exists, e.g. a user set with
+    masks of several sizes covering more than the largest size could alone)."""
     threat = threat or maskset.threat
     if threat is None:
         raise CertMaskError("plan_summary needs the threat of a user-supplied mask set")
@@ -209,7 +246,8 @@ def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
     return {"image_size": list(threat.image_size), "patch_size": list(threat.patch_size),
             "strategy": maskset.spec.strategy if maskset.spec else "user",
             "k": k, "mask_size": list(mask_size), "num_masks": len(maskset),
-            "lower_bound": bound, "gap": len(maskset) - bound,
+            "lower_bound": bound, "exact_minimum": exact_minimum(threat, mask_size, max(k, 1)),
+            "gap": len(maskset) - bound,
             "min_coverage": low, "max_coverage": high,
             "distinct": maskset.is_distinct()}
 

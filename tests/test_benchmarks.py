@@ -81,3 +81,12 @@ def test_issue13_benchmark_paths_agree_on_small_cases():
     backend = TorchBackend()
     row = sizes(backend, backend.load_model("bundled"), x, y, sides=(2, 3))  # asserts equal certificates
     assert row["pair_passes_one_run"] <= row["pair_passes_per_size"]
+
+
+def test_planning_benchmark_twins_agree_on_small_cases():
+    pytest.importorskip("scipy")
+    from benchmarks.bench_planning import minimum, offset, planner
+    assert minimum(max_positions=3)["cases"] > 20
+    assert planner(image=20, patch=3, k=2)["layouts"] > 3
+    measured = offset(image=16, patch=3)
+    assert measured["cases"] > 20 and measured["worst_ratio"] >= 1.0

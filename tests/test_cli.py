@@ -17,8 +17,12 @@ def test_plan_prints_count_bound_and_gap(capsys, tmp_path):
     assert main(["plan", "--image", "28", "28", "--patch", "3", "3", "--k", "2", "--strategy", "offset",
                  "--masks-per-axis", "4", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "masks 40  lower bound 32  gap 8" in out and "coverage min 2" in out
+    assert "masks 32  lower bound 32  exact minimum 32  gap 0" in out and "coverage min 2" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # distinct masks cannot reach the bound here (T16): the gap is named beside the exact minimum
+    assert main(["plan", "--image", "8", "8", "--patch", "1", "1", "--k", "3", "--strategy", "offset",
+                 "--mask", "2", "2"]) == 0
+    assert "masks 56  lower bound 48  exact minimum 56  gap 8" in capsys.readouterr().out
 
 
 def test_plan_json_feeds_coverage(capsys, tmp_path):
@@ -120,7 +124,7 @@ def test_every_option_of_every_command_has_a_help_text():
     missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
                for name, sub in commands.items() for action in sub._actions
                if action.dest != "help" and not action.help]
-    assert missing == [] and set(commands) == {"plan", "coverage", "certify", "attack", "train"}
+    assert missing == [] and set(commands) == {"plan", "coverage", "certify", "attack", "train", "tune"}
 
 
 def test_certify_several_sizes_from_one_run(tmp_path):

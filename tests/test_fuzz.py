@@ -1253,8 +1253,8 @@ def test_is_k_covered_returns_a_python_bool(k):
 
 def test_plan_refuses_an_impossible_offset_k_quickly(capsys):
     # 64x64 masks on a 64x64 image give at most 64 x 64 = 4096-fold offset coverage; k = 2**22 passed
-    # the lower-bound guard (k <= MAX_MASKS), then _offset ran offset_windows twice per k_h = 1..k,
-    # about 1 ms each: more than an hour before the error
+    # the lower-bound guard (k <= MAX_MASKS), then the first release's stride-grid offset tried every
+    # split k_h = 1..k, about 1 ms each: more than an hour before the error
     argv = ["plan", "--image", "64", "64", "--patch", "1", "1", "--k", str(2**22), "--strategy", "offset",
             "--mask", "64", "64"]
     assert run_cli(argv, capsys, limit=5)[0] == 2

@@ -1,4 +1,4 @@
-"""Every theorem module in proofs/ runs its symbolic and exhaustive check (T1-T15)."""
+"""Every theorem module in proofs/ runs its symbolic and exhaustive check (T1-T16)."""
 import importlib
 import subprocess
 import sys

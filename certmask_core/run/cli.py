@@ -52,9 +52,40 @@ def _sizes_arg(tokens):
     return sizes
 
 
+DEFAULT_MAX_MASK_FRACTION = 0.10
+"""``certmask plan`` without a mask size or constraint: each mask hides at most 10 % of the image (the
+share of PatchCleanser's 6x6 grid for a 2 % patch on ImageNet is about 8 %)."""
+
+
+def _planned_layout(args, threat):
+    """``plan`` without --mask: the planner's layouts and the one to build (see the --max-* help)."""
+    from ..planning import plan_layouts
+    budget = {"max_masks": args.max_masks, "max_passes": args.max_passes}
+    limits = {"max_mask_side": args.max_mask_side, "max_mask_fraction": args.max_mask_fraction, **budget}
+    if all(v is None for v in limits.values()):
+        limits["max_mask_fraction"] = DEFAULT_MAX_MASK_FRACTION
+    layouts = plan_layouts(threat, args.k, args.strategy, passes_for=args.passes_for.replace("-", "_"),
+                           shape=args.shape, **limits)
+    # under a budget the smallest masks it affords; under a size limit the fewest masks
+    chosen = len(layouts) - 1 if any(v is not None for v in budget.values()) else 0
+    return layouts, chosen, limits
+
+
 def cmd_plan(args) -> int:
     threats = [PatchThreat(tuple(args.image), tuple(patch)) for patch in args.patch]
-    parts = [make_maskset(threat, args.k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
+    layouts = None
+    if args.mask is None and args.masks_per_axis is None:
+        if len(threats) > 1:
+            raise CertMaskError("plan with several --patch needs --mask or --masks-per-axis (the planner "
+                                "sizes one patch's set)")
+        layouts, chosen, limits = _planned_layout(args, threats[0])
+        args.mask = layouts[chosen]["mask_size"]
+    elif any(v is not None for v in (args.max_mask_side, args.max_mask_fraction, args.max_masks,
+                                     args.max_passes)):
+        raise CertMaskError("--max-* constraints choose the mask size; give them without --mask or "
+                            "--masks-per-axis")
+    strategy = args.strategy or ("patchcleanser" if args.k == 1 else "replicated")
+    parts = [make_maskset(threat, args.k, strategy, mask_size=_pair_arg(args.mask, "--mask"),
                           masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
              for threat in threats]
     summaries = [plan_summary(ms) for ms in parts]
@@ -69,14 +100,29 @@ def cmd_plan(args) -> int:
         from .plots import plan_figure
         plan_figure(ms, ms.threat, args.plot)
     if args.json:
+        planner = {} if layouts is None else {"planner": {"constraints": limits, "layouts": layouts,
+                                                          "chosen": chosen}}
         print(json.dumps({**ms.to_dict(), "summary": summaries[0] if union is None else
-                          {"parts": summaries, "union": union}}))
+                          {"parts": summaries, "union": union}, **planner}))
         return 0
+    if layouts is not None:
+        given = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in limits.items()
+                          if value is not None)
+        print(f"planner ({given}; passes for {args.passes_for}): {len(layouts)} layouts, fewest masks first")
+        print("  masks  mask     hides   lower bound  passes (1 round)  passes (recovery, worst)")
+        for i, layout in enumerate(layouts):
+            mh, mw = layout["mask_size"]
+            print(f"{'*' if i == chosen else ' '} {layout['num_masks']:5d}  {mh:>3d}x{mw:<3d}  "
+                  f"{layout['mask_fraction']:6.1%}  "
+                  f"{layout['lower_bound']:11d}  {layout['passes_one_round']:16d}  "
+                  f"{layout['passes_recovery_worst']:24d}")
+        print("* built below")
     for threat, summary in zip(threats, summaries):
         print(f"{summary['strategy']} k={summary['k']} on {threat.image_size[0]}x{threat.image_size[1]}, "
               f"patch {threat.patch_size[0]}x{threat.patch_size[1]}, mask {summary['mask_size'][0]}x"
               f"{summary['mask_size'][1]}")
-        print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  gap {summary['gap']}  "
+        print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  exact minimum "
+              f"{summary['exact_minimum']}  gap {summary['gap']}  "
               f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
               f"distinct {summary['distinct']}")
     if union is not None:
@@ -284,6 +330,37 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .experiment import load_data
+    from .tune import tune, tune_table, write_tune
+    if args.tune_images < 1 or args.check_images < 0:
+        raise CertMaskError(f"--tune-images must be >= 1 and --check-images >= 0, got {args.tune_images} and "
+                            f"{args.check_images}")
+    backend = _backend(args)
+    limit = args.tune_images + args.check_images if args.limit is None else args.limit
+    data = load_data(args.data, args.data_root, limit, image_size=_image_size(args))
+    if len(data.images) <= args.tune_images and args.check_images:
+        raise CertMaskError(f"{args.data!r} holds {len(data.images)} images: none left to check on after "
+                            f"--tune-images {args.tune_images}")
+    model = _load_checked_model(backend, args, data.images)
+    n, m = args.tune_images, args.check_images
+    results = tune(backend, model, data.images[:n], data.labels[:n], tuple(args.patch), args.budget,
+                   ks=args.k, strategies=args.strategy, modes=args.mode, shape=args.shape,
+                   margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
+                                     else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)),
+                   check_images=data.images[n:n + m] if m else None, check_labels=data.labels[n:n + m],
+                   show_progress=None if not args.quiet else False)
+    results.update({"data": args.data, "data_source": data.source, "model": args.model,
+                    "tuning_images": [0, min(n, len(data.images))],
+                    "check_images": [n, min(n + m, len(data.images))] if m else None,
+                    "command": args.command_line})
+    write_tune(results, args.out, plots=not args.no_plots)
+    print(f"data: {data.source}")
+    print(tune_table(results), end="")
+    print(f"wrote {args.out}/tune.json, tune.md" + ("" if args.no_plots else ", tune_front.png"))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .experiment import load_dataset, read_maskset
     backend = _backend(args)
@@ -402,18 +479,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"certmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plan", help="build a mask set; print its count, lower bound and gap")
+    p = sub.add_parser("plan", help="choose and build a mask set; print its count, bound and exact minimum",
+                       description="Build a mask set. With --mask or --masks-per-axis that set; without, the "
+                       "planner lists every layout meeting the --max-* constraints (fewest masks first; "
+                       f"default: --max-mask-fraction {DEFAULT_MAX_MASK_FRACTION}) and builds the fewest "
+                       "masks under a size limit, or the smallest masks under --max-masks / --max-passes.")
     p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"),
                    help="image size in pixels")
     p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"), action="append",
                    help="patch size in pixels; repeat it for a multi-size set (the union of one set per "
                         "patch, each with its own mask size under --masks-per-axis)")
     p.add_argument("--k", type=int, default=1, help="every patch position covered by at least k masks")
-    p.add_argument("--strategy", default="patchcleanser", choices=STRATEGIES, help="construction")
-    group = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="construction (default: patchcleanser for k=1, else replicated)")
+    group = p.add_mutually_exclusive_group()
     group.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"), help="mask size in pixels")
     group.add_argument("--masks-per-axis", type=int, nargs="+", metavar="N",
                        help="masks per axis of the 1-fold grid (one value, or rows and columns)")
+    p.add_argument("--max-mask-side", type=int, metavar="PX", help="planner: largest mask side")
+    p.add_argument("--max-mask-fraction", type=float, metavar="F",
+                   help=f"planner: largest share of the image one mask hides (default "
+                        f"{DEFAULT_MAX_MASK_FRACTION} when no other constraint is given)")
+    p.add_argument("--max-masks", type=int, metavar="N", help="planner: most masks (a budget)")
+    p.add_argument("--max-passes", type=int, metavar="N",
+                   help="planner: most forward passes per image (a budget), see --passes-for")
+    p.add_argument("--passes-for", default="one-round", choices=["one-round", "recovery"],
+                   help="what --max-passes pays for: one round (n) or recovery at worst (n + n(n-1)/2)")
+    p.add_argument("--shape", default="square", choices=["square", "any"],
+                   help="planner: masks exceeding the patch equally on both axes, or any (h, w)")
     p.add_argument("--json", action="store_true", help="print the mask set as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the layout and coverage heatmap")
     p.set_defaults(func=cmd_plan)
@@ -472,6 +565,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "patch; an image counts as certified only where the set covers this size")
     p.add_argument("--out", default="results/attack", help="folder for attack.json and attack.png")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("tune", help="choose strategy, k and mask size from data within a forward-pass budget",
+                       description="Certify every (strategy, k, mask size) that fits --budget passes per "
+                       "image on the first --tune-images images with every sound mode; write the Pareto "
+                       "front of certified accuracy against passes, recommend one setting per mode (the "
+                       "cheapest within one standard error of the best) and certify it on the next "
+                       "--check-images images.")
+    _add_data_model_args(p, split="test")
+    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"), help="patch size")
+    p.add_argument("--budget", type=int, default=150,
+                   help="forward passes per image a setting may cost (recovery: its worst case n + n(n-1)/2)")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="coverage folds to try")
+    p.add_argument("--strategy", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
+                   help="constructions to try (patchcleanser for k=1, the others for k >= 2)")
+    p.add_argument("--mode", nargs="+", default=[m for m in MODES if m != "paper"],
+                   choices=[m for m in MODES if m != "paper"], help="sound modes to certify")
+    p.add_argument("--shape", default="square", choices=["square", "any"], help="mask shapes to try")
+    p.add_argument("--margin-tolerance", type=float, metavar="LOGITS",
+                   help="predictions with a smaller top-2 margin are unsure (default: the backend's)")
+    p.add_argument("--tune-images", type=int, default=1000, help="tune on the first N images")
+    p.add_argument("--check-images", type=int, default=1000,
+                   help="certify the recommendations on the next N images (0: no check)")
+    p.add_argument("--out", default="results/tune", help="folder for tune.json, tune.md, tune_front.png")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figure")
+    _add_backend_args(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("train", help="train or fine-tune a model for certification (mask-set augmentation)")
     _add_data_model_args(p, split="train")

@@ -155,3 +155,37 @@ def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, clas
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def tune_front(results: dict, path) -> None:
+    """Certified accuracy against passes per image for every tuned candidate (dots), the Pareto front
+    (line) and the recommended setting (star), one panel per mode."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    modes = list(results["fronts"])
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.8), squeeze=False)
+    color = {"patchcleanser": "tab:gray", "replicated": "tab:blue", "offset": "tab:orange"}
+    for ax, mode in zip(axes[0], modes):
+        for c in results["candidates"]:
+            if mode in c["modes"]:
+                ax.scatter(c["modes"][mode]["passes"], c["modes"][mode]["certified_accuracy"], s=10,
+                           color=color.get(c["strategy"], "k"), alpha=0.6)
+        front = [results["candidates"][i]["modes"][mode] for i in results["fronts"][mode]]
+        ax.plot([p["passes"] for p in front], [p["certified_accuracy"] for p in front], "-", color="k", lw=1)
+        best = results["candidates"][results["recommended"][mode]]
+        ax.scatter(best["modes"][mode]["passes"], best["modes"][mode]["certified_accuracy"], marker="*",
+                   s=160, color="tab:red", zorder=3,
+                   label=f"{best['strategy']} k={best['k']} {best['mask_size'][0]}x{best['mask_size'][1]}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("forward passes per image" + (" (worst case)" if mode == "recovery" else ""))
+        ax.set_ylabel("certified accuracy")
+        ax.set_title(mode)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"patch {results['patch'][0]}x{results['patch'][1]}, {results['images']} tuning images "
+                 "(gray patchcleanser, blue replicated, orange offset)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

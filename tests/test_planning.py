@@ -1,0 +1,322 @@
+"""Issue 15: exact minimum of distinct masks (T16), offset at the minimum, the planner and ``tune``."""
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certmask_core import (
+    CertMaskError,
+    PatchThreat,
+    certify,
+    coverage_counts,
+    exact_minimum,
+    lower_bound,
+    make_maskset,
+    plan_layouts,
+)
+from certmask_core.constructions import _shift_classes
+from certmask_core.planning import pareto_front, passes_per_image, tune_candidates
+
+
+def _fewest_by_search(P, w, k):
+    """Smallest subset of the origin lattice with k points in every w-block, by trying every subset
+    size from the bound up (tiny lattices only)."""
+    L = [p + wi - 1 for p, wi in zip(P, w)]
+    points = list(itertools.product(*(range(n) for n in L)))
+    blocks = [[points.index(tuple(a + d for a, d in zip(pos, off)))
+               for off in itertools.product(*(range(wi) for wi in w))]
+              for pos in itertools.product(*(range(p) for p in P))]
+    masks = np.zeros((len(blocks), len(points)), bool)
+    for row, block in enumerate(blocks):
+        masks[row, block] = True
+    for size in range(len(points) + 1):
+        for chosen in itertools.combinations(range(len(points)), size):
+            if (masks[:, list(chosen)].sum(1) >= k).all():
+                return size
+    return None
+
+
+@pytest.mark.parametrize("P,w", [((1, 5), (1, 2)), ((1, 6), (1, 3)), ((2, 3), (2, 2)), ((3, 3), (2, 2)),
+                                 ((2, 4), (2, 3)), ((3, 2), (3, 1))])
+def test_exact_minimum_equals_exhaustive_subset_search(P, w):
+    threat = PatchThreat((P[0], P[1]), (1, 1))
+    for k in range(1, w[0] * w[1] + 2):
+        expected = _fewest_by_search(P, w, k) if k <= w[0] * w[1] else None
+        assert exact_minimum(threat, w, k) == expected, (P, w, k)
+
+
+def test_exact_minimum_equals_integer_programming():
+    """The closed form against scipy's milp (a test-only dependency) on every small 1-D and 2-D case."""
+    pytest.importorskip("scipy")
+    from proofs.t16_exact_minimum import milp_minimum
+    checked = 0
+    for P_h, P_w in itertools.product(range(1, 6), range(1, 7)):
+        for w_h, w_w in itertools.product(range(1, P_h + 1), range(1, P_w + 1)):
+            for k in range(1, w_h * w_w + 1, max(1, (w_h * w_w) // 4)):
+                threat = PatchThreat((P_h, P_w), (1, 1))
+                assert exact_minimum(threat, (w_h, w_w), k) == milp_minimum((P_h, P_w), (w_h, w_w), k)
+                checked += 1
+    assert checked > 300
+
+
+def test_issue_examples_reach_the_minimum():
+    t = PatchThreat(8, 1)  # was 81 masks with the stride grid; the optimum is 56
+    for strategy in ("replicated", "offset"):
+        ms = make_maskset(t, 3, strategy, mask_size=2)
+        assert len(ms) == exact_minimum(t, 2, 3) == 56 and lower_bound(t, 2, 3) == 48
+    t = PatchThreat(28, 3)  # was 364
+    ms = make_maskset(t, 6, "offset", masks_per_axis=6)
+    assert len(ms) == exact_minimum(t, ms.spec.mask_size, 6) == 216 == lower_bound(t, ms.spec.mask_size, 6)
+
+
+def test_no_distinct_set_is_reported_not_built():
+    t = PatchThreat(10, 3)
+    assert exact_minimum(t, 4, 4) == 4 * 4 * 4 // 4 * 1 or exact_minimum(t, 4, 4) is not None
+    assert exact_minimum(t, 4, 5) is None  # w = 2 per axis: four distinct masks over position (0, 0)
+    with pytest.raises(CertMaskError, match=r"only 4 = min\(w_h, P_h\) \* min\(w_w, P_w\)"):
+        make_maskset(t, 5, "offset", mask_size=4)
+    with pytest.raises(CertMaskError, match="k must be >= 1, got 0"):
+        exact_minimum(t, 4, 0)
+
+
+@given(H=st.integers(3, 30), W=st.integers(3, 30), ph=st.integers(1, 4), pw=st.integers(1, 4),
+       n_h=st.integers(1, 5), n_w=st.integers(1, 5), k=st.integers(1, 9))
+def test_replicated_and_offset_build_the_exact_minimum(H, W, ph, pw, n_h, n_w, k):
+    t = PatchThreat((H, W), (min(ph, H), min(pw, W)))
+    sets = {}
+    for strategy in ("replicated", "offset"):
+        try:
+            sets[strategy] = make_maskset(t, k, strategy, masks_per_axis=(n_h, n_w))
+        except CertMaskError:
+            sets[strategy] = None
+    if sets["replicated"] is None:
+        assert sets["offset"] is None
+        assert exact_minimum(t, make_maskset(t, 1, "replicated", masks_per_axis=(n_h, n_w)).spec.mask_size,
+                             k) is None
+        return
+    for ms in sets.values():
+        counts = coverage_counts(ms, t)
+        assert counts.min() >= k and ms.is_distinct()
+        assert len(ms) == exact_minimum(t, ms.spec.mask_size, k) >= lower_bound(t, ms.spec.mask_size, k)
+
+
+def test_offset_spreads_its_copies_where_cost_allows():
+    t = PatchThreat(25, 1)  # w = 8: ceil((25 + o) / 8) = 4 for every shift o < 8, all equally cheap
+    w = (8, 8)
+    assert _shift_classes(t, w, 2, "replicated") == [(0, 0), (0, 1)]
+    assert _shift_classes(t, w, 2, "offset") == [(0, 0), (4, 4)]  # the paper's stride w / k
+    four = _shift_classes(t, w, 4, "offset")
+    assert len(set(four)) == 4 and {o for o, _ in four} | {o for _, o in four} >= {0, 4}
+
+
+def _all_square_layouts(threat, k):
+    """Twin of plan_layouts: build every square-window set and keep the (count, area) front."""
+    (H, W), (ph, pw) = threat.image_size, threat.patch_size
+    built = []
+    for w in range(1, max(threat.num_positions) + 1):
+        size = (min(w, threat.num_positions[0]) + ph - 1, min(w, threat.num_positions[1]) + pw - 1)
+        if size == (H, W):
+            continue
+        try:
+            ms = make_maskset(threat, k, "patchcleanser" if k == 1 else "replicated", mask_size=size)
+        except CertMaskError:
+            continue
+        built.append((len(ms), size[0] * size[1], size))
+    front, smallest = [], np.inf
+    for count, area, size in sorted(built, key=lambda b: (b[0], b[1], abs(b[2][0] - b[2][1]), b[2][0])):
+        if area < smallest:
+            front.append((count, list(size)))
+            smallest = area
+    return front
+
+
+@pytest.mark.parametrize("image,patch,k", [(12, 2, 1), (12, 2, 3), ((9, 14), (2, 3), 2), (20, 5, 4)])
+def test_plan_layouts_equal_building_every_size(image, patch, k):
+    threat = PatchThreat(image, patch)
+    got = [(d["num_masks"], d["mask_size"]) for d in plan_layouts(threat, k)]
+    assert got == _all_square_layouts(threat, k)
+
+
+def test_plan_layouts_any_shape_counts_equal_the_constructions():
+    threat = PatchThreat((10, 13), (2, 3))
+    for layout in plan_layouts(threat, 3, "offset", shape="any"):
+        ms = make_maskset(threat, 3, "offset", mask_size=tuple(layout["mask_size"]))
+        assert len(ms) == layout["num_masks"] and coverage_counts(ms, threat).min() >= 3
+
+
+def test_plan_layouts_constraints():
+    threat = PatchThreat(28, 3)
+    for limits, check in [({"max_mask_side": 9}, lambda d: max(d["mask_size"]) <= 9),
+                          ({"max_mask_fraction": 0.05}, lambda d: d["mask_fraction"] <= 0.05),
+                          ({"max_masks": 50}, lambda d: d["num_masks"] <= 50),
+                          ({"max_passes": 100, "passes_for": "recovery"},
+                           lambda d: d["passes_recovery_worst"] <= 100)]:
+        layouts = plan_layouts(threat, 2, **limits)
+        assert layouts and all(check(d) for d in layouts), limits
+        counts = [d["num_masks"] for d in layouts]
+        areas = [d["mask_fraction"] for d in layouts]
+        assert counts == sorted(set(counts)) and areas == sorted(areas, reverse=True)
+    assert passes_per_image(10, "recovery") == 55 and passes_per_image(10) == 10
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_passes": 2}, r"no 2-fold layout .* satisfies \{'max_passes': 2\}.*the fewest masks are 8"),
+    ({"max_mask_fraction": 1.5}, r"max_mask_fraction is a share of the image in \(0, 1\], got 1.5"),
+    ({"max_masks": 0}, r"max_masks must be a positive number, got 0"),
+    ({"max_mask_side": 2.5}, r"max_mask_side must be a positive number, got 2.5"),
+    ({"max_mask_fraction": float("nan")}, r"max_mask_fraction must be a positive number, got nan"),
+    ({"passes_for": "two_rounds"}, r"passes_for must be one of"),
+    ({"shape": "round"}, r"shape must be 'square' or 'any', got 'round'"),
+    ({"strategy": "patchcleanser"}, r"single cover \(k=1\), got k=2"),
+])
+def test_plan_layouts_errors_name_the_values(kwargs, message):
+    with pytest.raises(CertMaskError, match=message):
+        plan_layouts(PatchThreat(28, 3), 2, **kwargs)
+
+
+@given(st.lists(st.tuples(st.integers(1, 20), st.integers(0, 10)), min_size=1, max_size=25))
+def test_pareto_front_equals_quadratic_twin(points):
+    passes, accuracy = zip(*points)
+    front = pareto_front(passes, accuracy).tolist()
+
+    def beaten(i):
+        return any((p <= passes[i] and a > accuracy[i]) or (p < passes[i] and a >= accuracy[i])
+                   for p, a in zip(passes, accuracy))
+    kept = {(passes[i], accuracy[i]) for i in front}
+    assert kept == {(p, a) for i, (p, a) in enumerate(points) if not beaten(i)}
+    assert [passes[i] for i in front] == sorted(passes[i] for i in front)
+
+
+class LinearBackend:
+    """A numpy model (fixed random linear map of the masked image, mask fill 0): a twin of a backend."""
+
+    batch_size = 64
+
+    def __init__(self, shape, classes=3, seed=0):
+        rng = np.random.default_rng(seed)
+        self.weights = rng.normal(size=(int(np.prod(shape)), classes))
+        self.masked_calls = 0
+
+    def _logits(self, images, hidden):
+        kept = images[:, None] * ~hidden[None, :, None]
+        return (kept.reshape(*kept.shape[:2], -1) @ self.weights).astype(np.float32)
+
+    @staticmethod
+    def _hidden(maskset, shape):
+        out = np.zeros((len(maskset),) + tuple(shape), bool)
+        for i, ((y, x), (h, w)) in enumerate(zip(maskset.origins, maskset.sizes)):
+            out[i, y:y + h, x:x + w] = True
+        return out
+
+    def predict(self, model, images, return_logits=False):
+        logits = images.reshape(len(images), -1) @ self.weights
+        return logits if return_logits else logits.argmax(1)
+
+    def masked_predictions(self, model, images, maskset, return_logits=False):
+        self.masked_calls += len(images) * len(maskset)
+        logits = self._logits(images, self._hidden(maskset, images.shape[2:]))
+        return logits if return_logits else logits.argmax(2)
+
+    def pair_predictor(self, model, images, maskset, return_logits=False):
+        hidden = self._hidden(maskset, images.shape[2:])
+
+        def many(image_indices, pairs):
+            pairs = np.asarray(pairs).reshape(-1, 2)
+            both = hidden[pairs[:, 0]] | hidden[pairs[:, 1]]
+            kept = images[np.asarray(image_indices)] * ~both[:, None]
+            logits = (kept.reshape(len(kept), -1) @ self.weights).astype(np.float32)
+            return logits if return_logits else logits.argmax(1)
+
+        def predict(index, pairs):
+            return many(np.full(len(np.asarray(pairs).reshape(-1, 2)), index), pairs)
+        predict.many = many
+        return predict
+
+
+def test_tune_equals_certifying_each_candidate_alone():
+    from certmask_core.run.tune import tune
+    rng = np.random.default_rng(1)
+    images = rng.random((10, 1, 12, 12)).astype(np.float32)
+    backend = LinearBackend(images.shape[1:])
+    labels = backend.predict(None, images)
+    labels[:2] = (labels[:2] + 1) % 3  # two wrong clean predictions
+    results = tune(backend, None, images, labels, (2, 2), budget=40, ks=(1, 2, 3), show_progress=False,
+                   check_images=images[:4], check_labels=labels[:4])
+    assert results["unique_masks"] < results["candidate_masks"]
+    assert backend.masked_calls == len(images) * results["unique_masks"] + sum(
+        4 * c["num_masks"] for mode, check in results["check"].items()
+        for c in [results["candidates"][check["candidate"]]])
+    assert results["pairs_evaluated"] <= results["pairs_asked"]
+    threat = PatchThreat(12, 2)
+    for c in results["candidates"]:
+        ms = make_maskset(threat, c["k"], c["strategy"], mask_size=tuple(c["mask_size"]))
+        first = backend.masked_predictions(None, images, ms, return_logits=True)
+        for mode, got in c["modes"].items():
+            recovery = mode == "recovery"
+            pairs = backend.pair_predictor(None, images, ms, return_logits=True) if recovery else None
+            alone = certify(first, labels, ms, mode, k=c["k"], pair_predictor=pairs).summary()
+            assert got["certified_accuracy"] == alone["certified_accuracy"], (c, mode)
+            assert got["passes"] == (passes_per_image(len(ms), "recovery") if mode == "recovery" else len(ms))
+            assert got["passes"] <= 40
+    for mode, front in results["fronts"].items():
+        pts = [(results["candidates"][i]["modes"][mode]["passes"],
+                results["candidates"][i]["modes"][mode]["certified_accuracy"]) for i in front]
+        everyone = [(c["modes"][mode]["passes"], c["modes"][mode]["certified_accuracy"])
+                    for c in results["candidates"] if mode in c["modes"]]
+        assert not any(p <= q and a > b for p, a in everyone for q, b in pts)
+        best = max(a for _, a in everyone)
+        chosen = results["candidates"][results["recommended"][mode]]["modes"][mode]
+        assert chosen["certified_accuracy"] >= best - np.sqrt(best * (1 - best) / len(images)) - 1e-12
+        assert results["check"][mode]["images"] == 4
+
+
+def test_tune_refuses_the_unsound_mode_and_bad_data():
+    from certmask_core.run.tune import tune
+    images = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(CertMaskError, match="sound modes"):
+        tune(LinearBackend(images.shape[1:]), None, images, np.zeros(2, int), (2, 2), 20, modes=["paper"])
+    with pytest.raises(CertMaskError, match=r"N = len\(labels\), got \(2, 1, 8, 8\) and 3 labels"):
+        tune(LinearBackend(images.shape[1:]), None, images, np.zeros(3, int), (2, 2), 20)
+    with pytest.raises(CertMaskError, match="fits 1 passes per image"):
+        tune_candidates(PatchThreat(8, 2), 1)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "certmask_core.run.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_plan_cli_without_a_mask_size_uses_the_planner():
+    out = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--k", "3")
+    assert out.returncode == 0, out.stderr
+    assert "planner (max-mask-fraction 0.1" in out.stdout and "*    75    8x8" in out.stdout
+    assert "masks 75  lower bound 75  exact minimum 75" in out.stdout
+    budget = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--k", "2", "--max-passes", "300",
+                  "--passes-for", "recovery", "--json")
+    data = json.loads(budget.stdout)
+    chosen = data["planner"]["layouts"][data["planner"]["chosen"]]
+    assert chosen == data["planner"]["layouts"][-1] and chosen["passes_recovery_worst"] <= 300
+    assert len(data["origins"]) == chosen["num_masks"] == data["summary"]["exact_minimum"]
+    mixed = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--mask", "9", "9", "--max-masks", "3")
+    assert mixed.returncode == 2 and "--max-* constraints choose the mask size" in mixed.stderr
+    none = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--k", "2", "--max-masks", "3")
+    assert none.returncode == 2 and "the fewest masks are 8 of 16x16" in none.stderr
+
+
+def test_tune_cli_writes_json_table_and_plot(tmp_path):
+    pytest.importorskip("torch")
+    out = _cli("tune", "--patch", "5", "5", "--tune-images", "12", "--check-images", "6", "--budget", "12",
+               "--k", "1", "2", "--mode", "detection", "plurality", "recovery", "--out", str(tmp_path / "t"),
+               "--quiet")
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert set(saved["recommended"]) == {"detection", "plurality", "recovery"}
+    assert saved["tuning_images"] == [0, 12] and saved["check_images"] == [12, 18]
+    assert all(saved["check"][mode]["images"] == 6 for mode in saved["recommended"])
+    assert (tmp_path / "t" / "tune_front.png").stat().st_size > 0
+    assert "Pareto front, detection" in (tmp_path / "t" / "tune.md").read_text()
