@@ -91,7 +91,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     -------
     list of dict
         One JSON-ready dict per layout, by ascending ``num_masks``: ``strategy``, ``k``, ``mask_size``
-        ``[mh, mw]``, ``num_masks`` (the exact minimum), ``lower_bound`` (T2), ``mask_fraction`` (share of
+        ``[mh, mw]``, ``num_masks`` (what the strategy builds, which is ``exact_minimum``, T16),
+        ``lower_bound`` (T2), ``mask_fraction`` (share of
         the image one unclipped mask hides), ``passes_one_round``, ``passes_recovery_worst``. The first
         is the cheapest; the last hides the least per mask.
 
@@ -150,9 +151,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     if max_masks is not None:
         ok &= counts <= max_masks
     if max_passes is not None:
-        n = counts.astype(object) if passes_for == "recovery" else counts
-        cost = n if passes_for == "one_round" else n + n * (n - 1) // 2
-        ok &= np.asarray(cost >= 0) & np.asarray(cost <= max_passes)
+        n = np.where(feasible, counts, 0)  # <= MAX_MASKS = 2**22: n (n - 1) / 2 fits int64
+        ok &= (n if passes_for == "one_round" else n + n * (n - 1) // 2) <= max_passes
     if not ok.any():
         cheapest = int(np.flatnonzero(feasible)[np.argmin(counts[feasible])])
         limits = {name: value for name, value in (("max_mask_side", max_mask_side),
@@ -170,7 +170,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
             smallest = area[i]
             n = int(counts[i])
             layouts.append({"strategy": strategy, "k": k, "mask_size": [int(m_h[i]), int(m_w[i])],
-                            "num_masks": n, "lower_bound": lower_bound(threat, (int(m_h[i]), int(m_w[i])), k),
+                            "num_masks": n, "exact_minimum": n,
+                            "lower_bound": lower_bound(threat, (int(m_h[i]), int(m_w[i])), k),
                             "mask_fraction": round(float(area[i]) / (H * W), 6),
                             "passes_one_round": n, "passes_recovery_worst": n + n * (n - 1) // 2})
     return layouts

@@ -39,18 +39,15 @@ def offset_vs_replicated(results):
         if c["strategy"] in ("replicated", "offset"):
             pairs.setdefault((c["k"], tuple(c["mask_size"])), {})[c["strategy"]] = c
     both = [p for p in pairs.values() if len(p) == 2]
-    lines = ["| mode | settings | clean replicated | clean offset | certified replicated | certified offset |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| mode | settings | clean replicated | clean offset | certified replicated | "
+             "certified offset |", "|---|---|---|---|---|---|"]
     for mode in MODES:
         rows = [p for p in both if mode in p["replicated"]["modes"] and mode in p["offset"]["modes"]]
         if not rows:
             continue
-
-        def mean(strategy, key):
-            return sum(p[strategy]["modes"][mode][key] for p in rows) / len(rows)
-        lines.append(f"| {mode} | {len(rows)} | {mean('replicated', 'clean_accuracy'):.4f} | "
-                     f"{mean('offset', 'clean_accuracy'):.4f} | {mean('replicated', 'certified_accuracy'):.4f} | "
-                     f"{mean('offset', 'certified_accuracy'):.4f} |")
+        means = [sum(p[strategy]["modes"][mode][key] for p in rows) / len(rows)
+                 for key in ("clean_accuracy", "certified_accuracy") for strategy in ("replicated", "offset")]
+        lines.append(f"| {mode} | {len(rows)} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
     return "\n".join(lines)
 
 

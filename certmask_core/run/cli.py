@@ -109,10 +109,11 @@ def cmd_plan(args) -> int:
         given = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in limits.items()
                           if value is not None)
         print(f"planner ({given}; passes for {args.passes_for}): {len(layouts)} layouts, fewest masks first")
-        print("  masks  mask     hides   lower bound  passes (1 round)  passes (recovery, worst)")
+        print("  masks (= exact minimum)  mask     hides   lower bound  passes (1 round)  "
+              "passes (recovery, worst)")
         for i, layout in enumerate(layouts):
             mh, mw = layout["mask_size"]
-            print(f"{'*' if i == chosen else ' '} {layout['num_masks']:5d}  {mh:>3d}x{mw:<3d}  "
+            print(f"{'*' if i == chosen else ' '} {layout['num_masks']:22d}  {mh:>3d}x{mw:<3d}  "
                   f"{layout['mask_fraction']:6.1%}  "
                   f"{layout['lower_bound']:11d}  {layout['passes_one_round']:16d}  "
                   f"{layout['passes_recovery_worst']:24d}")

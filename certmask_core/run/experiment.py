@@ -560,8 +560,8 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
     out = Path(out_dir)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "results.md").write_text(results_table(results))
         if plots:
             from . import plots as _plots
@@ -576,11 +576,20 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
                 _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
                                       tmp / "examples.png")
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        for name in sorted(p.name for p in tmp.iterdir() if p.name != "results.json") + ["results.json"]:
+    write_atomically(out, write, last="results.json")
+    return out
+
+
+def write_atomically(out: Path, write: Callable[[Path], None], last: str) -> None:
+    """``write(folder)`` into a fresh folder beside ``out``'s files, then rename each into ``out``,
+    ``last`` last: an interrupted run never leaves a complete-looking ``last`` file."""
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        write(tmp)
+        for name in sorted(p.name for p in tmp.iterdir() if p.name != last) + [last]:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def check_out_dir(out: Path) -> None:

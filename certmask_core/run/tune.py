@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +21,10 @@ from ..errors import CertMaskError
 from ..geometry import PatchThreat
 from ..planning import pareto_front, tune_candidates
 from ..sizes import PairCache
+from .experiment import write_atomically
 from .progress import progress_bar
 
 SOUND_MODES = tuple(mode for mode, sound in SOUND.items() if sound)
-TUNE_FILES = ("tune.json", "tune.md", "tune_front.png")
 
 
 def _columns(maskset, index: dict) -> np.ndarray:
@@ -222,15 +219,12 @@ def write_tune(results: dict, out_dir, plots: bool = True) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / "tune.json").exists():
         raise CertMaskError(f"{str(out)!r} exists and holds no tune.json; not overwriting it")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "tune.md").write_text(tune_table(results))
         if plots:
             from .plots import tune_front
             tune_front(results, tmp / "tune_front.png")
         (tmp / "tune.json").write_text(json.dumps(results, indent=1) + "\n")
-        for name in sorted(p.name for p in tmp.iterdir() if p.name != "tune.json") + ["tune.json"]:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_atomically(out, write, last="tune.json")
     return out
