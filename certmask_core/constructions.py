@@ -57,11 +57,6 @@ def _product(threat: PatchThreat, rows: Windows, cols: Windows) -> tuple[np.ndar
     return origins, sizes
 
 
-REPLICATED_SHIFTS_PER_AXIS = 1024
-"""The shifted copies are drawn from the first 1,024 shifts per axis (all of them for windows up to
-1,024 positions), so that planning stays fast on the largest images."""
-
-
 def _axis_classes(P, w):
     """Per axis: the cheap copy count ``q = ceil(P / w)``, how many shifts ``o`` have
     ``ceil((P + o) / w) = q`` (the rest need ``q + 1``), and ``w`` itself, after shortening windows to
@@ -117,49 +112,112 @@ def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
     """
     k = _positive_int("k", k)
     w = effective_coverage(mask_size, threat.patch_size)
+    if k > min(w[0], threat.num_positions[0]) * min(w[1], threat.num_positions[1]):
+        return None  # (and keeps arbitrarily large k out of int64 arithmetic)
     classes = [_axis_classes(P, wi) for P, wi in zip(threat.num_positions, w)]
-    minimum = int(_minimum_of_classes(classes, k))
-    return None if minimum < 0 else minimum
+    return int(_minimum_of_classes(classes, k))
+
+
+def _spread(size: int, m: int, cyclic: bool) -> np.ndarray:
+    """``m <= size`` distinct indices of ``[0, size)`` evenly spaced: stride ``size / m`` on a whole
+    cycle of shifts (its ends are neighbours), from end to end on a part of one."""
+    if cyclic or m == 1:
+        return np.arange(m) * size // m
+    return np.rint(np.arange(m) * (size - 1) / (m - 1)).astype(np.int64)
+
+
+def _diagonals(ranges, m: int) -> list[tuple[int, int]]:
+    """The first ``m`` shift pairs of the products ``ranges`` (each a pair of ``range``) by smallest
+    ``o_h + o_w``, then ``o_h``: the first release's replicated order."""
+    pairs = []
+    for total in itertools.count(min(a.start + b.start for a, b in ranges)):
+        diagonal = [(o_h, total - o_h) for a, b in ranges
+                    for o_h in range(max(a.start, total - b.stop + 1), min(a.stop - 1, total - b.start) + 1)]
+        pairs += sorted(diagonal)[:m - len(pairs)]
+        if len(pairs) == m:
+            return pairs
+
+
+def _lattice(a: range, b: range, m: int, cyclic: tuple[bool, bool]) -> list[tuple[int, int]]:
+    """``m`` distinct pairs of ``a x b`` spread evenly: a diagonal while one axis has room for ``m``
+    distinct shifts (both axes interleave, the paper's stride ``w / k``), else evenly spaced rows each
+    holding evenly spaced columns."""
+    if m <= max(len(a), len(b)):
+        rows = _spread(len(a), m, cyclic[0]) if m <= len(a) else np.arange(m) * len(a) // m
+        cols = _spread(len(b), m, cyclic[1]) if m <= len(b) else np.arange(m) * len(b) // m
+        return [(a[i], b[j]) for i, j in zip(rows.tolist(), cols.tolist())]
+    per_row = np.diff(np.arange(len(a) + 1) * m // len(a))  # <= len(b) since m <= len(a) len(b)
+    return [(a[i], b[j]) for i, c in enumerate(per_row.tolist())
+            for j in _spread(len(b), c, cyclic[1]).tolist()]
+
+
+def least_shift_distance(shifts, period) -> float:
+    """Least cyclic distance between two of the copies' shifts, ``sum_axis min(d, w - d) / w``
+    (``inf`` for fewer than two copies): how far apart the interleaved grids are."""
+    pts = np.asarray(shifts, dtype=float).reshape(-1, 2)
+    if len(pts) < 2:
+        return np.inf
+    gap = np.abs(pts[:, None, :] - pts[None, :, :]) / np.asarray(period, dtype=float)
+    dist = np.minimum(gap, 1 - gap).sum(-1)
+    return float(dist[~np.eye(len(pts), dtype=bool)].min())
+
+
+SPREAD_CHECKED_UP_TO = 1024
+"""Offset compares its lattice with replicated's choice (and keeps the one spread further) for sets of
+up to this many copies; beyond, the O(k^2) comparison is skipped and the lattice kept."""
 
 
 def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, int]]:
-    """The ``k`` shift classes a replicated or offset set takes: always ``k`` of the cheapest (so the set
-    has :func:`exact_minimum` masks). ``replicated`` takes the smallest shifts among equal costs;
-    ``offset`` spreads the classes it chooses among equally cheap ones as far apart as it can
-    (greatest least cyclic distance, in fractions of a window), so that its grids interleave."""
+    """The ``k`` shift classes (copies ``(o_h, o_w)`` of the single cover) a replicated or offset set
+    takes: always ``k`` of the cheapest, so the set has :func:`exact_minimum` masks (T16).
+
+    Per axis the shifts ``o < t`` (the slack) need ``q = ceil(P / w)`` windows and the others ``q + 1``,
+    so the copies fall into at most four price tiers, each a product of two shift ranges. Every tier
+    cheaper than the ``k``-th copy is taken whole; from the tier of the ``k``-th copy ``replicated``
+    takes the smallest shifts and ``offset`` an evenly spread lattice (:func:`_lattice`), so that its
+    grids interleave; offset keeps replicated's choice instead where that is spread further (by
+    :func:`least_shift_distance`; small sets whose cheap shifts sit in uneven tiers). O(k + w_h + w_w)
+    (plus O(k^2) for offset's comparison up to ``SPREAD_CHECKED_UP_TO`` copies).
+    """
     P = threat.num_positions
-    shifts = [min(wi, Pi, REPLICATED_SHIFTS_PER_AXIS) for wi, Pi in zip(w, P)]
-    if k > shifts[0] * shifts[1]:
+    w = [min(wi, Pi) for wi, Pi in zip(w, P)]
+    if k > w[0] * w[1]:
         raise CertMaskError(
-            f"{strategy}: only {shifts[0] * shifts[1]} = min(w_h, P_h) * min(w_w, P_w) distinct shifted "
-            f"copies of the single-cover grid with windows {tuple(w)} exist for image {threat.image_size} "
-            f"and patch {threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
-    o_h, o_w = np.meshgrid(np.arange(shifts[0]), np.arange(shifts[1]), indexing="ij")
-    o_h, o_w = o_h.ravel(), o_w.ravel()
-    cost = -(-(P[0] + o_h) // min(w[0], P[0])) * -(-(P[1] + o_w) // min(w[1], P[1]))
-    order = np.lexsort((o_w, o_h, o_h + o_w, cost))
-    threshold = cost[order[k - 1]]
-    chosen = [int(i) for i in order[:k] if cost[i] < threshold]
-    ties = order[cost[order] == threshold]
-    if strategy == "replicated" or len(ties) == k - len(chosen):
-        chosen += [int(i) for i in ties[:k - len(chosen)]]
-    else:
-        period = np.array([min(wi, Pi) for wi, Pi in zip(w, P)], dtype=float)
-        candidates = np.stack([o_h[ties], o_w[ties]], 1)
-        nearest = np.full(len(ties), np.inf)
-
-        def take(shift):
-            gap = np.abs(candidates - shift) / period
-            nearest[:] = np.minimum(nearest, np.minimum(gap, 1 - gap).sum(1))
-
-        for i in chosen:
-            take(np.array([o_h[i], o_w[i]]))
-        while len(chosen) < k:
-            pick = int(np.argmax(nearest))  # the first candidate while nothing is chosen
-            chosen.append(int(ties[pick]))
-            take(candidates[pick])
-            nearest[pick] = -1.0
-    return [(int(o_h[i]), int(o_w[i])) for i in chosen]
+            f"{strategy}: only {w[0] * w[1]} = min(w_h, P_h) * min(w_w, P_w) distinct shifted copies of the "
+            f"single-cover grid with windows {tuple(w)} exist for image {threat.image_size} and patch "
+            f"{threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
+    axes = []
+    for P_i, w_i in zip(P, w):
+        q, cheap, _ = (int(v) for v in _axis_classes(P_i, w_i))
+        axes.append([(q, range(0, cheap)), (q + 1, range(cheap, w_i))])
+    tiers: dict[int, list[tuple[range, range]]] = {}
+    for (q_h, a), (q_w, b) in itertools.product(*axes):
+        if len(a) and len(b):
+            tiers.setdefault(q_h * q_w, []).append((a, b))
+    chosen: list[tuple[int, int]] = []
+    for cost in sorted(tiers):
+        ranges, need = tiers[cost], k - len(chosen)
+        size = sum(len(a) * len(b) for a, b in ranges)
+        if size <= need:
+            chosen += [(o_h, o_w) for a, b in ranges for o_h in a for o_w in b]
+        elif strategy == "replicated":
+            chosen += _diagonals(ranges, need)
+        else:  # each product of the tier gets its share of the copies, by largest remainder
+            sizes = np.array([len(a) * len(b) for a, b in ranges])
+            share = need * sizes // size
+            share[np.argsort(-(need * sizes % size), kind="stable")[:need - share.sum()]] += 1
+            for (a, b), m in zip(ranges, share.tolist()):
+                chosen += _lattice(a, b, m, (len(a) == w[0], len(b) == w[1])) if m else []
+        if len(chosen) == k:
+            break
+    if strategy == "replicated":  # the first release's mask order: cheapest copies, smallest shifts first
+        price = [{o: q for q, shifts in axis for o in shifts} for axis in axes]
+        chosen.sort(key=lambda o: (price[0][o[0]] * price[1][o[1]], o[0] + o[1], o[0], o[1]))
+    elif k <= SPREAD_CHECKED_UP_TO:
+        packed = _shift_classes(threat, w, k, "replicated")
+        if least_shift_distance(packed, w) > least_shift_distance(chosen, w):
+            return packed
+    return chosen
 
 
 def _shifted_copies(threat: PatchThreat, w: tuple[int, int], k: int, strategy: str):
@@ -223,9 +281,8 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     spec = MaskSpec(strategy, spec.k, mask_size=size)
     maskset = MaskSet(threat.image_size, origins, sizes, spec, threat)
     # The constructions are proven (proofs/t3..t5, t16); this re-check is cheap and turns a bug into an error.
-    capped = max(w) > REPLICATED_SHIFTS_PER_AXIS
     if (not maskset.is_distinct() or coverage_extremes(maskset, threat)[0] < spec.k
-            or (len(maskset) != minimum and not capped)):
+            or (strategy != "patchcleanser" and len(maskset) != minimum)):
         raise AssertionError(f"internal error: {strategy} set for {threat}, k={k} fails verification")
     return maskset
 

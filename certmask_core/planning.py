@@ -18,9 +18,11 @@ from .geometry import MAX_MASKS, STRATEGIES, PatchThreat, _positive_int, lower_b
 
 PASSES_FOR = ("one_round", "recovery")
 
-ALL_WINDOWS_UP_TO = 1024
-"""Axes with at most this many patch positions try every window size; longer axes try, for each
-single-cover count ``ceil(P / w)``, the smallest window with it (so planning a 16k image stays fast)."""
+PAIRS_PER_CHUNK = 2**22
+"""``shape="any"`` prices the window pairs in chunks of about this many."""
+MAX_ANY_PAIRS = 2**24
+"""``shape="any"`` prices every ``(w_h, w_w)`` pair: at most this many (4,096 x 4,096 positions, about
+10 s on one core); larger images plan with ``shape="square"``."""
 
 
 def passes_per_image(num_masks: int, passes_for: str = "one_round") -> int:
@@ -36,13 +38,6 @@ def passes_per_image(num_masks: int, passes_for: str = "one_round") -> int:
         raise CertMaskError(f"passes_for must be one of {PASSES_FOR}, got {passes_for!r}")
     n = _positive_int("num_masks", num_masks)
     return n if passes_for == "one_round" else n + n * (n - 1) // 2
-
-
-def _windows(P: int) -> np.ndarray:
-    if P <= ALL_WINDOWS_UP_TO:
-        return np.arange(1, P + 1)
-    counts = np.arange(1, P + 1)
-    return np.unique(-(-P // counts))  # the smallest w with ceil(P / w) = n, for every n
 
 
 def _limit(name: str, value, kind=numbers.Real):
@@ -110,8 +105,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     """
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
-    k = _positive_int("k", k)
-    strategy = strategy or ("patchcleanser" if k == 1 else "replicated")
+    k = _positive_int("k", k, MAX_MASKS)
+    strategy = ("patchcleanser" if k == 1 else "replicated") if strategy is None else strategy
     if strategy not in STRATEGIES:
         raise CertMaskError(f"strategy must be patchcleanser, replicated or offset, got {strategy!r}")
     if strategy == "patchcleanser" and k != 1:
@@ -125,56 +120,84 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     if max_mask_fraction is not None and max_mask_fraction > 1:
         raise CertMaskError(f"max_mask_fraction is a share of the image in (0, 1], got {max_mask_fraction}")
 
-    if shape not in ("square", "any"):
-        raise CertMaskError(f"shape must be 'square' or 'any', got {shape!r}")
+    _check_shape(threat, shape)
 
     (H, W), (ph, pw) = threat.image_size, threat.patch_size
     P_h, P_w = threat.num_positions
-    if shape == "square":
-        w = _windows(max(P_h, P_w))
-        w_h, w_w = np.minimum(w, P_h), np.minimum(w, P_w)
-    else:
-        w_h, w_w = (v.ravel() for v in np.meshgrid(_windows(P_h), _windows(P_w), indexing="ij"))
-    counts = _minimum_of_classes([_axis_classes(P, w) for P, w in zip(threat.num_positions, (w_h, w_w))], k)
-    m_h, m_w = w_h + ph - 1, w_w + pw - 1
-    area = m_h * m_w
-    feasible = (counts > 0) & (counts <= MAX_MASKS) & (area < H * W)
-    if not feasible.any():
-        corner = threat.num_positions[0] * threat.num_positions[1]
-        raise CertMaskError(f"no mask size gives {k}-fold coverage with distinct masks for {threat} "
-                            f"(at most {corner} exist over a corner)")
-    ok = feasible.copy()
-    if max_mask_side is not None:
-        ok &= np.maximum(m_h, m_w) <= max_mask_side
-    if max_mask_fraction is not None:
-        ok &= area <= max_mask_fraction * H * W
-    if max_masks is not None:
-        ok &= counts <= max_masks
-    if max_passes is not None:
-        n = np.where(feasible, counts, 0)  # <= MAX_MASKS = 2**22: n (n - 1) / 2 fits int64
-        ok &= (n if passes_for == "one_round" else n + n * (n - 1) // 2) <= max_passes
-    if not ok.any():
-        cheapest = int(np.flatnonzero(feasible)[np.argmin(counts[feasible])])
+    fronts, cheapest, seen = [], None, {"covering": False, "affordable": False}
+    for w_h, w_w in _window_chunks(P_h, P_w, shape):
+        counts = _minimum_of_classes([_axis_classes(P_h, w_h), _axis_classes(P_w, w_w)], k)
+        m_h, m_w = w_h + ph - 1, w_w + pw - 1
+        area = m_h * m_w
+        seen["covering"] |= bool((counts > 0).any())
+        seen["affordable"] |= bool(((counts > 0) & (counts <= MAX_MASKS)).any())
+        feasible = (counts > 0) & (counts <= MAX_MASKS) & (area < H * W)
+        if feasible.any():
+            i = np.flatnonzero(feasible)[np.argmin(counts[feasible])]
+            if cheapest is None or counts[i] < cheapest[0]:
+                cheapest = (int(counts[i]), int(m_h[i]), int(m_w[i]))
+        ok = feasible
+        if max_mask_side is not None:
+            ok &= np.maximum(m_h, m_w) <= max_mask_side
+        if max_mask_fraction is not None:
+            ok &= area <= max_mask_fraction * H * W
+        if max_masks is not None:
+            ok &= counts <= max_masks
+        if max_passes is not None:
+            n = np.where(feasible, counts, 0)  # <= MAX_MASKS = 2**22: n (n - 1) / 2 fits int64
+            ok &= (n if passes_for == "one_round" else n + n * (n - 1) // 2) <= max_passes
+        fronts.append(_count_area_front(counts[ok], m_h[ok], m_w[ok]))
+    if cheapest is None:
+        why = (f"at most {P_h * P_w} distinct masks lie over the corner position" if not seen["covering"] else
+               f"it needs more than {MAX_MASKS} masks" if not seen["affordable"] else
+               "only masks hiding the whole image give it (every masked prediction would be the same)")
+        raise CertMaskError(f"no mask size gives {k}-fold coverage with distinct masks for {threat}: {why}")
+    counts, m_h, m_w = _count_area_front(*(np.concatenate(parts) for parts in zip(*fronts)))
+    if not len(counts):
         limits = {name: value for name, value in (("max_mask_side", max_mask_side),
                   ("max_mask_fraction", max_mask_fraction), ("max_masks", max_masks),
                   ("max_passes", max_passes)) if value is not None}
+        n, mh, mw = cheapest
         raise CertMaskError(
             f"no {k}-fold layout for {threat} satisfies {limits} (passes for {passes_for}); the fewest masks "
-            f"are {counts[cheapest]} of {m_h[cheapest]}x{m_w[cheapest]} "
-            f"({area[cheapest] / (H * W):.1%} of the image each)")
-    index = np.flatnonzero(ok)
-    index = index[np.lexsort((m_h[index], np.abs(m_h - m_w)[index], area[index], counts[index]))]
-    layouts, smallest = [], np.inf
-    for i in index:
-        if area[i] < smallest:
-            smallest = area[i]
-            n = int(counts[i])
-            layouts.append({"strategy": strategy, "k": k, "mask_size": [int(m_h[i]), int(m_w[i])],
-                            "num_masks": n, "exact_minimum": n,
-                            "lower_bound": lower_bound(threat, (int(m_h[i]), int(m_w[i])), k),
-                            "mask_fraction": round(float(area[i]) / (H * W), 6),
-                            "passes_one_round": n, "passes_recovery_worst": n + n * (n - 1) // 2})
-    return layouts
+            f"are {n} of {mh}x{mw} ({mh * mw / (H * W):.1%} of the image each)")
+    return [{"strategy": strategy, "k": k, "mask_size": [mh, mw], "num_masks": n, "exact_minimum": n,
+             "lower_bound": lower_bound(threat, (mh, mw), k), "mask_fraction": round(mh * mw / (H * W), 6),
+             "passes_one_round": n, "passes_recovery_worst": n + n * (n - 1) // 2}
+            for n, mh, mw in zip(counts.tolist(), m_h.tolist(), m_w.tolist())]
+
+
+def _check_shape(threat: PatchThreat, shape) -> None:
+    if shape not in ("square", "any"):
+        raise CertMaskError(f"shape must be 'square' or 'any', got {shape!r}")
+    if shape == "any" and threat.num_positions[0] * threat.num_positions[1] > MAX_ANY_PAIRS:
+        raise CertMaskError(f"shape='any' prices every (w_h, w_w) pair: {threat.num_positions[0]} x "
+                            f"{threat.num_positions[1]} positions give more than {MAX_ANY_PAIRS}; use "
+                            f"shape='square'")
+
+
+def _window_chunks(P_h: int, P_w: int, shape: str):
+    """Window pairs ``(w_h, w_w)`` to price: equal windows (clipped per axis) for ``square``, every
+    pair for ``any``, in chunks of about ``PAIRS_PER_CHUNK``."""
+    if shape == "square":
+        w = np.arange(1, max(P_h, P_w) + 1)
+        yield np.minimum(w, P_h), np.minimum(w, P_w)
+        return
+    rows = max(1, PAIRS_PER_CHUNK // P_w)
+    for start in range(1, P_h + 1, rows):
+        w_h, w_w = np.meshgrid(np.arange(start, min(start + rows, P_h + 1)), np.arange(1, P_w + 1),
+                               indexing="ij")
+        yield w_h.ravel(), w_w.ravel()
+
+
+def _count_area_front(counts, m_h, m_w):
+    """The layouts no other beats on both count and mask area, by ascending count (ties: the squarer,
+    then the shorter mask)."""
+    order = np.lexsort((m_h, np.abs(m_h - m_w), m_h * m_w, counts))
+    counts, m_h, m_w = counts[order], m_h[order], m_w[order]
+    area = m_h * m_w
+    keep = area < np.minimum.accumulate(np.concatenate([[np.inf], area[:-1]]))
+    return counts[keep], m_h[keep], m_w[keep]
 
 
 def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategies=STRATEGIES,
@@ -192,20 +215,39 @@ def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategie
     >>> sorted({(d["strategy"], d["k"]) for d in found})
     [('offset', 2), ('patchcleanser', 1), ('replicated', 2)]
     """
+    if not isinstance(threat, PatchThreat):
+        raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
     budget = _positive_int("budget", budget)
+    ks, strategies = _distinct_list("ks", ks), _distinct_list("strategies", strategies)
+    ks = [_positive_int("ks[]", k, MAX_MASKS) for k in ks]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies or not ks:
+        raise CertMaskError(f"strategies must be some of {STRATEGIES} and ks at least one k, got "
+                            f"strategies {strategies} and ks {ks}")
+    pairs = [(k, s) for k in ks for s in strategies if (s == "patchcleanser") == (k == 1)]
+    if not pairs:
+        raise CertMaskError(f"nothing to try: patchcleanser serves k = 1 and replicated/offset k >= 2, "
+                            f"got ks {ks} and strategies {strategies}")
+    _check_shape(threat, shape)
     found = []
-    for k in ks:
-        for strategy in strategies:
-            if (strategy == "patchcleanser") != (k == 1):
-                continue
-            try:
-                found += plan_layouts(threat, k, strategy, max_passes=budget, shape=shape)
-            except CertMaskError:
-                continue  # nothing this k can afford
+    for k, strategy in pairs:  # every argument is checked: an error here is a k the budget cannot afford
+        try:
+            found += plan_layouts(threat, k, strategy, max_passes=budget, shape=shape)
+        except CertMaskError:
+            continue
     if not found:
         raise CertMaskError(f"no layout for {threat} with k in {tuple(ks)} and strategies "
                             f"{tuple(strategies)} fits {budget} passes per image")
     return found
+
+
+def _distinct_list(name: str, values) -> list:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise CertMaskError(f"{name} must be a list, got {values!r}")
+    values = list(values)
+    if len({repr(v) for v in values}) != len(values):
+        raise CertMaskError(f"{name} lists a value twice: {values}")
+    return values
 
 
 def pareto_front(passes, accuracy) -> np.ndarray:
@@ -217,7 +259,14 @@ def pareto_front(passes, accuracy) -> np.ndarray:
     >>> pareto_front([10, 20, 30, 20], [0.5, 0.7, 0.6, 0.7]).tolist()
     [0, 1]
     """
-    passes, accuracy = np.asarray(passes, dtype=float), np.asarray(accuracy, dtype=float)
+    try:
+        passes, accuracy = np.asarray(passes, dtype=float), np.asarray(accuracy, dtype=float)
+    except (TypeError, ValueError):
+        raise CertMaskError(f"passes and accuracy must be numbers, got {passes!r} and {accuracy!r}") from None
+    if passes.ndim != 1 or passes.shape != accuracy.shape or not np.isfinite(passes).all() \
+            or not np.isfinite(accuracy).all():
+        raise CertMaskError(f"passes and accuracy must be finite 1-D arrays of one length, got shapes "
+                            f"{passes.shape} and {accuracy.shape}")
     order = np.lexsort((np.arange(len(passes)), -accuracy, passes))
     front, best = [], -np.inf
     for i in order:

@@ -5,9 +5,10 @@ The offset set is built from the same shift classes as replicated tiling (T4): c
 the single cover whose windows start at ``-o + i w`` on each axis. Each copy covers every position
 once, so any ``k`` distinct copies cover it ``k`` times; copies with different shifts share no
 window (T4), so masks never repeat. Offset takes every copy cheaper than the ``k``-th cheapest and
-chooses the rest among the equally cheap ones by farthest-point selection (greatest least cyclic
-distance ``sum_axis min(|o - o'|, w - |o - o'|) / w``), so its grids interleave as the paper's stride
-``w / k`` grids do. Its count is the sum of the ``k`` smallest copy counts, the exact minimum (T16).
+chooses the rest among the equally cheap ones as an evenly spread lattice (a diagonal of stride
+``w / k`` when every shift is equally cheap, the paper's interleaving), keeping replicated's choice
+where that is spread further (least cyclic distance ``sum_axis min(|o - o'|, w - |o - o'|) / w``).
+Its count is the sum of the ``k`` smallest copy counts, the exact minimum (T16).
 
 Where it cannot interleave: only shifts ``o <= ceil(P / w) w - P`` (the slack) keep a copy at the
 cheapest count, so whenever the slack is smaller than ``w / k`` the minimum forces copies closer than
@@ -16,11 +17,10 @@ the paper's stride ``w / k`` (the stride grid of the first release, ``floor(w / 
 """
 import itertools
 
-import numpy as np
 import sympy as sp
 
 from certmask_core import CertMaskError, coverage_counts, exact_minimum, make_maskset
-from certmask_core.constructions import _shift_classes
+from certmask_core.constructions import _shift_classes, least_shift_distance
 
 from .common import small_threats
 
@@ -40,15 +40,6 @@ def symbolic() -> None:
         assert -(-(P_value + slack + 1) // w_value) == q_value + 1
 
 
-def _least_distance(shifts, period) -> float:
-    pts = np.array(shifts, dtype=float)
-    if len(pts) < 2:
-        return np.inf
-    gap = np.abs(pts[:, None, :] - pts[None, :, :]) / np.asarray(period, dtype=float)
-    dist = np.minimum(gap, 1 - gap).sum(-1)
-    return float(dist[~np.eye(len(pts), dtype=bool)].min())
-
-
 def exhaustive(limit: int = 14) -> int:
     checked = 0
     for t in small_threats(limit):
@@ -62,8 +53,8 @@ def exhaustive(limit: int = 14) -> int:
             assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
             assert len(ms) == exact_minimum(t, ms.spec.mask_size, k), (t, n_axis, k)
             w = tuple(min(m - p + 1, P) for m, p, P in zip(ms.spec.mask_size, t.patch_size, t.num_positions))
-            spread = _least_distance(_shift_classes(t, w, k, "offset"), w)
-            packed = _least_distance(_shift_classes(t, w, k, "replicated"), w)
+            spread = least_shift_distance(_shift_classes(t, w, k, "offset"), w)
+            packed = least_shift_distance(_shift_classes(t, w, k, "replicated"), w)
             assert spread >= packed - 1e-12, (t, n_axis, k, spread, packed)
             checked += 1
     return checked

@@ -249,8 +249,8 @@ def test_tune_equals_certifying_each_candidate_alone():
                    check_images=images[:4], check_labels=labels[:4])
     assert results["unique_masks"] < results["candidate_masks"]
     assert backend.masked_calls == len(images) * results["unique_masks"] + sum(
-        4 * c["num_masks"] for mode, check in results["check"].items()
-        for c in [results["candidates"][check["candidate"]]])
+        4 * results["candidates"][c["candidate"]]["num_masks"] for roles in results["check"].values()
+        for c in roles.values())
     assert results["pairs_evaluated"] <= results["pairs_asked"]
     threat = PatchThreat(12, 2)
     for c in results["candidates"]:
@@ -272,7 +272,9 @@ def test_tune_equals_certifying_each_candidate_alone():
         best = max(a for _, a in everyone)
         chosen = results["candidates"][results["recommended"][mode]]["modes"][mode]
         assert chosen["certified_accuracy"] >= best - np.sqrt(best * (1 - best) / len(images)) - 1e-12
-        assert results["check"][mode]["images"] == 4
+        assert results["candidates"][results["most_accurate"][mode]]["modes"][mode]["certified_accuracy"] == best
+        assert {role: c["images"] for role, c in results["check"][mode].items()} == {
+            "recommended": 4, "most_accurate": 4}
 
 
 def test_tune_refuses_the_unsound_mode_and_bad_data():
@@ -280,7 +282,7 @@ def test_tune_refuses_the_unsound_mode_and_bad_data():
     images = np.zeros((2, 1, 8, 8), np.float32)
     with pytest.raises(CertMaskError, match="sound modes"):
         tune(LinearBackend(images.shape[1:]), None, images, np.zeros(2, int), (2, 2), 20, modes=["paper"])
-    with pytest.raises(CertMaskError, match=r"N = len\(labels\), got \(2, 1, 8, 8\) and 3 labels"):
+    with pytest.raises(CertMaskError, match=r"N labels, got shapes \(2, 1, 8, 8\) and \(3,\)"):
         tune(LinearBackend(images.shape[1:]), None, images, np.zeros(3, int), (2, 2), 20)
     with pytest.raises(CertMaskError, match="fits 1 passes per image"):
         tune_candidates(PatchThreat(8, 2), 1)
@@ -318,6 +320,86 @@ def test_tune_cli_writes_json_table_and_plot(tmp_path):
     saved = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert set(saved["recommended"]) == {"detection", "plurality", "recovery"}
     assert saved["tuning_images"] == [0, 12] and saved["check_images"] == [12, 18]
-    assert all(saved["check"][mode]["images"] == 6 for mode in saved["recommended"])
+    assert all(saved["check"][mode]["recommended"]["images"] == 6 for mode in saved["recommended"])
     assert (tmp_path / "t" / "tune_front.png").stat().st_size > 0
     assert "Pareto front, detection" in (tmp_path / "t" / "tune.md").read_text()
+
+
+def test_review_windows_wider_than_1024_reach_the_exact_minimum_quickly():
+    """Review of issue 15: shifts were capped at 1,024 per axis (3,952 masks where 3,000 suffice, a
+    refused k that exists) and offset's farthest-point choice took O(k x ties) (24 s at k = 400)."""
+    t = PatchThreat(2000, 1)
+    for strategy in ("replicated", "offset"):
+        ms = make_maskset(t, 1500, strategy, mask_size=(1999, 2000))
+        assert len(ms) == exact_minimum(t, (1999, 2000), 1500) == 3000
+    tall = PatchThreat((2000, 1), 1)
+    assert len(make_maskset(tall, 1025, "replicated", mask_size=(2000, 1))) == exact_minimum(tall, (2000, 1), 1025)
+    assert len(make_maskset(PatchThreat(1024, 1), 400, "offset", mask_size=1023)) == 1600
+
+
+def test_review_planner_tries_every_window_on_long_axes():
+    assert plan_layouts(PatchThreat(2000, 1), 2, max_masks=8)[-1]["mask_size"] == [1001, 1001]
+    assert plan_layouts(PatchThreat((1100, 600), 1), 1, max_masks=2, shape="any")[-1]["num_masks"] == 2
+    with pytest.raises(CertMaskError, match=r"shape='any' prices every \(w_h, w_w\) pair: 8192 x 8192"):
+        plan_layouts(PatchThreat(8192, 1), 1, shape="any")
+    with pytest.raises(CertMaskError, match="only masks hiding the whole image give it"):
+        plan_layouts(PatchThreat(1, 1))
+    with pytest.raises(CertMaskError, match="at most 16 distinct masks lie over the corner position"):
+        plan_layouts(PatchThreat(4, 1), 17)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: exact_minimum(PatchThreat(28, 3), 7, 2**63), None),
+    (lambda: plan_layouts(PatchThreat(28, 3), 2**63), r"k must be <= 4194304"),
+    (lambda: make_maskset(PatchThreat(28, 3), 2**63, "offset", mask_size=7), r"only 25 = min"),
+    (lambda: plan_layouts(PatchThreat(28, 3), 2, strategy=0), r"strategy must be"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, ks=[0, 2]), r"ks\[\] must be >= 1, got 0"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, ks=[2, 2]), r"ks lists a value twice: \[2, 2\]"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, strategies="offset"), r"strategies must be a list"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, strategies=["bogus"]), r"got strategies \['bogus'\]"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, ks=[1], strategies=["offset"]), r"nothing to try"),
+    (lambda: tune_candidates(PatchThreat(28, 3), 50, shape="bogus"), r"shape must be 'square' or 'any'"),
+    (lambda: tune_candidates(None, 50), r"threat must be a PatchThreat, got NoneType"),
+    (lambda: pareto_front([1, 2], [0.5]), r"shapes \(2,\) and \(1,\)"),
+    (lambda: pareto_front([float("nan"), 2], [0.9, 0.5]), r"finite 1-D arrays"),
+    (lambda: pareto_front(None, None), r"finite 1-D arrays"),
+])
+def test_review_hostile_arguments_get_named_errors(call, message):
+    if message is None:
+        assert call() is None
+        return
+    with pytest.raises(CertMaskError, match=message):
+        call()
+
+
+class _ShortBackend(LinearBackend):
+    def masked_predictions(self, model, images, maskset, return_logits=False):
+        return super().masked_predictions(model, images, maskset, return_logits)[:, 1:]
+
+
+def test_review_tune_refuses_hostile_backends_and_data():
+    from certmask_core.run.tune import tune
+    images = np.zeros((3, 1, 8, 8), np.float32)
+    labels = np.zeros(3, int)
+    backend = LinearBackend(images.shape[1:])
+    cases = [
+        (lambda: tune(_ShortBackend(images.shape[1:]), None, images, labels, (2, 2), 20, ks=(1,)),
+         r"masked_predictions returned shape \(3, \d+, 3\), not logits \(3, \d+, K\)"),
+        (lambda: tune(backend, None, images, None, (2, 2), 20), r"non-empty \(N, C, H, W\) array with N labels"),
+        (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images), "go together"),
+        (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images[:0],
+                      check_labels=labels[:0]), r"check_images must be a non-empty"),
+        (lambda: tune(backend, None, images, labels, (2, 2), 20, modes=None), r"modes must be a list"),
+    ]
+    for call, message in cases:
+        with pytest.raises(CertMaskError, match=message):
+            call()
+
+
+def test_review_tune_cli_checks_its_output_folder_first(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    out = _cli("tune", "--patch", "3", "3", "--out", str(target))
+    assert out.returncode == 2 and "is a file, not a folder" in out.stderr and target.read_text() == "keep"
+    huge = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--k", str(2**63))
+    assert huge.returncode == 2 and "k must be <= 4194304" in huge.stderr

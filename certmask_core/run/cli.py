@@ -333,10 +333,11 @@ def cmd_attack(args) -> int:
 
 def cmd_tune(args) -> int:
     from .experiment import load_data
-    from .tune import tune, tune_table, write_tune
+    from .tune import check_tune_out, tune, tune_table, write_tune
     if args.tune_images < 1 or args.check_images < 0:
         raise CertMaskError(f"--tune-images must be >= 1 and --check-images >= 0, got {args.tune_images} and "
                             f"{args.check_images}")
+    check_tune_out(args.out)
     backend = _backend(args)
     limit = args.tune_images + args.check_images if args.limit is None else args.limit
     data = load_data(args.data, args.data_root, limit, image_size=_image_size(args))
@@ -345,6 +346,9 @@ def cmd_tune(args) -> int:
                             f"--tune-images {args.tune_images}")
     model = _load_checked_model(backend, args, data.images)
     n, m = args.tune_images, args.check_images
+    if len(data.images) < n + m:
+        print(f"note: {args.data!r} holds {len(data.images)} images: tuning on {min(n, len(data.images))}, "
+              f"checking on {max(len(data.images) - n, 0)}", file=sys.stderr)
     results = tune(backend, model, data.images[:n], data.labels[:n], tuple(args.patch), args.budget,
                    ks=args.k, strategies=args.strategy, modes=args.mode, shape=args.shape,
                    margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None

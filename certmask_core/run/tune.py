@@ -19,7 +19,7 @@ from ..certification import DEFAULT_MARGIN_TOLERANCE, SOUND, certify
 from ..constructions import make_maskset, union_maskset
 from ..errors import CertMaskError
 from ..geometry import PatchThreat
-from ..planning import pareto_front, tune_candidates
+from ..planning import _distinct_list, pareto_front, tune_candidates
 from ..sizes import PairCache
 from .experiment import write_atomically
 from .progress import progress_bar
@@ -46,13 +46,16 @@ def _pairs_through(cache: PairCache, columns: np.ndarray, asked: list):
     return predict
 
 
-def _recommend(points: list[dict], images: int) -> int:
+def _recommend(points: list[dict], images: int) -> tuple[int, int]:
     """The cheapest point within one standard error of the best certified accuracy (the one-standard-
-    error rule: differences smaller than the slice's sampling noise do not buy passes)."""
+    error rule: differences smaller than the slice's sampling noise do not buy passes), and the most
+    accurate point (the cheapest of those)."""
+    def cheapest(ids):
+        return min(ids, key=lambda i: (points[i]["passes"], -points[i]["certified_accuracy"]))
     best = max(p["certified_accuracy"] for p in points)
     margin = math.sqrt(max(best * (1 - best), 0.0) / max(images, 1))
-    fits = [i for i, p in enumerate(points) if p["certified_accuracy"] >= best - margin]
-    return min(fits, key=lambda i: (points[i]["passes"], -points[i]["certified_accuracy"]))
+    return (cheapest([i for i, p in enumerate(points) if p["certified_accuracy"] >= best - margin]),
+            cheapest([i for i, p in enumerate(points) if p["certified_accuracy"] == best]))
 
 
 def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: int, *, ks=(1, 2, 3, 4),
@@ -83,20 +86,23 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
     Returns
     -------
     dict
-        JSON-ready: ``candidates`` (layout, per-mode certified and clean accuracy, passes), ``fronts``
-        and ``recommended`` (candidate indices per mode), ``check`` (per mode, the recommendation's
-        certified accuracy on the check images), and the reuse figures ``unique_masks`` against
+        JSON-ready: ``candidates`` (layout, per-mode certified and clean accuracy, passes), ``fronts``,
+        ``recommended`` and ``most_accurate`` (candidate indices per mode), ``check`` (per mode, both
+        settings' certified accuracy on the check images), and the reuse figures ``unique_masks`` against
         ``candidate_masks`` and ``pairs_evaluated`` against ``pairs_asked``.
     """
-    modes = tuple(modes)
-    bad = [m for m in modes if m not in SOUND_MODES]
-    if bad or not modes:
-        raise CertMaskError(f"tune certifies the sound modes {SOUND_MODES}, got {list(modes)}")
-    images = np.asarray(images)
-    if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
-        raise CertMaskError(f"images must be a non-empty (N, C, H, W) array with N = len(labels), got "
-                            f"{images.shape} and {len(labels)} labels")
+    modes = _distinct_list("modes", modes)
+    if not modes or any(m not in SOUND_MODES for m in modes):
+        raise CertMaskError(f"tune certifies the sound modes {SOUND_MODES}, got {modes}")
+    images, labels = _checked_data(images, labels, "images")
     threat = PatchThreat(images.shape[2:], patch)
+    if (check_images is None) != (check_labels is None):
+        raise CertMaskError("check_images and check_labels go together")
+    if check_images is not None:
+        check_images, check_labels = _checked_data(check_images, check_labels, "check_images")
+        if check_images.shape[1:] != images.shape[1:]:
+            raise CertMaskError(f"check_images {check_images.shape} do not match the tuning images "
+                                f"{images.shape}")
     layouts = tune_candidates(threat, budget, ks, strategies, shape)
     sets = [make_maskset(threat, d["k"], d["strategy"], mask_size=tuple(d["mask_size"])) for d in layouts]
     union = union_maskset(sets)
@@ -109,6 +115,10 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
                                                      return_logits=True))
             bar.update(len(chunks[-1]) * len(union))
     logits = np.concatenate(chunks)
+    if logits.ndim != 3 or logits.shape[:2] != (len(images), len(union)):
+        raise CertMaskError(f"the backend's masked_predictions returned shape {logits.shape}, not logits "
+                            f"({len(images)}, {len(union)}, K) for {len(images)} images and {len(union)} "
+                            f"masks")
     cache = PairCache(backend.pair_predictor(model, images, union, return_logits=True), len(images))
     candidates, asked = [], [0]
     with progress_bar(len(sets) * len(modes), "tune: certify (candidate x mode)", show_progress) as bar:
@@ -130,7 +140,7 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
                     "certificate_passes_per_image": s["certificate_passes_per_image"],
                     "passes": layout["passes_recovery_worst"] if recovery else layout["num_masks"]}
             candidates.append(entry)
-    fronts, recommended = {}, {}
+    fronts, recommended, most_accurate = {}, {}, {}
     for mode in modes:
         ids = [i for i, c in enumerate(candidates) if mode in c["modes"]]
         if not ids:
@@ -138,38 +148,49 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
         points = [candidates[i]["modes"][mode] for i in ids]
         front = pareto_front([p["passes"] for p in points], [p["certified_accuracy"] for p in points])
         fronts[mode] = [ids[i] for i in front]
-        recommended[mode] = ids[_recommend(points, len(images))]
+        chosen, best = _recommend(points, len(images))
+        recommended[mode], most_accurate[mode] = ids[chosen], ids[best]
     results = {"image_size": list(threat.image_size), "patch": list(threat.patch_size), "budget": budget,
                "ks": list(ks), "strategies": list(strategies), "shape": shape, "modes": list(modes),
                "images": len(images), "margin_tolerance": margin_tolerance, "candidates": candidates,
-               "fronts": fronts, "recommended": recommended,
+               "fronts": fronts, "recommended": recommended, "most_accurate": most_accurate,
                "unique_masks": len(union), "candidate_masks": int(sum(len(ms) for ms in sets)),
                "pairs_asked": asked[0], "pairs_evaluated": int(cache.evaluated.sum())}
     if check_images is not None:
-        results["check"] = _check(backend, model, check_images, check_labels, threat, candidates, recommended,
+        results["check"] = _check(backend, model, check_images, check_labels, threat, candidates,
+                                  {mode: (recommended[mode], most_accurate[mode]) for mode in recommended},
                                   margin_tolerance)
     return results
 
 
-def _check(backend, model, images, labels, threat, candidates, recommended, margin_tolerance) -> dict:
-    """Each recommended setting certified on images it was not tuned on."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[2:] != tuple(threat.image_size) or len(images) != len(labels):
-        raise CertMaskError(f"check images must be (N, C, {threat.image_size[0]}, {threat.image_size[1]}) "
-                            f"with N = len(labels), got {images.shape} and {len(labels)} labels")
+def _checked_data(images, labels, name: str):
+    try:
+        images, labels = np.asarray(images), np.asarray(labels)
+    except (TypeError, ValueError) as err:
+        raise CertMaskError(f"{name} and their labels must be arrays: {err}") from None
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
+        raise CertMaskError(f"{name} must be a non-empty (N, C, H, W) array with N labels, got shapes "
+                            f"{images.shape} and {labels.shape}")
+    return images, labels
+
+
+def _check(backend, model, images, labels, threat, candidates, chosen, margin_tolerance) -> dict:
+    """Per mode, the recommended and the most accurate setting certified on images not tuned on."""
     out = {}
-    for mode, i in recommended.items():
-        c = candidates[i]
-        ms = make_maskset(threat, c["k"], c["strategy"], mask_size=tuple(c["mask_size"]))
-        report = certify(backend.masked_predictions(model, images, ms, return_logits=True), labels, ms, mode,
-                         k=c["k"], margin_tolerance=margin_tolerance,
-                         pair_predictor=(backend.pair_predictor(model, images, ms, return_logits=True)
-                                         if mode == "recovery" else None))
-        s = report.summary()
-        out[mode] = {"candidate": i, "images": len(images), "certified_accuracy": s["certified_accuracy"],
-                     "clean_accuracy": s["clean_accuracy"],
-                     "tuned_certified_accuracy": c["modes"][mode]["certified_accuracy"],
-                     "certificate_passes_per_image": s["certificate_passes_per_image"]}
+    for mode, pair in chosen.items():
+        out[mode] = {}
+        for role, i in zip(("recommended", "most_accurate"), pair):
+            c = candidates[i]
+            ms = make_maskset(threat, c["k"], c["strategy"], mask_size=tuple(c["mask_size"]))
+            report = certify(backend.masked_predictions(model, images, ms, return_logits=True), labels, ms,
+                             mode, k=c["k"], margin_tolerance=margin_tolerance,
+                             pair_predictor=(backend.pair_predictor(model, images, ms, return_logits=True)
+                                             if mode == "recovery" else None))
+            s = report.summary()
+            out[mode][role] = {"candidate": i, "images": len(images), "clean_accuracy": s["clean_accuracy"],
+                               "certified_accuracy": s["certified_accuracy"],
+                               "tuned_certified_accuracy": c["modes"][mode]["certified_accuracy"],
+                               "certificate_passes_per_image": s["certificate_passes_per_image"]}
     return out
 
 
@@ -203,21 +224,32 @@ def tune_table(results: dict) -> str:
                          f"{m['clean_accuracy']:.4f} | recommended |")
         lines.append("")
     if "check" in results:
-        lines += ["Recommended settings on images not used for tuning", "",
-                  "| mode | setting | tuned certified | held-out certified | held-out images |",
-                  "|---|---|---|---|---|"]
-        for mode, c in results["check"].items():
-            lines.append(f"| {mode} | {_name(results['candidates'][c['candidate']])} | "
-                         f"{c['tuned_certified_accuracy']:.4f} | {c['certified_accuracy']:.4f} | "
-                         f"{c['images']} |")
+        lines += ["Recommended (cheapest within one standard error) and most accurate settings on images not "
+                  "used for tuning", "",
+                  "| mode | setting | passes/img | tuned certified | held-out certified | held-out images |",
+                  "|---|---|---|---|---|---|"]
+        for mode, roles in results["check"].items():
+            for role, c in roles.items():
+                candidate = results["candidates"][c["candidate"]]
+                lines.append(f"| {mode} ({role.replace('_', ' ')}) | {_name(candidate)} | "
+                             f"{candidate['modes'][mode]['passes']} | {c['tuned_certified_accuracy']:.4f} | "
+                             f"{c['certified_accuracy']:.4f} | {c['images']} |")
     return "\n".join(lines) + "\n"
+
+
+def check_tune_out(out_dir) -> Path:
+    """The output folder, refused when it is a file or a non-empty folder no tune run wrote."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CertMaskError(f"--out {str(out)!r} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "tune.json").exists():
+        raise CertMaskError(f"{str(out)!r} exists and holds no tune.json; not overwriting it")
+    return out
 
 
 def write_tune(results: dict, out_dir, plots: bool = True) -> Path:
     """``tune.json``, ``tune.md`` and ``tune_front.png`` in ``out_dir`` (refuses a foreign folder)."""
-    out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not (out / "tune.json").exists():
-        raise CertMaskError(f"{str(out)!r} exists and holds no tune.json; not overwriting it")
+    out = check_tune_out(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
