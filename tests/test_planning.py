@@ -272,7 +272,8 @@ def test_tune_equals_certifying_each_candidate_alone():
         best = max(a for _, a in everyone)
         chosen = results["candidates"][results["recommended"][mode]]["modes"][mode]
         assert chosen["certified_accuracy"] >= best - np.sqrt(best * (1 - best) / len(images)) - 1e-12
-        assert results["candidates"][results["most_accurate"][mode]]["modes"][mode]["certified_accuracy"] == best
+        most = results["candidates"][results["most_accurate"][mode]]["modes"][mode]
+        assert most["certified_accuracy"] == best
         assert {role: c["images"] for role, c in results["check"][mode].items()} == {
             "recommended": 4, "most_accurate": 4}
 
@@ -333,7 +334,8 @@ def test_review_windows_wider_than_1024_reach_the_exact_minimum_quickly():
         ms = make_maskset(t, 1500, strategy, mask_size=(1999, 2000))
         assert len(ms) == exact_minimum(t, (1999, 2000), 1500) == 3000
     tall = PatchThreat((2000, 1), 1)
-    assert len(make_maskset(tall, 1025, "replicated", mask_size=(2000, 1))) == exact_minimum(tall, (2000, 1), 1025)
+    built = make_maskset(tall, 1025, "replicated", mask_size=(2000, 1))
+    assert len(built) == exact_minimum(tall, (2000, 1), 1025) == 2049
     assert len(make_maskset(PatchThreat(1024, 1), 400, "offset", mask_size=1023)) == 1600
 
 
@@ -385,7 +387,8 @@ def test_review_tune_refuses_hostile_backends_and_data():
     cases = [
         (lambda: tune(_ShortBackend(images.shape[1:]), None, images, labels, (2, 2), 20, ks=(1,)),
          r"masked_predictions returned shape \(3, \d+, 3\), not logits \(3, \d+, K\)"),
-        (lambda: tune(backend, None, images, None, (2, 2), 20), r"non-empty \(N, C, H, W\) array with N labels"),
+        (lambda: tune(backend, None, images, None, (2, 2), 20),
+         r"non-empty \(N, C, H, W\) array with N labels"),
         (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images), "go together"),
         (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images[:0],
                       check_labels=labels[:0]), r"check_images must be a non-empty"),
