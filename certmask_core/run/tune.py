@@ -151,7 +151,8 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
         chosen, best = _recommend(points, len(images))
         recommended[mode], most_accurate[mode] = ids[chosen], ids[best]
     results = {"image_size": list(threat.image_size), "patch": list(threat.patch_size), "budget": budget,
-               "ks": list(ks), "strategies": list(strategies), "shape": shape, "modes": list(modes),
+               "ks": [int(k) for k in ks], "strategies": list(strategies), "shape": shape,
+               "modes": list(modes),
                "images": len(images), "margin_tolerance": margin_tolerance, "candidates": candidates,
                "fronts": fronts, "recommended": recommended, "most_accurate": most_accurate,
                "unique_masks": len(union), "candidate_masks": int(sum(len(ms) for ms in sets)),
