@@ -6,7 +6,7 @@ import time
 MODULES = ["t1_covering", "t2_lower_bound", "t3_patchcleanser", "t4_replicated", "t5_offset",
            "t6_detection", "t7_covering_consensus", "t8_recovery", "t9_paper_counterexample", "t10_no_vote",
            "t11_hitting_set", "t12_plurality", "t13_covering_consensus", "t14_patch_sizes", "t15_multi_patch",
-           "t16_exact_minimum"]
+           "t16_exact_minimum", "t17_d_dimensional"]
 
 
 def main() -> int:

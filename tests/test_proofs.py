@@ -1,4 +1,4 @@
-"""Every theorem module in proofs/ runs its symbolic and exhaustive check (T1-T16)."""
+"""Every theorem module in proofs/ runs its symbolic and exhaustive check (T1-T17)."""
 import importlib
 import subprocess
 import sys
@@ -79,3 +79,9 @@ def test_certify_sizes_promises_one_deployment():
     from proofs.t14_patch_sizes import closure_examples
     examples = closure_examples()
     assert set(examples) == {"plurality", "covering_consensus"}
+
+
+def test_d_dimensional_closed_form_equals_integer_programming():
+    pytest.importorskip("scipy")
+    from proofs.t17_d_dimensional import milp_agreement
+    assert milp_agreement() > 300
