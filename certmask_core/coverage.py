@@ -2,7 +2,9 @@
 
 :func:`coverage_counts` is the fast path (numba, 2-D difference array, ``O(n + H W)``);
 :func:`coverage_counts_bruteforce` is its obviously correct twin (the definition, ``O(n H W)``) and
-the oracle of the tests.
+the oracle of the tests. :func:`box_coverage_counts` (with its twin
+:func:`box_coverage_counts_bruteforce`) is the same difference array in any number of axes, the kernel
+for d-dimensional inputs (issue 14; the 2-D path keeps its fused kernel, 2.4x faster at 4096x4096).
 """
 from __future__ import annotations
 
@@ -64,6 +66,100 @@ def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
             row += diff[a, b]
             out[a, b] = row + (out[a - 1, b] if a > 0 else 0)
     return out
+
+
+@numba.njit
+def _box_difference_counts(lows, highs, extent):  # pragma: no cover - compiled
+    """Counts of ``d``-dimensional inclusive boxes on a grid of ``extent`` positions per axis, as a
+    flat ``prod (extent + 1)`` array (the last row of every axis is scratch): +-1 at the ``2^d``
+    corners of each box (clipped to the grid first), then a prefix sum along every axis."""
+    d = extent.shape[0]
+    dims = extent + 1
+    strides = np.ones(d, np.int64)
+    for i in range(d - 2, -1, -1):
+        strides[i] = strides[i + 1] * dims[i + 1]
+    total = strides[0] * dims[0]
+    diff = np.zeros(total, np.int64)
+    lo = np.empty(d, np.int64)
+    hi = np.empty(d, np.int64)
+    for b in range(lows.shape[0]):
+        empty = False
+        for i in range(d):
+            lo[i] = max(lows[b, i], 0)
+            hi[i] = min(highs[b, i], extent[i] - 1)
+            empty = empty or lo[i] > hi[i]
+        if empty:
+            continue
+        for corner in range(1 << d):
+            index, sign = 0, 1
+            for i in range(d):
+                if (corner >> i) & 1:
+                    index += (hi[i] + 1) * strides[i]
+                    sign = -sign
+                else:
+                    index += lo[i] * strides[i]
+            diff[index] += sign
+    for i in range(d):  # prefix sum along axis i: blocks of dims[i] rows of strides[i] entries
+        block = strides[i] * dims[i]
+        for start in range(0, total, block):
+            for row in range(start + strides[i], start + block, strides[i]):
+                for index in range(row, row + strides[i]):
+                    diff[index] += diff[index - strides[i]]
+    return diff
+
+
+def box_coverage_counts(lows, highs, positions) -> np.ndarray:
+    """How many inclusive boxes ``[lows[j], highs[j]]`` hold each point of a ``d``-dimensional grid.
+
+    The d-dimensional kernel behind coverage in any number of axes (issue 14): a mask's covered
+    patch positions form such a box (T1 per axis). ``O(n 2^d + d prod P)``; empty boxes count nowhere
+    and boxes are clipped to the grid.
+
+    Parameters
+    ----------
+    lows, highs : array_like of int, shape (n, d)
+    positions : sequence of d ints >= 1
+        Grid extent per axis.
+
+    Returns
+    -------
+    ndarray of int64, shape ``positions``
+
+    Examples
+    --------
+    >>> box_coverage_counts([[0, 1, 0]], [[1, 2, 0]], (2, 3, 2))[:, :, 0].tolist()
+    [[0, 1, 1], [0, 1, 1]]
+    """
+    extent = np.array([int(p) for p in positions], dtype=np.int64)
+    if extent.ndim != 1 or not 1 <= len(extent) <= 8 or (extent < 1).any():
+        raise CertMaskError(f"positions must be 1 to 8 axes of >= 1 positions, got {tuple(positions)}")
+    if int(np.prod(extent + 1, dtype=object)) > MAX_DENSE_POSITIONS:
+        raise CertMaskError(f"a {tuple(extent.tolist())} count grid exceeds {MAX_DENSE_POSITIONS} entries")
+    lows, highs = np.asarray(lows), np.asarray(highs)
+    if any(a.size and a.dtype.kind not in "iu" for a in (lows, highs)):
+        raise CertMaskError(f"lows and highs must hold integers, got {lows.dtype} and {highs.dtype}")
+    try:
+        lows, highs = (np.ascontiguousarray(a, dtype=np.int64).reshape(-1, len(extent))
+                       for a in (lows, highs))
+    except ValueError:
+        raise CertMaskError(f"lows {lows.shape} and highs {highs.shape} must be (n, {len(extent)})") from None
+    if lows.shape != highs.shape:
+        raise CertMaskError(f"lows {lows.shape} and highs {highs.shape} differ in shape")
+    flat = _box_difference_counts(lows, highs, extent)
+    return flat.reshape(tuple(extent + 1))[tuple(slice(0, p) for p in extent.tolist())].copy()
+
+
+def box_coverage_counts_bruteforce(lows, highs, positions) -> np.ndarray:
+    """Reference twin of :func:`box_coverage_counts`: every box tested at every point."""
+    grids = np.meshgrid(*(np.arange(p) for p in positions), indexing="ij")
+    counts = np.zeros(tuple(positions), dtype=np.int64)
+    d = len(positions)
+    for low, high in zip(np.asarray(lows).reshape(-1, d), np.asarray(highs).reshape(-1, d)):
+        inside = np.ones(tuple(positions), dtype=bool)
+        for axis, grid in enumerate(grids):
+            inside &= (low[axis] <= grid) & (grid <= high[axis])
+        counts += inside
+    return counts
 
 
 def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:

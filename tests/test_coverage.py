@@ -75,3 +75,42 @@ def test_verifier_errors_name_values():
         coverage_counts(ms, PatchThreat(9, 1))
     with pytest.raises(CertMaskError, match="k must be an integer >= 1, got 0"):
         is_k_covered(ms, 1, 0)
+
+
+@given(st.integers(1, 3).flatmap(lambda d: st.tuples(
+    st.lists(st.integers(1, 6), min_size=d, max_size=d),
+    st.lists(st.tuples(st.lists(st.integers(-3, 8), min_size=d, max_size=d),
+                       st.lists(st.integers(-3, 8), min_size=d, max_size=d)), max_size=6))))
+def test_box_coverage_counts_equal_the_bruteforce_in_1_to_3_dimensions(case):
+    """Issue 14's d-dimensional kernel (empty, clipped and out-of-grid boxes included)."""
+    from certmask_core.coverage import box_coverage_counts, box_coverage_counts_bruteforce
+    positions, boxes = case
+    lows = [low for low, _ in boxes] or np.zeros((0, len(positions)), int)
+    highs = [high for _, high in boxes] or np.zeros((0, len(positions)), int)
+    got = box_coverage_counts(lows, highs, positions)
+    assert got.shape == tuple(positions)
+    assert (got == box_coverage_counts_bruteforce(lows, highs, positions)).all()
+
+
+def test_box_coverage_counts_serve_two_dimensional_mask_sets_and_refuse_bad_grids():
+    import numba
+
+    from certmask_core import make_maskset
+    from certmask_core.coverage import _box_difference_counts, box_coverage_counts, covered_windows
+    t = PatchThreat((23, 17), (3, 2))
+    ms = make_maskset(t, 3, "offset", masks_per_axis=(4, 3))
+    windows = covered_windows(ms, t)
+    assert (box_coverage_counts(windows[:, :2], windows[:, 2:], t.num_positions)
+            == coverage_counts(ms, t)).all()
+    checked = numba.njit(boundscheck=True)(_box_difference_counts.py_func)
+    lows = np.array([[-5, 2, 0], [1, 1, 1]], np.int64)
+    highs = np.array([[9, 9, 9], [0, 3, 3]], np.int64)
+    assert checked(lows, highs, np.array([2, 3, 4])).shape == (3 * 4 * 5,)
+    with pytest.raises(CertMaskError, match=r"positions must be 1 to 8 axes of >= 1 positions, got \(3, 0\)"):
+        box_coverage_counts([[0, 0]], [[1, 1]], (3, 0))
+    with pytest.raises(CertMaskError, match="differ in shape"):
+        box_coverage_counts([[0, 0]], [[1, 1], [2, 2]], (3, 3))
+    with pytest.raises(CertMaskError, match="must hold integers, got float64"):
+        box_coverage_counts([[0.5, 0]], [[1, 1]], (3, 3))
+    with pytest.raises(CertMaskError, match=r"must be \(n, 2\)"):
+        box_coverage_counts([[0, 0, 0]], [[1, 1, 1]], (3, 3))
