@@ -406,3 +406,9 @@ def test_review_tune_cli_checks_its_output_folder_first(tmp_path):
     assert out.returncode == 2 and "is a file, not a folder" in out.stderr and target.read_text() == "keep"
     huge = _cli("plan", "--image", "28", "28", "--patch", "3", "3", "--k", str(2**63))
     assert huge.returncode == 2 and "k must be <= 4194304" in huge.stderr
+
+
+def test_cli_output_cut_short_by_the_reader_is_not_an_error():
+    proc = subprocess.run(f"{sys.executable} -m certmask_core.run.cli plan --image 224 224 --patch 32 32 "
+                          f"--k 3 | head -1", shell=True, capture_output=True, text=True)
+    assert proc.stdout.startswith("planner") and "error" not in proc.stderr

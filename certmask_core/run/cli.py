@@ -641,6 +641,9 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         args.command_line = shlex.join(["certmask", *(sys.argv[1:] if argv is None else argv)])
         return args.func(args)
+    except BrokenPipeError:  # the reader stopped early (`certmask plan ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (CertMaskError, OSError) as err:
         print(f"certmask: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
