@@ -37,7 +37,17 @@ def passes_per_image(num_masks: int, passes_for: str = "one_round") -> int:
     if passes_for not in PASSES_FOR:
         raise CertMaskError(f"passes_for must be one of {PASSES_FOR}, got {passes_for!r}")
     n = _positive_int("num_masks", num_masks)
-    return n if passes_for == "one_round" else n + n * (n - 1) // 2
+    return n if passes_for == "one_round" else _recovery_passes(n)
+
+
+def _recovery_passes(n):
+    """``n + n (n - 1) / 2``, on ints or int64 arrays (``n <= MAX_MASKS`` keeps it inside int64)."""
+    return n + n * (n - 1) // 2
+
+
+def default_strategy(k: int) -> str:
+    """``patchcleanser`` for ``k = 1`` (its grid is the single cover), else ``replicated``."""
+    return "patchcleanser" if k == 1 else "replicated"
 
 
 def _limit(name: str, value, kind=numbers.Real):
@@ -106,7 +116,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
     k = _positive_int("k", k, MAX_MASKS)
-    strategy = ("patchcleanser" if k == 1 else "replicated") if strategy is None else strategy
+    strategy = default_strategy(k) if strategy is None else strategy
     if strategy not in STRATEGIES:
         raise CertMaskError(f"strategy must be patchcleanser, replicated or offset, got {strategy!r}")
     if strategy == "patchcleanser" and k != 1:
@@ -144,8 +154,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
         if max_masks is not None:
             ok &= counts <= max_masks
         if max_passes is not None:
-            n = np.where(feasible, counts, 0)  # <= MAX_MASKS = 2**22: n (n - 1) / 2 fits int64
-            ok &= (n if passes_for == "one_round" else n + n * (n - 1) // 2) <= max_passes
+            n = np.where(feasible, counts, 0)  # <= MAX_MASKS
+            ok &= (n if passes_for == "one_round" else _recovery_passes(n)) <= max_passes
         fronts.append(_count_area_front(counts[ok], m_h[ok], m_w[ok]))
     if cheapest is None:
         why = (f"at most {P_h * P_w} distinct masks lie over the corner position" if not seen["covering"] else
@@ -163,7 +173,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
             f"are {n} of {mh}x{mw} ({mh * mw / (H * W):.1%} of the image each)")
     return [{"strategy": strategy, "k": k, "mask_size": [mh, mw], "num_masks": n, "exact_minimum": n,
              "lower_bound": lower_bound(threat, (mh, mw), k), "mask_fraction": round(mh * mw / (H * W), 6),
-             "passes_one_round": n, "passes_recovery_worst": n + n * (n - 1) // 2}
+             "passes_one_round": n, "passes_recovery_worst": _recovery_passes(n)}
             for n, mh, mw in zip(counts.tolist(), m_h.tolist(), m_w.tolist())]
 
 

@@ -19,6 +19,7 @@ from ..coverage import cell_grid, coverage_extremes
 from ..errors import CertMaskError
 from ..geometry import STRATEGIES, PatchThreat
 from ..multipatch import base_set
+from ..planning import default_strategy, plan_layouts
 
 
 def _pair_arg(values, name):
@@ -59,7 +60,6 @@ share of PatchCleanser's 6x6 grid for a 2 % patch on ImageNet is about 8 %)."""
 
 def _planned_layout(args, threat):
     """``plan`` without --mask: the planner's layouts and the one to build (see the --max-* help)."""
-    from ..planning import plan_layouts
     budget = {"max_masks": args.max_masks, "max_passes": args.max_passes}
     limits = {"max_mask_side": args.max_mask_side, "max_mask_fraction": args.max_mask_fraction, **budget}
     if all(v is None for v in limits.values()):
@@ -73,19 +73,19 @@ def _planned_layout(args, threat):
 
 def cmd_plan(args) -> int:
     threats = [PatchThreat(tuple(args.image), tuple(patch)) for patch in args.patch]
-    layouts = None
+    layouts, mask = None, _pair_arg(args.mask, "--mask")
     if args.mask is None and args.masks_per_axis is None:
         if len(threats) > 1:
             raise CertMaskError("plan with several --patch needs --mask or --masks-per-axis (the planner "
                                 "sizes one patch's set)")
         layouts, chosen, limits = _planned_layout(args, threats[0])
-        args.mask = layouts[chosen]["mask_size"]
+        mask = tuple(layouts[chosen]["mask_size"])
     elif any(v is not None for v in (args.max_mask_side, args.max_mask_fraction, args.max_masks,
                                      args.max_passes)):
         raise CertMaskError("--max-* constraints choose the mask size; give them without --mask or "
                             "--masks-per-axis")
-    strategy = args.strategy or ("patchcleanser" if args.k == 1 else "replicated")
-    parts = [make_maskset(threat, args.k, strategy, mask_size=_pair_arg(args.mask, "--mask"),
+    strategy = args.strategy or default_strategy(args.k)
+    parts = [make_maskset(threat, args.k, strategy, mask_size=mask,
                           masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
              for threat in threats]
     summaries = [plan_summary(ms) for ms in parts]
