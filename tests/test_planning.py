@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.bench_planning import front_by_building
 from certmask_core import (
     CertMaskError,
     PatchThreat,
@@ -114,32 +115,11 @@ def test_offset_spreads_its_copies_where_cost_allows():
     assert len(set(four)) == 4 and {o for o, _ in four} | {o for _, o in four} >= {0, 4}
 
 
-def _all_square_layouts(threat, k):
-    """Twin of plan_layouts: build every square-window set and keep the (count, area) front."""
-    (H, W), (ph, pw) = threat.image_size, threat.patch_size
-    built = []
-    for w in range(1, max(threat.num_positions) + 1):
-        size = (min(w, threat.num_positions[0]) + ph - 1, min(w, threat.num_positions[1]) + pw - 1)
-        if size == (H, W):
-            continue
-        try:
-            ms = make_maskset(threat, k, "patchcleanser" if k == 1 else "replicated", mask_size=size)
-        except CertMaskError:
-            continue
-        built.append((len(ms), size[0] * size[1], size))
-    front, smallest = [], np.inf
-    for count, area, size in sorted(built, key=lambda b: (b[0], b[1], abs(b[2][0] - b[2][1]), b[2][0])):
-        if area < smallest:
-            front.append((count, list(size)))
-            smallest = area
-    return front
-
-
 @pytest.mark.parametrize("image,patch,k", [(12, 2, 1), (12, 2, 3), ((9, 14), (2, 3), 2), (20, 5, 4)])
 def test_plan_layouts_equal_building_every_size(image, patch, k):
     threat = PatchThreat(image, patch)
     got = [(d["num_masks"], d["mask_size"]) for d in plan_layouts(threat, k)]
-    assert got == _all_square_layouts(threat, k)
+    assert got == front_by_building(threat, k)
 
 
 def test_plan_layouts_any_shape_counts_equal_the_constructions():
@@ -248,9 +228,9 @@ def test_tune_equals_certifying_each_candidate_alone():
     results = tune(backend, None, images, labels, (2, 2), budget=40, ks=(1, 2, 3), show_progress=False,
                    check_images=images[:4], check_labels=labels[:4])
     assert results["unique_masks"] < results["candidate_masks"]
-    assert backend.masked_calls == len(images) * results["unique_masks"] + sum(
-        4 * results["candidates"][c["candidate"]]["num_masks"] for roles in results["check"].values()
-        for c in roles.values())
+    checked = {c["candidate"] for roles in results["check"].values() for c in roles.values()}
+    assert backend.masked_calls == len(images) * results["unique_masks"] + sum(  # each set predicted once
+        4 * results["candidates"][i]["num_masks"] for i in checked)
     assert results["pairs_evaluated"] <= results["pairs_asked"]
     threat = PatchThreat(12, 2)
     for c in results["candidates"]:

@@ -158,7 +158,7 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
                "unique_masks": len(union), "candidate_masks": int(sum(len(ms) for ms in sets)),
                "pairs_asked": asked[0], "pairs_evaluated": int(cache.evaluated.sum())}
     if check_images is not None:
-        results["check"] = _check(backend, model, check_images, check_labels, threat, candidates,
+        results["check"] = _check(backend, model, check_images, check_labels, sets, candidates,
                                   {mode: (recommended[mode], most_accurate[mode]) for mode in recommended},
                                   margin_tolerance)
     return results
@@ -175,19 +175,22 @@ def _checked_data(images, labels, name: str):
     return images, labels
 
 
-def _check(backend, model, images, labels, threat, candidates, chosen, margin_tolerance) -> dict:
-    """Per mode, the recommended and the most accurate setting certified on images not tuned on."""
-    out = {}
-    for mode, pair in chosen.items():
+def _check(backend, model, images, labels, sets, candidates, chosen, margin_tolerance) -> dict:
+    """Per mode, the recommended and the most accurate setting certified on images not tuned on; each
+    chosen set's one-mask predictions are computed once for every mode and role."""
+    predictions, summaries, out = {}, {}, {}
+    for mode, roles in chosen.items():
         out[mode] = {}
-        for role, i in zip(("recommended", "most_accurate"), pair):
-            c = candidates[i]
-            ms = make_maskset(threat, c["k"], c["strategy"], mask_size=tuple(c["mask_size"]))
-            report = certify(backend.masked_predictions(model, images, ms, return_logits=True), labels, ms,
-                             mode, k=c["k"], margin_tolerance=margin_tolerance,
-                             pair_predictor=(backend.pair_predictor(model, images, ms, return_logits=True)
-                                             if mode == "recovery" else None))
-            s = report.summary()
+        for role, i in zip(("recommended", "most_accurate"), roles):
+            c, ms = candidates[i], sets[i]
+            if i not in predictions:
+                predictions[i] = backend.masked_predictions(model, images, ms, return_logits=True)
+            if (mode, i) not in summaries:
+                summaries[mode, i] = certify(
+                    predictions[i], labels, ms, mode, k=c["k"], margin_tolerance=margin_tolerance,
+                    pair_predictor=(backend.pair_predictor(model, images, ms, return_logits=True)
+                                    if mode == "recovery" else None)).summary()
+            s = summaries[mode, i]
             out[mode][role] = {"candidate": i, "images": len(images), "clean_accuracy": s["clean_accuracy"],
                                "certified_accuracy": s["certified_accuracy"],
                                "tuned_certified_accuracy": c["modes"][mode]["certified_accuracy"],
