@@ -20,6 +20,7 @@ from .geometry import (
     MaskSpec,
     PatchThreat,
     _positive_int,
+    _sizes,
     effective_coverage,
     lower_bound,
 )
@@ -47,13 +48,12 @@ def shifted_cover_windows(P: int, w: int, shift: int) -> Windows:
     return [(max(-shift + i * w, 0), min(-shift + (i + 1) * w - 1, P - 1)) for i in range(n)]
 
 
-def _product(threat: PatchThreat, rows: Windows, cols: Windows) -> tuple[np.ndarray, np.ndarray]:
-    ph, pw = threat.patch_size
-    r = np.array(rows, dtype=np.int64).reshape(-1, 2)
-    c = np.array(cols, dtype=np.int64).reshape(-1, 2)
-    rr, cc = np.repeat(r, len(c), axis=0), np.tile(c, (len(r), 1))
-    origins = np.stack([rr[:, 0], cc[:, 0]], axis=1)
-    sizes = np.stack([rr[:, 1] - rr[:, 0] + ph, cc[:, 1] - cc[:, 0] + pw], axis=1)
+def _product(threat: PatchThreat, *axes: Windows) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the product of one window list per axis, the last axis varying fastest."""
+    windows = [np.array(w, dtype=np.int64).reshape(-1, 2) for w in axes]
+    index = np.indices([len(w) for w in windows]).reshape(len(windows), -1)
+    origins = np.stack([w[i, 0] for w, i in zip(windows, index)], axis=1)
+    sizes = np.stack([w[i, 1] - w[i, 0] + p for w, i, p in zip(windows, index, threat.patch_size)], axis=1)
     return origins, sizes
 
 
@@ -71,6 +71,10 @@ def _minimum_of_classes(classes, k):
     each axis's two copy counts ``q`` (``cheap`` shifts) and ``q + 1`` (the others); -1 where
     ``k > prod w``. Broadcasts over arrays of sizes."""
     shape = np.broadcast_shapes(*(np.shape(q) for q, _, _ in classes))
+    largest = math.prod((int(np.max(q)) + 1) * int(np.max(w)) for q, _, w in classes) * (int(k) + 1)
+    if largest >= 2**62:  # products overflow int64 (from 5 axes of 2**14): exact Python ints instead
+        exact = np.vectorize(int, otypes=[object])
+        classes = [tuple(exact(np.asarray(v)) for v in axis) for axis in classes]
     costs, counts = [], []
     for choice in itertools.product((0, 1), repeat=len(classes)):  # cheap or dear shift per axis
         cost, count = 1, 1
@@ -78,13 +82,16 @@ def _minimum_of_classes(classes, k):
             cost, count = cost * (q + extra), count * (w - cheap if extra else cheap)
         costs.append(np.broadcast_to(cost, shape))
         counts.append(np.broadcast_to(count, shape))
-    costs, counts = np.stack(costs, -1).astype(np.int64), np.stack(counts, -1).astype(np.int64)
+    dtype = object if largest >= 2**62 else np.int64
+    costs, counts = np.stack(costs, -1).astype(dtype), np.stack(counts, -1).astype(dtype)
     order = np.argsort(costs, axis=-1, kind="stable")
     costs, counts = np.take_along_axis(costs, order, -1), np.take_along_axis(counts, order, -1)
     taken_before = np.cumsum(counts, -1) - counts
     taken = np.clip(k - taken_before, 0, counts)
     total = (costs * taken).sum(-1)
-    return np.where(counts.sum(-1) >= k, total, -1)
+    enough = np.asarray(counts.sum(-1) >= k, dtype=bool)
+    total = np.asarray(total, dtype=costs.dtype)
+    return np.where(enough, total, np.asarray(-1, dtype=costs.dtype))
 
 
 def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
@@ -94,15 +101,16 @@ def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
     ``(P_h + w_h - 1) x (P_w + w_w - 1)`` lattice of origins and position ``(a, b)`` is covered by the
     ``w_h x w_w`` block of them starting at ``(a, b)``. Shift class ``(o_h, o_w)`` of that lattice is one
     shifted single cover with ``ceil((P_h + o_h) / w_h) * ceil((P_w + o_w) / w_w)`` masks; the minimum
-    is the sum of the ``k`` smallest such counts. ``replicated`` and ``offset`` both build sets of
+    is the sum of the ``k`` smallest such counts. The same holds per axis in any number of axes
+    (products over the axes; proofs/t17). ``replicated`` and ``offset`` both build sets of
     exactly this size. It equals :func:`lower_bound` while ``k`` shift classes cost no extra row or
     column, and exceeds it otherwise (repeated masks would be needed to reach the bound).
 
     Returns
     -------
     int or None
-        None when no distinct k-fold set exists (``k > w_h w_w``: position ``(0, 0)`` lies in only
-        ``w_h w_w`` distinct masks).
+        None when no distinct k-fold set exists (``k > prod min(w_i, P_i)``: position ``(0, 0)`` lies
+        in only that many distinct masks).
 
     Examples
     --------
@@ -111,8 +119,8 @@ def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
     (56, 48)
     """
     k = _positive_int("k", k)
-    w = effective_coverage(mask_size, threat.patch_size)
-    if k > min(w[0], threat.num_positions[0]) * min(w[1], threat.num_positions[1]):
+    w = effective_coverage(_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
+    if k > math.prod(min(wi, P) for wi, P in zip(w, threat.num_positions)):
         return None  # (and keeps arbitrarily large k out of int64 arithmetic)
     classes = [_axis_classes(P, wi) for P, wi in zip(threat.num_positions, w)]
     return int(_minimum_of_classes(classes, k))
@@ -126,38 +134,52 @@ def _spread(size: int, m: int, cyclic: bool) -> np.ndarray:
     return np.rint(np.arange(m) * (size - 1) / (m - 1)).astype(np.int64)
 
 
-def _diagonals(ranges, m: int) -> list[tuple[int, int]]:
-    """The first ``m`` shift pairs of the products ``ranges`` (each a pair of ``range``) by smallest
-    ``o_h + o_w``, then ``o_h``: the first release's replicated order."""
-    pairs = []
-    for total in itertools.count(min(a.start + b.start for a, b in ranges)):
-        diagonal = [(o_h, total - o_h) for a, b in ranges
-                    for o_h in range(max(a.start, total - b.stop + 1), min(a.stop - 1, total - b.start) + 1)]
-        pairs += sorted(diagonal)[:m - len(pairs)]
-        if len(pairs) == m:
-            return pairs
+def _with_sum(ranges, total: int):
+    """The shift tuples of the product of ``ranges`` whose entries add up to ``total``, in
+    lexicographic order."""
+    if len(ranges) == 1:
+        if total in ranges[0]:
+            yield (total,)
+        return
+    rest_low = sum(r.start for r in ranges[1:])
+    rest_high = sum(r.stop - 1 for r in ranges[1:])
+    first = ranges[0]
+    for o in range(max(first.start, total - rest_high), min(first.stop - 1, total - rest_low) + 1):
+        for tail in _with_sum(ranges[1:], total - o):
+            yield (o,) + tail
 
 
-def _lattice(a: range, b: range, m: int, cyclic: tuple[bool, bool]) -> list[tuple[int, int]]:
-    """``m`` distinct pairs of ``a x b`` spread evenly: a diagonal while one axis has room for ``m``
-    distinct shifts (both axes interleave, the paper's stride ``w / k``), else evenly spaced rows each
-    holding evenly spaced columns."""
-    if m <= max(len(a), len(b)):
-        rows = _spread(len(a), m, cyclic[0]) if m <= len(a) else np.arange(m) * len(a) // m
-        cols = _spread(len(b), m, cyclic[1]) if m <= len(b) else np.arange(m) * len(b) // m
-        return [(a[i], b[j]) for i, j in zip(rows.tolist(), cols.tolist())]
-    per_row = np.diff(np.arange(len(a) + 1) * m // len(a))  # <= len(b) since m <= len(a) len(b)
-    return [(a[i], b[j]) for i, c in enumerate(per_row.tolist())
-            for j in _spread(len(b), c, cyclic[1]).tolist()]
+def _diagonals(products, m: int) -> list[tuple[int, ...]]:
+    """The first ``m`` shift tuples of the products ``products`` (each a tuple of ``range``, one per
+    axis) by smallest sum, then lexicographically: the first release's replicated order."""
+    tuples: list[tuple[int, ...]] = []
+    for total in itertools.count(min(sum(r.start for r in ranges) for ranges in products)):
+        tuples += sorted(t for ranges in products for t in _with_sum(ranges, total))[:m - len(tuples)]
+        if len(tuples) == m:
+            return tuples
+
+
+def _lattice(ranges, m: int, cyclic) -> list[tuple[int, ...]]:
+    """``m`` distinct tuples of the product of ``ranges`` spread evenly: a diagonal while one axis has
+    room for ``m`` distinct shifts (every axis interleaves, the paper's stride ``w / k``), else evenly
+    spaced shifts of the first axis each holding an even lattice of the other axes."""
+    sizes = [len(r) for r in ranges]
+    if m <= max(sizes):
+        picks = [_spread(n, m, c) if m <= n else np.arange(m) * n // m for n, c in zip(sizes, cyclic)]
+        return [tuple(r[i] for r, i in zip(ranges, row)) for row in zip(*(p.tolist() for p in picks))]
+    per_first = np.diff(np.arange(sizes[0] + 1) * m // sizes[0])  # each fits the other axes' product
+    return [(ranges[0][i],) + rest for i, c in enumerate(per_first.tolist()) if c
+            for rest in _lattice(ranges[1:], c, cyclic[1:])]
 
 
 def least_shift_distance(shifts, period) -> float:
     """Least cyclic distance between two of the copies' shifts, ``sum_axis min(d, w - d) / w``
     (``inf`` for fewer than two copies): how far apart the interleaved grids are."""
-    pts = np.asarray(shifts, dtype=float).reshape(-1, 2)
+    period = np.asarray(period, dtype=float)
+    pts = np.asarray(shifts, dtype=float).reshape(-1, len(period))
     if len(pts) < 2:
         return np.inf
-    gap = np.abs(pts[:, None, :] - pts[None, :, :]) / np.asarray(period, dtype=float)
+    gap = np.abs(pts[:, None, :] - pts[None, :, :]) / period
     dist = np.minimum(gap, 1 - gap).sum(-1)
     return float(dist[~np.eye(len(pts), dtype=bool)].min())
 
@@ -167,52 +189,53 @@ SPREAD_CHECKED_UP_TO = 1024
 up to this many copies; beyond, the O(k^2) comparison is skipped and the lattice kept."""
 
 
-def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, int]]:
-    """The ``k`` shift classes (copies ``(o_h, o_w)`` of the single cover) a replicated or offset set
-    takes: always ``k`` of the cheapest, so the set has :func:`exact_minimum` masks (T16).
+def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, ...]]:
+    """The ``k`` shift classes (copies ``(o_h, o_w)``, one shift per axis, of the single cover) a
+    replicated or offset set takes: always ``k`` of the cheapest, so the set has :func:`exact_minimum`
+    masks (T16).
 
     Per axis the shifts ``o < t`` (the slack) need ``q = ceil(P / w)`` windows and the others ``q + 1``,
-    so the copies fall into at most four price tiers, each a product of two shift ranges. Every tier
+    so the copies fall into at most ``2^d`` price tiers, each a product of shift ranges. Every tier
     cheaper than the ``k``-th copy is taken whole; from the tier of the ``k``-th copy ``replicated``
     takes the smallest shifts and ``offset`` an evenly spread lattice (:func:`_lattice`), so that its
     grids interleave; offset keeps replicated's choice instead where that is spread further (by
-    :func:`least_shift_distance`; small sets whose cheap shifts sit in uneven tiers). O(k + w_h + w_w)
-    (plus O(k^2) for offset's comparison up to ``SPREAD_CHECKED_UP_TO`` copies).
+    :func:`least_shift_distance`; small sets whose cheap shifts sit in uneven tiers). O(k + sum w)
+    for images (plus O(k^2) for offset's comparison up to ``SPREAD_CHECKED_UP_TO`` copies).
     """
     P = threat.num_positions
     w = [min(wi, Pi) for wi, Pi in zip(w, P)]
-    if k > w[0] * w[1]:
+    if k > math.prod(w):
         raise CertMaskError(
-            f"{strategy}: only {w[0] * w[1]} = min(w_h, P_h) * min(w_w, P_w) distinct shifted copies of the "
+            f"{strategy}: only {math.prod(w)} = prod min(w_i, P_i) distinct shifted copies of the "
             f"single-cover grid with windows {tuple(w)} exist for image {threat.image_size} and patch "
             f"{threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
     axes = []
     for P_i, w_i in zip(P, w):
         q, cheap, _ = (int(v) for v in _axis_classes(P_i, w_i))
         axes.append([(q, range(0, cheap)), (q + 1, range(cheap, w_i))])
-    tiers: dict[int, list[tuple[range, range]]] = {}
-    for (q_h, a), (q_w, b) in itertools.product(*axes):
-        if len(a) and len(b):
-            tiers.setdefault(q_h * q_w, []).append((a, b))
-    chosen: list[tuple[int, int]] = []
+    tiers: dict[int, list[tuple[range, ...]]] = {}
+    for choice in itertools.product(*axes):
+        if all(len(r) for _, r in choice):
+            tiers.setdefault(math.prod(q for q, _ in choice), []).append(tuple(r for _, r in choice))
+    chosen: list[tuple[int, ...]] = []
     for cost in sorted(tiers):
-        ranges, need = tiers[cost], k - len(chosen)
-        size = sum(len(a) * len(b) for a, b in ranges)
+        products, need = tiers[cost], k - len(chosen)
+        sizes = np.array([math.prod(len(r) for r in ranges) for ranges in products])
+        size = int(sizes.sum())
         if size <= need:
-            chosen += [(o_h, o_w) for a, b in ranges for o_h in a for o_w in b]
+            chosen += [o for ranges in products for o in itertools.product(*ranges)]
         elif strategy == "replicated":
-            chosen += _diagonals(ranges, need)
+            chosen += _diagonals(products, need)
         else:  # each product of the tier gets its share of the copies, by largest remainder
-            sizes = np.array([len(a) * len(b) for a, b in ranges])
             share = need * sizes // size
             share[np.argsort(-(need * sizes % size), kind="stable")[:need - share.sum()]] += 1
-            for (a, b), m in zip(ranges, share.tolist()):
-                chosen += _lattice(a, b, m, (len(a) == w[0], len(b) == w[1])) if m else []
+            for ranges, m in zip(products, share.tolist()):
+                chosen += _lattice(ranges, m, [len(r) == wi for r, wi in zip(ranges, w)]) if m else []
         if len(chosen) == k:
             break
     if strategy == "replicated":  # the first release's mask order: cheapest copies, smallest shifts first
         price = [{o: q for q, shifts in axis for o in shifts} for axis in axes]
-        chosen.sort(key=lambda o: (price[0][o[0]] * price[1][o[1]], o[0] + o[1], o[0], o[1]))
+        chosen.sort(key=lambda o: (math.prod(p[oi] for p, oi in zip(price, o)), sum(o), o))
     elif k <= SPREAD_CHECKED_UP_TO:
         packed = _shift_classes(threat, w, k, "replicated")
         if least_shift_distance(packed, w) > least_shift_distance(chosen, w):
@@ -220,11 +243,11 @@ def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[
     return chosen
 
 
-def _shifted_copies(threat: PatchThreat, w: tuple[int, int], k: int, strategy: str):
+def _shifted_copies(threat: PatchThreat, w: tuple[int, ...], k: int, strategy: str):
     P = threat.num_positions
     w = tuple(min(wi, Pi) for wi, Pi in zip(w, P))
-    parts = [_product(threat, shifted_cover_windows(P[0], w[0], oh), shifted_cover_windows(P[1], w[1], ow))
-             for oh, ow in _shift_classes(threat, w, k, strategy)]
+    parts = [_product(threat, *(shifted_cover_windows(Pi, wi, oi) for Pi, wi, oi in zip(P, w, shifts)))
+             for shifts in _shift_classes(threat, w, k, strategy)]
     return np.concatenate([o for o, _ in parts]), np.concatenate([s for _, s in parts])
 
 
@@ -245,7 +268,8 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
         so that the grids interleave (T5). Both have exactly :func:`exact_minimum` masks (T16).
     mask_size : int or (mh, mw), optional
     masks_per_axis : int or (n_h, n_w), optional
-        Exactly one of the two; ``masks_per_axis`` means ``w = ceil(P / n)``.
+        Exactly one of the two; ``masks_per_axis`` means ``w = ceil(P / n)``. One size per axis of
+        the threat (``(mt, mh, mw)`` for a clip), or an int for every axis.
 
     Returns
     -------
@@ -263,6 +287,10 @@ def make_maskset(threat: PatchThreat, k: int = 1, strategy: str = "patchcleanser
     >>> ms = make_maskset(PatchThreat(28, 3), k=1, masks_per_axis=6)
     >>> len(ms), ms.sizes[0].tolist()
     (36, [7, 7])
+    >>> clip = make_maskset(PatchThreat((16, 28, 28), (4, 3, 3)), k=2, strategy="offset",
+    ...                     masks_per_axis=(2, 3, 3))
+    >>> len(clip), clip.sizes[0].tolist()
+    (36, [10, 11, 11])
     """
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
@@ -299,6 +327,7 @@ def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
     low, high, _ = coverage_extremes(maskset, threat)
     k = maskset.k or low
     mask_size = maskset.spec.mask_size if maskset.spec else tuple(int(v) for v in maskset.sizes.max(0))
+    mask_size = _sizes("mask_size", mask_size, threat.ndim)
     bound = lower_bound(threat, mask_size, max(k, 1))
     return {"image_size": list(threat.image_size), "patch_size": list(threat.patch_size),
             "strategy": maskset.spec.strategy if maskset.spec else "user",
@@ -335,5 +364,6 @@ def union_maskset(masksets) -> MaskSet:
     _, first = np.unique(rects, axis=0, return_index=True)
     rects = rects[np.sort(first)]
     threats = [ms.threat for ms in masksets if ms.threat is not None]
-    threat = max(threats, key=lambda t: t.patch_size[0] * t.patch_size[1]) if threats else None
-    return MaskSet(masksets[0].image_size, rects[:, :2], rects[:, 2:] - rects[:, :2], threat=threat)
+    threat = max(threats, key=lambda t: math.prod(t.patch_size)) if threats else None
+    d = masksets[0].ndim
+    return MaskSet(masksets[0].image_size, rects[:, :d], rects[:, d:] - rects[:, :d], threat=threat)

@@ -36,7 +36,44 @@ def _positive_int(name: str, value, limit: int | None = None) -> int:
     return int(value)
 
 
+MAX_DIMS = 8
+"""Most spatial axes a threat may have (1-D signals, 2-D images, 3-D clips, and beyond)."""
+MAX_VOLUME = 2**48
+"""Most pixels (product of the sides) an input may have: far above any model's input, and low enough
+that volumes and products of per-axis counts stay exact in int64."""
+
+
+def axis_name(axis: int, ndim: int) -> str:
+    """``h``/``w`` for images, ``t``/``h``/``w`` for clips, ``l`` for signals, ``axis j`` beyond."""
+    names = {1: "l", 2: "hw", 3: "thw"}.get(ndim)
+    return names[axis] if names else f"axis {axis}"
+
+
+def _sizes(name: str, value, ndim: int | None = None, limit: int | None = MAX_SIDE) -> tuple[int, ...]:
+    """A size per axis: a sequence of ``ndim`` positive ints, or one int for every axis (an int with
+    ``ndim=None`` means a 2-D size, the first release's convention)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        value = (value,) * (ndim or 2)
+    if (isinstance(value, (dict, set, frozenset, str, bytes)) or not hasattr(value, "__iter__")
+            or isinstance(value, np.ndarray) and value.ndim == 0):  # a 0-d array is neither
+        raise CertMaskError(f"{name} must be an int or a size per axis such as (h, w), got {value!r}")
+    try:
+        values = tuple(value)
+    except (TypeError, ValueError):
+        raise CertMaskError(f"{name} must be an int or a size per axis such as (h, w), "
+                            f"got {value!r}") from None
+    d = len(values)
+    if not 1 <= d <= MAX_DIMS or (ndim is not None and d != ndim):
+        want = f"{ndim}" if ndim is not None else f"1 to {MAX_DIMS}"
+        raise CertMaskError(f"{name} must have {want} axes, got {d}: {value!r}")
+    sizes = tuple(_positive_int(f"{name}[{i}] ({axis_name(i, d)})", v, limit) for i, v in enumerate(values))
+    if math.prod(sizes) > MAX_VOLUME:
+        raise CertMaskError(f"{name} {_shape(sizes)} has {math.prod(sizes)} pixels, more than {MAX_VOLUME}")
+    return sizes
+
+
 def _pair(name: str, value, limit: int | None = MAX_SIDE) -> tuple[int, int]:
+    """A 2-D size: ``(h, w)`` or one int for both."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         value = (value, value)
     if isinstance(value, (dict, set, frozenset, str, bytes)):  # iterable, but not a pair
@@ -48,39 +85,50 @@ def _pair(name: str, value, limit: int | None = MAX_SIDE) -> tuple[int, int]:
     return _positive_int(f"{name}[0] (h)", h, limit), _positive_int(f"{name}[1] (w)", w, limit)
 
 
+def _shape(size) -> str:
+    return "x".join(map(str, size))
+
+
 @dataclass(frozen=True)
 class PatchThreat:
-    """One patch of known size at an unknown position.
+    """One patch of known size at an unknown position, in any number of axes.
 
     Parameters
     ----------
-    image_size : (H, W) or int
-    patch_size : (ph, pw) or int
-        Full patch size in pixels (not a half-size).
+    image_size : (H, W), int, or one size per axis
+        ``(T, H, W)`` for a clip, ``(L,)`` for a signal; an int means a square image ``(n, n)``.
+    patch_size : sizes per axis, or int
+        Full patch size in pixels (not a half-size); an int means the same size on every axis of
+        the image.
 
     Examples
     --------
-    >>> t = PatchThreat((28, 28), (3, 3))
-    >>> t.num_positions
+    >>> PatchThreat((28, 28), (3, 3)).num_positions
     (26, 26)
+    >>> PatchThreat((16, 28, 28), (4, 3, 3)).num_positions
+    (13, 26, 26)
     """
 
-    image_size: tuple[int, int]
-    patch_size: tuple[int, int]
+    image_size: tuple[int, ...]
+    patch_size: tuple[int, ...]
 
     def __post_init__(self):
-        image, patch = _pair("image_size", self.image_size), _pair("patch_size", self.patch_size)
-        if patch[0] > image[0] or patch[1] > image[1]:
-            raise CertMaskError(f"patch {patch[0]}x{patch[1]} is larger than the image "
-                                f"{image[0]}x{image[1]}")
+        image = _sizes("image_size", self.image_size)
+        patch = _sizes("patch_size", self.patch_size, len(image))
+        if any(p > i for p, i in zip(patch, image)):
+            raise CertMaskError(f"patch {_shape(patch)} is larger than the image {_shape(image)}")
         object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "patch_size", patch)
 
     @property
-    def num_positions(self) -> tuple[int, int]:
-        """``(P_h, P_w) = (H - ph + 1, W - pw + 1)``, the patch positions per axis."""
-        return (self.image_size[0] - self.patch_size[0] + 1,
-                self.image_size[1] - self.patch_size[1] + 1)
+    def ndim(self) -> int:
+        """Number of axes (2 for images, 3 for clips)."""
+        return len(self.image_size)
+
+    @property
+    def num_positions(self) -> tuple[int, ...]:
+        """``P_i = N_i - p_i + 1``, the patch positions per axis (``(P_h, P_w)`` for images)."""
+        return tuple(n - p + 1 for n, p in zip(self.image_size, self.patch_size))
 
 
 @dataclass(frozen=True)
@@ -88,13 +136,14 @@ class MaskSpec:
     """How to build a mask set: a strategy, the coverage multiplicity ``k`` and a mask size.
 
     Give exactly one of ``mask_size`` (pixels) and ``masks_per_axis`` (the single-cover grid's
-    count per axis, PatchCleanser's parametrisation); the other is derived.
+    count per axis, PatchCleanser's parametrisation); the other is derived. Either is a size per
+    axis, or one int for every axis of the threat it is resolved against.
     """
 
     strategy: str = "patchcleanser"
     k: int = 1
-    mask_size: tuple[int, int] | None = None
-    masks_per_axis: tuple[int, int] | None = None
+    mask_size: tuple[int, ...] | int | None = None
+    masks_per_axis: tuple[int, ...] | int | None = None
 
     def __post_init__(self):
         if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
@@ -106,43 +155,55 @@ class MaskSpec:
         if self.strategy == "patchcleanser" and self.k != 1:
             raise CertMaskError(f"strategy 'patchcleanser' is a single cover (k=1), got k={self.k}; "
                                 "use 'replicated' or 'offset' for k > 1")
-        if self.mask_size is not None:
-            object.__setattr__(self, "mask_size", _pair("mask_size", self.mask_size))
-        else:
-            object.__setattr__(self, "masks_per_axis", _pair("masks_per_axis", self.masks_per_axis))
+        for name in ("mask_size", "masks_per_axis"):
+            value = getattr(self, name)
+            if value is not None:  # an int stays an int: it means "every axis" of the threat
+                object.__setattr__(self, name, _positive_int(name, value, MAX_SIDE)
+                                   if isinstance(value, numbers.Integral) else _sizes(name, value))
 
-    def resolve_mask_size(self, threat: PatchThreat) -> tuple[int, int]:
+    def resolve_mask_size(self, threat: PatchThreat) -> tuple[int, ...]:
         """The mask size in pixels for ``threat`` (T1: window ``w = ceil(P / n)``, ``m = w + p - 1``)."""
         if self.mask_size is not None:
-            for axis, (m, p) in enumerate(zip(self.mask_size, threat.patch_size)):
+            size = _sizes("mask_size", self.mask_size, threat.ndim)
+            for axis, (m, p) in enumerate(zip(size, threat.patch_size)):
                 if m < p:
-                    raise CertMaskError(f"mask_size {self.mask_size} is smaller than the patch "
-                                        f"{threat.patch_size} on axis {'hw'[axis]} ({m} < {p})")
-            return self.mask_size
+                    raise CertMaskError(f"mask_size {size} is smaller than the patch "
+                                        f"{threat.patch_size} on axis {axis_name(axis, threat.ndim)} "
+                                        f"({m} < {p})")
+            return size
         return tuple(math.ceil(P / n) + p - 1 for P, n, p in
-                     zip(threat.num_positions, self.masks_per_axis, threat.patch_size))
+                     zip(threat.num_positions, _sizes("masks_per_axis", self.masks_per_axis, threat.ndim),
+                         threat.patch_size))
 
 
-def effective_coverage(mask_size, patch_size) -> tuple[int, int]:
+def effective_coverage(mask_size, patch_size) -> tuple[int, ...]:
     """Positions covered per axis by one unclipped mask: ``w = m - p + 1`` (theorem T1).
+
+    An int stands for every axis of the other argument (both ints: a 2-D size).
 
     Examples
     --------
     >>> effective_coverage((7, 9), (3, 3))
     (5, 7)
+    >>> effective_coverage((6, 7, 7), 3)
+    (4, 5, 5)
     """
-    mask, patch = _pair("mask_size", mask_size), _pair("patch_size", patch_size)
-    if mask[0] < patch[0] or mask[1] < patch[1]:
+    ndim = next((len(v) for v in (mask_size, patch_size) if not isinstance(v, numbers.Integral)
+                 and hasattr(v, "__len__") and not (isinstance(v, np.ndarray) and v.ndim == 0)), None)
+    mask = _sizes("mask_size", mask_size, ndim)
+    patch = _sizes("patch_size", patch_size, len(mask))
+    if any(m < p for m, p in zip(mask, patch)):
         raise CertMaskError(f"patch {patch} is larger than the mask {mask}")
-    return mask[0] - patch[0] + 1, mask[1] - patch[1] + 1
+    return tuple(m - p + 1 for m, p in zip(mask, patch))
 
 
 def lower_bound(threat: PatchThreat, mask_size, k: int = 1) -> int:
     """Fewest masks of size ``mask_size`` giving k-fold coverage (theorem T2).
 
-    ``n >= k * ceil(P_h / w_h) * ceil(P_w / w_w)``: the positions ``(i w_h, j w_w)`` are pairwise
-    too far apart for one mask to cover two of them, and each needs ``k`` masks. Exact when repeated
-    masks are allowed; distinct masks may need more (see :func:`make_maskset`).
+    ``n >= k * prod_i ceil(P_i / w_i)`` (``k * ceil(P_h / w_h) * ceil(P_w / w_w)`` for images): the
+    positions on the lattice of steps ``w_i`` are pairwise too far apart for one mask to cover two of
+    them, and each needs ``k`` masks. Exact when repeated masks are allowed; distinct masks may need
+    more (see :func:`~certmask_core.constructions.exact_minimum`).
 
     Examples
     --------
@@ -150,13 +211,12 @@ def lower_bound(threat: PatchThreat, mask_size, k: int = 1) -> int:
     72
     """
     k = _positive_int("k", k)
-    w_h, w_w = effective_coverage(mask_size, threat.patch_size)
-    P_h, P_w = threat.num_positions
-    return k * math.ceil(P_h / w_h) * math.ceil(P_w / w_w)
+    w = effective_coverage(_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
+    return k * math.prod(math.ceil(P / wi) for P, wi in zip(threat.num_positions, w))
 
 
-def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarray:
-    """A read-only ``(n, 2)`` int64 array whose column ``j`` lies in ``[low, high[j]]``.
+def _coordinates(values, name: str, low: int, high: tuple[int, ...]) -> np.ndarray:
+    """A read-only ``(n, d)`` int64 array (``d = len(high)``) whose column ``j`` lies in ``[low, high[j]]``.
 
     Every range check happens on the values as given (Python ints, floats or any numeric dtype),
     before the cast to int64, so that no value can wrap around and slip past them.
@@ -166,14 +226,14 @@ def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarr
         # (np.asarray also turns subclasses such as np.matrix into plain arrays)
         arr = np.asarray(values) if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
     except (TypeError, ValueError) as err:
-        raise CertMaskError(f"{name} is not an (n, 2) array: {err}") from None
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise CertMaskError(f"{name} must have shape (n, 2), got {arr.shape}")
+        raise CertMaskError(f"{name} is not an (n, {len(high)}) array: {err}") from None
+    if arr.ndim != 2 or arr.shape[1] != len(high):
+        raise CertMaskError(f"{name} must have shape (n, {len(high)}), got {arr.shape}")
     if arr.dtype == object:  # e.g. JSON: check each value as a Python number before any cast
         for index, v in enumerate(arr.ravel().tolist()):
             if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
                     or not -2**53 <= v <= 2**53):
-                raise CertMaskError(f"{name}[{index // 2}] holds {v!r}: coordinates must be integers "
+                raise CertMaskError(f"{name}[{index // len(high)}] holds {v!r}: coordinates must be integers "
                                     f"in [{low}, {max(high)}] for this image")
         integral = all(isinstance(v, numbers.Integral) for v in arr.ravel().tolist())
         arr = arr.astype(np.int64 if integral else np.float64)
@@ -187,7 +247,8 @@ def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarr
     outside = (arr < low) | (arr > np.array(high))
     if outside.any():
         i, j = (int(v) for v in np.argwhere(outside)[0])
-        raise CertMaskError(f"mask {i} has {name[:-1]} {tuple(arr[i].tolist())}: its {'hw'[j]} value must "
+        raise CertMaskError(f"mask {i} has {name[:-1]} {tuple(arr[i].tolist())}: its "
+                            f"{axis_name(j, len(high))} value must "
                             f"lie in [{low}, {high[j]}] for this image ({int(outside.any(1).sum())} such "
                             f"masks)")
     owner = arr.astype(np.int64)
@@ -196,17 +257,21 @@ def _coordinates(values, name: str, low: int, high: tuple[int, int]) -> np.ndarr
     return owner.view()
 
 
+def _listed(size):
+    return list(size) if isinstance(size, tuple) else size
+
+
 @dataclass(frozen=True, eq=False)
 class MaskSet:
-    """An immutable set of rectangular masks inside an ``H x W`` image.
+    """An immutable set of rectangular masks (boxes) inside an ``H x W`` image, or any ``d``-axis input.
 
     Parameters
     ----------
-    image_size : (H, W)
-    origins : array_like, shape (n, 2)
-        Top-left pixel ``(y, x)`` of each mask; stored as a read-only int64 array.
-    sizes : array_like, shape (n, 2)
-        ``(mh, mw)`` of each mask, already clipped to the image.
+    image_size : (H, W), or one size per axis (``(T, H, W)`` for a clip)
+    origins : array_like, shape (n, d)
+        First pixel of each mask per axis (``(y, x)`` for images); stored as a read-only int64 array.
+    sizes : array_like, shape (n, d)
+        Extent of each mask per axis (``(mh, mw)``), already clipped to the image.
     spec : MaskSpec, optional
         The request the set was built from (``None`` for a user-supplied set).
     threat : PatchThreat, optional
@@ -217,9 +282,11 @@ class MaskSet:
     >>> ms = MaskSet((4, 4), [[0, 0], [0, 2]], [[4, 2], [4, 2]])
     >>> len(ms), ms.dense().shape
     (2, (2, 4, 4))
+    >>> MaskSet((8, 4, 4), [[0, 0, 0]], [[8, 2, 2]]).dense().shape
+    (1, 8, 4, 4)
     """
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]
     origins: np.ndarray
     sizes: np.ndarray
     spec: MaskSpec | None = None
@@ -229,26 +296,27 @@ class MaskSet:
     _cache: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        H, W = _pair("image_size", self.image_size)
-        origins = _coordinates(self.origins, "origins", 0, (H - 1, W - 1))
-        sizes = _coordinates(self.sizes, "sizes", 1, (H, W))
+        image = _sizes("image_size", self.image_size)
+        origins = _coordinates(self.origins, "origins", 0, tuple(n - 1 for n in image))
+        sizes = _coordinates(self.sizes, "sizes", 1, image)
         if origins.shape != sizes.shape:
             raise CertMaskError(f"origins {origins.shape} and sizes {sizes.shape} differ in shape")
         if len(origins) == 0:
             raise CertMaskError("a mask set needs at least one mask")
         # both terms are at most MAX_SIDE here, so the sum cannot overflow
-        bad = np.flatnonzero((origins[:, 0] + sizes[:, 0] > H) | (origins[:, 1] + sizes[:, 1] > W))
+        bad = np.flatnonzero((origins + sizes > np.array(image)).any(1))
         if bad.size:
             i = int(bad[0])
             raise CertMaskError(f"mask {i} (origin {tuple(origins[i].tolist())}, size "
-                                f"{tuple(sizes[i].tolist())}) leaves the {H}x{W} image "
+                                f"{tuple(sizes[i].tolist())}) leaves the {_shape(image)} image "
                                 f"({bad.size} such masks)")
         if self.spec is not None and not isinstance(self.spec, MaskSpec):
             raise CertMaskError(f"spec must be a MaskSpec or None, got {type(self.spec).__name__}")
         if self.threat is not None and (not isinstance(self.threat, PatchThreat)
-                                        or self.threat.image_size != (H, W)):
-            raise CertMaskError(f"threat must be a PatchThreat for the {H}x{W} image, got {self.threat!r}")
-        object.__setattr__(self, "image_size", (H, W))
+                                        or self.threat.image_size != image):
+            raise CertMaskError(f"threat must be a PatchThreat for the {_shape(image)} image, got "
+                                f"{self.threat!r}")
+        object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "origins", origins)
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "_key", np.concatenate([origins, sizes], 1).tobytes())
@@ -270,19 +338,27 @@ class MaskSet:
         return None if self.spec is None else self.spec.k
 
     def rectangles(self) -> np.ndarray:
-        """``(n, 4)`` array of ``(y0, x0, y1, x1)`` with exclusive ends."""
+        """``(n, 2 d)`` array of first pixels then exclusive ends: ``(y0, x0, y1, x1)`` for images."""
         return np.concatenate([self.origins, self.origins + self.sizes], axis=1)
 
     def is_distinct(self) -> bool:
         """True when no two masks are the same rectangle."""
         return len(np.unique(self.rectangles(), axis=0)) == len(self)
 
+    @property
+    def ndim(self) -> int:
+        """Number of axes of the input (2 for images)."""
+        return len(self.image_size)
+
     def dense(self) -> np.ndarray:
-        """Boolean masks of shape ``(n, H, W)``, True where a mask hides the pixel."""
-        H, W = self.image_size
-        ys, xs = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
-        y0, x0, y1, x1 = (self.rectangles()[:, i, None, None] for i in range(4))
-        return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        """Boolean masks of shape ``(n, *image_size)``, True where a mask hides the pixel."""
+        hidden = np.ones((len(self),) + self.image_size, dtype=bool)
+        for axis, n in enumerate(self.image_size):
+            index = np.arange(n).reshape((1,) + (1,) * axis + (n,) + (1,) * (self.ndim - axis - 1))
+            low = self.origins[:, axis].reshape((-1,) + (1,) * self.ndim)
+            high = low + self.sizes[:, axis].reshape((-1,) + (1,) * self.ndim)
+            hidden &= (index >= low) & (index < high)
+        return hidden
 
     def to_dict(self) -> dict:
         """JSON-ready description (the format ``certmask plan --json`` writes)."""
@@ -290,8 +366,8 @@ class MaskSet:
                "sizes": self.sizes.tolist()}
         if self.spec is not None:
             out["spec"] = {"strategy": self.spec.strategy, "k": self.spec.k,
-                           "mask_size": list(self.spec.mask_size or []) or None,
-                           "masks_per_axis": list(self.spec.masks_per_axis or []) or None}
+                           "mask_size": _listed(self.spec.mask_size),
+                           "masks_per_axis": _listed(self.spec.masks_per_axis)}
         if self.threat is not None:
             out["patch_size"] = list(self.threat.patch_size)
         return out
@@ -315,8 +391,8 @@ class MaskSet:
         unknown = sorted(map(repr, set(spec or {}) - {"strategy", "k", "mask_size", "masks_per_axis"}))
         if unknown:
             raise CertMaskError(f"mask-set JSON: unknown spec fields {unknown}")
-        image = _pair("image_size", data["image_size"] if not isinstance(data["image_size"], list)
-                      else tuple(data["image_size"]))
+        image = _sizes("image_size", data["image_size"] if not isinstance(data["image_size"], list)
+                       else tuple(data["image_size"]))
         return cls(image, data["origins"], data["sizes"], MaskSpec(**spec) if spec else None,
                    PatchThreat(image, patch if not isinstance(patch, list) else tuple(patch))
                    if patch is not None else None)

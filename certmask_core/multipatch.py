@@ -91,8 +91,12 @@ class MaskGroups:
         object.__setattr__(self, "_cache", {})
 
     @property
-    def image_size(self) -> tuple[int, int]:
+    def image_size(self) -> tuple[int, ...]:
         return self.base.image_size
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
 
     def __len__(self) -> int:
         return len(self.members)
@@ -160,23 +164,24 @@ def _family_parts(family) -> tuple[MaskSet, np.ndarray]:
 def _union_rows(family, patch):
     """The distinct inclusion-minimal ``U`` rows as bitsets over the family, with one position each.
 
-    Returns ``(bits (r, words) uint64, positions (r, 2))``. Cached on the family.
+    Returns ``(bits (r, words) uint64, positions (r, d))``. Cached on the family.
     """
     key = ("union rows", patch)
     if key in family._cache:
         return family._cache[key]
     base, incidence = _family_parts(family)
     grid = cell_grid(base, _threat_for(base, patch))
-    rows, cols = grid.incidence(0), grid.incidence(1)  # (cells per axis, len(base))
+    axes = [grid.incidence(axis) for axis in range(len(grid.shape))]  # (cells on axis, len(base)) each
     inc = incidence.astype(np.int64)
     found, where = [], []
-    step = max(1, 2**22 // max(1, len(cols) * max(len(base), len(family))))
-    for start in range(0, len(rows), step):
-        base_cells = (rows[start:start + step, None, :] & cols[None, :, :]).reshape(-1, len(base))
+    total = math.prod(grid.shape)
+    step = max(1, 2**22 // max(len(base), len(family)))
+    for start in range(0, total, step):  # the cells in row-major order, a block at a time
+        cells = np.unravel_index(np.arange(start, min(start + step, total)), grid.shape)
+        base_cells = np.logical_and.reduce([a[c] for a, c in zip(axes, cells)])
         bits, first = _unique_with_index(_pack((base_cells.astype(np.int64) @ inc) > 0))
         found.append(bits)
-        cell = start * len(cols) + first
-        where.append(np.stack([grid.rows[cell // len(cols)], grid.cols[cell % len(cols)]], axis=1))
+        where.append(np.stack([cuts[c[first]] for cuts, c in zip(grid.cuts, cells)], axis=1))
     bits, positions = np.concatenate(found), np.concatenate(where)
     bits, first = _unique_with_index(bits)
     positions = positions[first]
@@ -196,7 +201,7 @@ def tuple_covering_sets(family, patch, patches: int = 2):
     """Candidate covering sets of m-tuples: the intersections of ``m`` minimal ``U`` rows.
 
     Returns ``(bits (t, words) uint64, tuples (t, m) indices into the minimal rows,
-    positions (r, 2))``. Every covering set of an m-tuple contains one of them, and each is itself the
+    positions (r, d))``. Every covering set of an m-tuple contains one of them, and each is itself the
     covering set of the tuple of its rows' positions.
     """
     patches = check_patches(patches)
@@ -232,7 +237,7 @@ def tuple_coverage_extremes(family, patch, patches: int = 2):
     bits, tuples, positions = tuple_covering_sets(family, patch, patches)
     counts = _popcount(bits)
     t = int(counts.argmin())
-    return int(counts[t]), tuple((int(positions[r, 0]), int(positions[r, 1])) for r in tuples[t])
+    return int(counts[t]), tuple(tuple(int(v) for v in positions[r]) for r in tuples[t])
 
 
 def family_coverage(family, patch, patches: int = 1):
@@ -280,19 +285,20 @@ def all_pairs_coverage_min(maskset: MaskSet, patch) -> int:
 def tuple_coverage_bruteforce(family, patch, patches: int = 2) -> np.ndarray:
     """Reference twin: count, for every m-tuple of positions, the members covering it (definition).
 
-    Returns an ``(P,) * m`` array over flat positions ``a * P_w + b``. Small images only.
+    Returns an ``(P,) * m`` array over flat positions (row-major: ``a * P_w + b`` for images).
+    Small inputs only.
     """
     patches = check_patches(patches)
     base, incidence = _family_parts(family)
     threat = _threat_for(base, patch)
-    (P_h, P_w), (ph, pw) = threat.num_positions, threat.patch_size
-    covers = np.zeros((P_h * P_w, len(base)), dtype=bool)  # position x base mask, by containment
-    for i, ((y, x), (mh, mw)) in enumerate(zip(base.origins, base.sizes)):
-        for a in range(P_h):
-            for b in range(P_w):
-                covers[a * P_w + b, i] = y <= a and a + ph <= y + mh and x <= b and b + pw <= x + mw
+    positions = list(itertools.product(*(range(P) for P in threat.num_positions)))
+    covers = np.zeros((len(positions), len(base)), dtype=bool)  # position x base mask, by containment
+    for i, (origin, size) in enumerate(zip(base.origins.tolist(), base.sizes.tolist())):
+        for flat, position in enumerate(positions):
+            covers[flat, i] = all(y <= a and a + p <= y + m
+                                  for a, y, m, p in zip(position, origin, size, threat.patch_size))
     holds = (covers.astype(np.int64) @ incidence.astype(np.int64)) > 0  # position x member
-    counts = np.zeros((P_h * P_w,) * patches, dtype=np.int64)
-    for tup in itertools.product(range(P_h * P_w), repeat=patches):
+    counts = np.zeros((len(positions),) * patches, dtype=np.int64)
+    for tup in itertools.product(range(len(positions)), repeat=patches):
         counts[tup] = int(np.logical_and.reduce(holds[list(tup)], axis=0).sum())
     return counts

@@ -8,6 +8,7 @@ applies the constraints.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -132,82 +133,83 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
 
     _check_shape(threat, shape)
 
-    (H, W), (ph, pw) = threat.image_size, threat.patch_size
-    P_h, P_w = threat.num_positions
+    volume = math.prod(threat.image_size)
     fronts, cheapest, seen = [], None, {"covering": False, "affordable": False}
-    for w_h, w_w in _window_chunks(P_h, P_w, shape):
-        counts = _minimum_of_classes([_axis_classes(P_h, w_h), _axis_classes(P_w, w_w)], k)
-        m_h, m_w = w_h + ph - 1, w_w + pw - 1
-        area = m_h * m_w
+    for windows in _window_chunks(threat.num_positions, shape):
+        counts = _minimum_of_classes([_axis_classes(P, w) for P, w in zip(threat.num_positions, windows)], k)
+        counts = np.minimum(counts, MAX_MASKS + 1).astype(np.int64)  # exact ints beyond int64 (5+ axes)
+        masks = np.stack([w + p - 1 for w, p in zip(windows, threat.patch_size)])  # (d, m) mask sizes
+        area = np.prod(masks, axis=0)
         seen["covering"] |= bool((counts > 0).any())
         seen["affordable"] |= bool(((counts > 0) & (counts <= MAX_MASKS)).any())
-        feasible = (counts > 0) & (counts <= MAX_MASKS) & (area < H * W)
+        feasible = (counts > 0) & (counts <= MAX_MASKS) & (area < volume)
         if feasible.any():
             i = np.flatnonzero(feasible)[np.argmin(counts[feasible])]
             if cheapest is None or counts[i] < cheapest[0]:
-                cheapest = (int(counts[i]), int(m_h[i]), int(m_w[i]))
+                cheapest = (int(counts[i]), masks[:, i].tolist())
         ok = feasible
         if max_mask_side is not None:
-            ok &= np.maximum(m_h, m_w) <= max_mask_side
+            ok &= masks.max(0) <= max_mask_side
         if max_mask_fraction is not None:
-            ok &= area <= max_mask_fraction * H * W
+            ok &= area <= max_mask_fraction * volume
         if max_masks is not None:
             ok &= counts <= max_masks
         if max_passes is not None:
             n = np.where(feasible, counts, 0)  # <= MAX_MASKS
             ok &= (n if passes_for == "one_round" else _recovery_passes(n)) <= max_passes
-        fronts.append(_count_area_front(counts[ok], m_h[ok], m_w[ok]))
+        fronts.append(_count_area_front(counts[ok], masks[:, ok]))
     if cheapest is None:
-        why = (f"at most {P_h * P_w} distinct masks lie over the corner position" if not seen["covering"] else
+        why = (f"at most {math.prod(threat.num_positions)} distinct masks lie over the corner position"
+               if not seen["covering"] else
                f"it needs more than {MAX_MASKS} masks" if not seen["affordable"] else
                "only masks hiding the whole image give it (every masked prediction would be the same)")
         raise CertMaskError(f"no mask size gives {k}-fold coverage with distinct masks for {threat}: {why}")
-    counts, m_h, m_w = _count_area_front(*(np.concatenate(parts) for parts in zip(*fronts)))
+    counts, masks = _count_area_front(np.concatenate([c for c, _ in fronts]),
+                                      np.concatenate([m for _, m in fronts], axis=1))
     if not len(counts):
         limits = {name: value for name, value in (("max_mask_side", max_mask_side),
                   ("max_mask_fraction", max_mask_fraction), ("max_masks", max_masks),
                   ("max_passes", max_passes)) if value is not None}
-        n, mh, mw = cheapest
+        n, size = cheapest
         raise CertMaskError(
             f"no {k}-fold layout for {threat} satisfies {limits} (passes for {passes_for}); the fewest masks "
-            f"are {n} of {mh}x{mw} ({mh * mw / (H * W):.1%} of the image each)")
-    return [{"strategy": strategy, "k": k, "mask_size": [mh, mw], "num_masks": n, "exact_minimum": n,
-             "lower_bound": lower_bound(threat, (mh, mw), k), "mask_fraction": round(mh * mw / (H * W), 6),
+            f"are {n} of {'x'.join(map(str, size))} ({math.prod(size) / volume:.1%} of the image each)")
+    return [{"strategy": strategy, "k": k, "mask_size": size, "num_masks": n, "exact_minimum": n,
+             "lower_bound": lower_bound(threat, size, k), "mask_fraction": round(math.prod(size) / volume, 6),
              "passes_one_round": n, "passes_recovery_worst": _recovery_passes(n)}
-            for n, mh, mw in zip(counts.tolist(), m_h.tolist(), m_w.tolist())]
+            for n, size in zip(counts.tolist(), masks.T.tolist())]
 
 
 def _check_shape(threat: PatchThreat, shape) -> None:
     if shape not in ("square", "any"):
         raise CertMaskError(f"shape must be 'square' or 'any', got {shape!r}")
-    if shape == "any" and threat.num_positions[0] * threat.num_positions[1] > MAX_ANY_PAIRS:
-        raise CertMaskError(f"shape='any' prices every (w_h, w_w) pair: {threat.num_positions[0]} x "
-                            f"{threat.num_positions[1]} positions give more than {MAX_ANY_PAIRS}; use "
-                            f"shape='square'")
+    if shape == "any" and math.prod(threat.num_positions) > MAX_ANY_PAIRS:
+        raise CertMaskError(f"shape='any' prices every (w_h, w_w) pair: "
+                            f"{' x '.join(map(str, threat.num_positions))} "
+                            f"positions give more than {MAX_ANY_PAIRS}; use shape='square'")
 
 
-def _window_chunks(P_h: int, P_w: int, shape: str):
-    """Window pairs ``(w_h, w_w)`` to price: equal windows (clipped per axis) for ``square``, every
-    pair for ``any``, in chunks of about ``PAIRS_PER_CHUNK``."""
+def _window_chunks(positions, shape: str):
+    """Windows to price, as one array per axis: equal windows (clipped per axis) for ``square``, every
+    combination for ``any``, in chunks of about ``PAIRS_PER_CHUNK``."""
     if shape == "square":
-        w = np.arange(1, max(P_h, P_w) + 1)
-        yield np.minimum(w, P_h), np.minimum(w, P_w)
+        w = np.arange(1, max(positions) + 1)
+        yield [np.minimum(w, P) for P in positions]
         return
-    rows = max(1, PAIRS_PER_CHUNK // P_w)
-    for start in range(1, P_h + 1, rows):
-        w_h, w_w = np.meshgrid(np.arange(start, min(start + rows, P_h + 1)), np.arange(1, P_w + 1),
-                               indexing="ij")
-        yield w_h.ravel(), w_w.ravel()
+    total = math.prod(positions)
+    for start in range(0, total, PAIRS_PER_CHUNK):
+        index = np.unravel_index(np.arange(start, min(start + PAIRS_PER_CHUNK, total)), positions)
+        yield [i + 1 for i in index]
 
 
-def _count_area_front(counts, m_h, m_w):
-    """The layouts no other beats on both count and mask area, by ascending count (ties: the squarer,
-    then the shorter mask)."""
-    order = np.lexsort((m_h, np.abs(m_h - m_w), m_h * m_w, counts))
-    counts, m_h, m_w = counts[order], m_h[order], m_w[order]
-    area = m_h * m_w
+def _count_area_front(counts, masks):
+    """The layouts no other beats on both count and mask volume (area), by ascending count (ties: the
+    most even mask, then the shorter first axis). ``masks`` is ``(d, m)``."""
+    area = np.prod(masks, axis=0)
+    order = np.lexsort((masks[0], masks.max(0) - masks.min(0), area, counts))
+    counts, masks, area = counts[order], masks[:, order], area[order]
     keep = area < np.minimum.accumulate(np.concatenate([[np.inf], area[:-1]]))
-    return counts[keep], m_h[keep], m_w[keep]
+    return counts[keep], masks[:, keep]
 
 
 def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategies=STRATEGIES,

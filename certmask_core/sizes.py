@@ -19,6 +19,7 @@ predictions live in one cache shared by every size, so no pair is evaluated twic
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -35,24 +36,27 @@ from .certification import (
     _geometry,
 )
 from .errors import CertMaskError
-from .geometry import MaskSet, PatchThreat, _pair
+from .geometry import MaskSet, PatchThreat, _sizes
 from .multipatch import MaskGroups, base_set, check_patches, family_coverage
 
 
-def patch_sizes(sizes) -> tuple[tuple[int, int], ...]:
-    """Validated, de-duplicated ``(ph, pw)`` sizes sorted by area then height (an int is a square).
+def patch_sizes(sizes, ndim: int = 2) -> tuple[tuple[int, ...], ...]:
+    """Validated, de-duplicated patch sizes of ``ndim`` axes sorted by volume (area for images), then
+    by axis (an int is the same size on every axis).
 
     Examples
     --------
     >>> patch_sizes([3, (2, 4), 1, 3])
     ((1, 1), (2, 4), (3, 3))
     """
-    if isinstance(sizes, (numbers.Integral, str, bytes, dict)) or not hasattr(sizes, "__iter__"):
-        raise CertMaskError(f"sizes must be a list of patch sizes (ints or (ph, pw) pairs), got {sizes!r}")
-    out = {_pair(f"sizes[{i}]", s) for i, s in enumerate(sizes)}
+    if (isinstance(sizes, (numbers.Integral, str, bytes, dict)) or not hasattr(sizes, "__iter__")
+            or isinstance(sizes, np.ndarray) and sizes.ndim == 0):
+        raise CertMaskError(f"sizes must be a list of patch sizes (ints or sizes per axis such as (ph, pw)), "
+                            f"got {sizes!r}")
+    out = {_sizes(f"sizes[{i}]", s, ndim) for i, s in enumerate(sizes)}
     if not out:
         raise CertMaskError("sizes is empty: give at least one patch size")
-    return tuple(sorted(out, key=lambda s: (s[0] * s[1], s)))
+    return tuple(sorted(out, key=lambda s: (math.prod(s), s)))
 
 
 class PairCache:
@@ -120,8 +124,8 @@ class PairCache:
 
 
 def _larger(sizes, s: int) -> list[int]:
-    """Indices of the sizes other than ``sizes[s]`` that are at least as large on both sides."""
-    return [t for t, (h, w) in enumerate(sizes) if t != s and h >= sizes[s][0] and w >= sizes[s][1]]
+    """Indices of the sizes other than ``sizes[s]`` that are at least as large on every axis."""
+    return [t for t, size in enumerate(sizes) if t != s and all(a >= b for a, b in zip(size, sizes[s]))]
 
 
 @dataclass(frozen=True)
@@ -266,8 +270,8 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
         raise CertMaskError(f"mode {mode!r} certifies nothing (its claim is refuted, proofs/t9); "
                             "choose a sound mode")
     patches = check_patches(patches)
-    sizes = patch_sizes(sizes)
     base = base_set(maskset)
+    sizes = patch_sizes(sizes, base.ndim)
     for size in sizes:
         PatchThreat(maskset.image_size, size)  # a size larger than the image is an error, not "uncovered"
     deployed = None
@@ -298,7 +302,7 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
             certified[:, certifiable] = held[:, None]
     else:
         # largest first: an image certified for a size is certified for every size inside it (T14(b))
-        for s in sorted(range(len(sizes)), key=lambda t: -sizes[t][0] * sizes[t][1]):
+        for s in sorted(range(len(sizes)), key=lambda t: -math.prod(sizes[t])):
             implied = certified[:, _larger(sizes, s)].any(1)
             certified[:, s] = implied
             rows = np.flatnonzero(~implied)

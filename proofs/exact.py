@@ -79,9 +79,9 @@ def _position_classes(maskset, patch, with_pairs: bool):
     cov = covers(maskset, patch)
     pcov = pair_covers(maskset, patch) if with_pairs else None
     seen = {}
-    for a, b in itertools.product(range(cov.shape[0]), range(cov.shape[1])):
-        key = cov[a, b].tobytes() + (pcov[a, b].tobytes() if with_pairs else b"")
-        seen.setdefault(key, (cov[a, b], pcov[a, b] if with_pairs else None, (a, b)))
+    for position in itertools.product(*(range(P) for P in cov.shape[:-1])):
+        key = cov[position].tobytes() + (pcov[position].tobytes() if with_pairs else b"")
+        seen.setdefault(key, (cov[position], pcov[position] if with_pairs else None, position))
     return list(seen.values())
 
 

@@ -18,8 +18,7 @@ from .soundness import covers
 def covering_sets_reference(maskset, patch) -> set[frozenset]:
     """Every distinct ``S(l)``, as frozensets of mask indices."""
     cov = covers(maskset, patch)
-    return {frozenset(np.flatnonzero(cov[a, b]).tolist())
-            for a in range(cov.shape[0]) for b in range(cov.shape[1])}
+    return {frozenset(np.flatnonzero(row).tolist()) for row in cov.reshape(-1, cov.shape[-1])}
 
 
 def minimal_sets_reference(sets: set[frozenset]) -> set[frozenset]:

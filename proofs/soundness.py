@@ -31,28 +31,34 @@ from certmask_core.certification import ALERT, GUARANTEES, MODES, NO_VOTE, defen
 GUARANTEE_NAMES = ("label", "label-or-alert")
 
 
+def _positions(maskset: MaskSet, patch):
+    """Every patch position of the set's input (any number of axes), with the pixel slices it holds."""
+    ranges = [range(n - p + 1) for n, p in zip(maskset.image_size, patch)]
+    for position in itertools.product(*ranges):
+        yield position, tuple(slice(a, a + p) for a, p in zip(position, patch))
+
+
 def covers(maskset: MaskSet, patch) -> np.ndarray:
-    """``(P_h, P_w, n)`` boolean: mask ``i`` covers position ``(a, b)``, from dense bitmaps (T1)."""
-    ph, pw = patch
+    """``(P_h, P_w, n)`` boolean (``(*P, n)`` in any number of axes): mask ``i`` covers position ``l``,
+    from dense bitmaps (T1)."""
+    patch = tuple(patch)
     dense = maskset.dense()
-    H, W = maskset.image_size
-    out = np.zeros((H - ph + 1, W - pw + 1, len(maskset)), dtype=bool)
-    for a in range(H - ph + 1):
-        for b in range(W - pw + 1):
-            out[a, b] = dense[:, a:a + ph, b:b + pw].all(axis=(1, 2))
+    d = maskset.ndim
+    out = np.zeros(tuple(n - p + 1 for n, p in zip(maskset.image_size, patch)) + (len(maskset),), dtype=bool)
+    for position, pixels in _positions(maskset, patch):
+        out[position] = dense[(slice(None),) + pixels].all(axis=tuple(range(1, d + 1)))
     return out
 
 
 def pair_covers(maskset: MaskSet, patch) -> np.ndarray:
-    """``(P_h, P_w, n, n)`` boolean: the union of masks ``i`` and ``j`` hides the patch at ``(a, b)``."""
-    ph, pw = patch
+    """``(*P, n, n)`` boolean: the union of masks ``i`` and ``j`` hides the patch at position ``l``."""
+    patch = tuple(patch)
     dense = maskset.dense()
-    H, W = maskset.image_size
+    d, n = maskset.ndim, len(maskset)
     union = dense[:, None] | dense[None, :]
-    out = np.zeros((H - ph + 1, W - pw + 1, len(maskset), len(maskset)), dtype=bool)
-    for a in range(H - ph + 1):
-        for b in range(W - pw + 1):
-            out[a, b] = union[:, :, a:a + ph, b:b + pw].all(axis=(2, 3))
+    out = np.zeros(tuple(m - p + 1 for m, p in zip(maskset.image_size, patch)) + (n, n), dtype=bool)
+    for position, pixels in _positions(maskset, patch):
+        out[position] = union[(slice(None), slice(None)) + pixels].all(axis=tuple(range(2, d + 2)))
     return out
 
 
@@ -140,13 +146,13 @@ def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None =
     cov = covers(maskset, patch)
     pcov = pair_covers(maskset, patch) if mode == "recovery" else None
     seen = set()
-    for a, b in itertools.product(range(cov.shape[0]), range(cov.shape[1])):
-        key = cov[a, b].tobytes() + (pcov[a, b].tobytes() if pcov is not None else b"")
+    for position in itertools.product(*(range(P) for P in cov.shape[:-1])):
+        key = cov[position].tobytes() + (pcov[position].tobytes() if pcov is not None else b"")
         if key in seen:
             continue
         seen.add(key)
         for y in range(alphabet):
-            pats = _attacked_patterns(cov[a, b], y, alphabet, no_vote)
+            pats = _attacked_patterns(cov[position], y, alphabet, no_vote)
             if mode != "recovery":
                 outs = defend(pats, maskset, mode, patch=patch, k=k).output
                 extra = [None] * len(pats)
@@ -154,14 +160,14 @@ def check(maskset: MaskSet, patch, mode: str, alphabet: int = 3, k: int | None =
                 n = len(maskset)
                 chosen = np.repeat(np.arange(-1, n), len(pats))
                 first = np.tile(pats, (n + 1, 1))
-                predictor = _recovery_pair_predictor(first, chosen, pcov[a, b], y, alphabet)
+                predictor = _recovery_pair_predictor(first, chosen, pcov[position], y, alphabet)
                 outs = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=predictor).output
                 pats = first
                 extra = [{"attacker_accepts_mask": int(c)} for c in chosen]
             result.patterns += len(pats)
             for p, o, e in zip(pats, outs, extra):
                 if o != y:
-                    result.record(y, (a, b), p, int(o), e)
+                    result.record(y, position, p, int(o), e)
     return result
 
 

@@ -90,3 +90,10 @@ def test_planning_benchmark_twins_agree_on_small_cases():
     assert planner(image=20, patch=3, k=2)["layouts"] > 3
     measured = offset(image=16, patch=3)
     assert measured["cases"] > 20 and measured["worst_ratio"] >= 1.0
+
+
+def test_ndim_benchmark_twins_agree_on_small_cases():
+    from benchmarks.bench_ndim import cost_rows, coverage_rows, covering_set_rows
+    assert len(coverage_rows(cases=(((300,), (5,), 20), ((4, 9, 9), (2, 2, 3), 15)))) == 2
+    assert covering_set_rows(cases=(((4, 6, 6), (2, 2, 2), (2, 2, 2), 2),))[0]["sets"] > 1
+    assert all(r["masks"] < r["naive_product"] for r in cost_rows())

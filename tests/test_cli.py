@@ -215,3 +215,28 @@ def test_attack_command_with_two_patches_and_a_larger_true_patch(capsys, tmp_pat
     assert big["true_patch"] == [14, 14] and big["certified_broken"] == 0
     assert big["true_size_covered"] == (big["true_size_min_coverage"] > 0)
     assert "true_size_covered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("image,patch,per_axis", [(["16", "28", "28"], ["4", "3", "3"], ["2", "3", "3"]),
+                                                  (["60"], ["3"], ["3"])])
+def test_plan_and_coverage_take_sizes_of_any_dimension(capsys, tmp_path, image, patch, per_axis):
+    from certmask_core import MaskSet, coverage_counts_bruteforce
+    assert main(["plan", "--image", *image, "--patch", *patch, "--k", "2", "--json"]) == 0  # the planner
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["summary"]["min_coverage"] >= 2 and len(planned["image_size"]) == len(image)
+    assert main(["plan", "--image", *image, "--patch", *patch, "--masks-per-axis", *per_axis, "--json"]) == 0
+    path = tmp_path / "masks.json"
+    path.write_text(capsys.readouterr().out)
+    ms = MaskSet.from_json(path.read_text())
+    counts = coverage_counts_bruteforce(ms, tuple(map(int, patch)))
+    assert main(["coverage", str(path), "--patch", *patch, "--k", "2", "--json"]) == 1  # a 1-fold set
+    report = json.loads(capsys.readouterr().out)
+    assert report["positions_below_k"] == int((counts < 2).sum()) > 0
+    assert all(counts[tuple(p)] < 2 for p in report["first_positions_below_k"])
+    cube = (int(patch[0]),) * len(patch)  # one value: every axis
+    uncovered = int(coverage_counts_bruteforce(ms, cube).min() < 1)
+    assert main(["coverage", str(path), "--patch", patch[0]]) == uncovered
+    positions = "x".join(str(P) for P in np.subtract(ms.image_size, cube) + 1)
+    assert f"{positions} patch positions" in capsys.readouterr().out
+    assert main(["plan", "--image", *image, "--patch", "3", "3", "3", "3", "--masks-per-axis", "2"]) == 2
+    assert "--patch takes one integer or" in capsys.readouterr().err

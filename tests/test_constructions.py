@@ -104,11 +104,15 @@ def test_errors_name_the_values():
         make_maskset(t, 1, "patchcleanser", mask_size=2)
     with pytest.raises(CertMaskError, match="k must be >= 1, got 0"):
         make_maskset(t, 0, "replicated", mask_size=5)
-    with pytest.raises(CertMaskError, match="masks_per_axis\\[0\\] \\(h\\) must be >= 1, got 0"):
+    with pytest.raises(CertMaskError, match="masks_per_axis must be >= 1, got 0"):
         make_maskset(t, 1, "offset", masks_per_axis=0)
-    with pytest.raises(CertMaskError, match=r"replicated: only 4 = min\(w_h, P_h\) \* min\(w_w, P_w\)"):
+    with pytest.raises(CertMaskError, match=r"masks_per_axis\[0\] \(h\) must be >= 1, got 0"):
+        make_maskset(t, 1, "offset", masks_per_axis=(0, 2))
+    with pytest.raises(CertMaskError, match=r"masks_per_axis must have 2 axes, got 3"):
+        make_maskset(t, 1, "offset", masks_per_axis=(2, 2, 2))
+    with pytest.raises(CertMaskError, match=r"replicated: only 4 = prod min\(w_i, P_i\)"):
         make_maskset(PatchThreat(4, 3), 5, "replicated", mask_size=4)
-    with pytest.raises(CertMaskError, match=r"offset: only 4 = min\(w_h, P_h\) \* min\(w_w, P_w\)"):
+    with pytest.raises(CertMaskError, match=r"offset: only 4 = prod min\(w_i, P_i\)"):
         make_maskset(PatchThreat(4, 3), 5, "offset", mask_size=4)
     with pytest.raises(CertMaskError, match="threat must be a PatchThreat"):
         make_maskset((10, 10), 1, "patchcleanser", mask_size=5)

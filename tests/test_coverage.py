@@ -106,11 +106,21 @@ def test_box_coverage_counts_serve_two_dimensional_mask_sets_and_refuse_bad_grid
     lows = np.array([[-5, 2, 0], [1, 1, 1]], np.int64)
     highs = np.array([[9, 9, 9], [0, 3, 3]], np.int64)
     assert checked(lows, highs, np.array([2, 3, 4])).shape == (3 * 4 * 5,)
-    with pytest.raises(CertMaskError, match=r"positions must be 1 to 8 axes of >= 1 positions, got \(3, 0\)"):
+    with pytest.raises(CertMaskError, match=r"positions must be 1 to 8 integers >= 1 .*, got \(3, 0\)"):
         box_coverage_counts([[0, 0]], [[1, 1]], (3, 0))
+    for positions in (3, None, "ab", (2.7,), (True, 2)):
+        with pytest.raises(CertMaskError, match="positions must be 1 to 8 integers"):
+            box_coverage_counts([[0]], [[1]], positions)
+    with pytest.raises(CertMaskError, match="count grid exceeds"):
+        box_coverage_counts([[0]], [[1]], (2**70,))
     with pytest.raises(CertMaskError, match="differ in shape"):
         box_coverage_counts([[0, 0]], [[1, 1], [2, 2]], (3, 3))
-    with pytest.raises(CertMaskError, match="must hold integers, got float64"):
+    with pytest.raises(CertMaskError, match=r"integer array, got shape \(1, 2\) dtype float64"):
         box_coverage_counts([[0.5, 0]], [[1, 1]], (3, 3))
-    with pytest.raises(CertMaskError, match=r"must be \(n, 2\)"):
+    with pytest.raises(CertMaskError, match=r"lows holds values beyond"):  # uint64 would wrap in int64
+        box_coverage_counts(np.array([[2**64 - 1]], np.uint64), np.array([[0]], np.uint64), (3,))
+    assert box_coverage_counts([], [], (2, 3)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    with pytest.raises(CertMaskError, match=r"must be an \(n, 2\) integer array, got shape \(2, 3\)"):
+        box_coverage_counts([[0, 0, 0], [1, 1, 1]], [[1, 1, 1], [1, 1, 1]], (2, 2))  # not re-read as 3 boxes
+    with pytest.raises(CertMaskError, match=r"must be an \(n, 2\) integer array"):
         box_coverage_counts([[0, 0, 0]], [[1, 1, 1]], (3, 3))

@@ -79,7 +79,7 @@ def test_no_distinct_set_is_reported_not_built():
     t = PatchThreat(10, 3)
     assert exact_minimum(t, 4, 4) == 4 * 4 * 4 // 4 * 1 or exact_minimum(t, 4, 4) is not None
     assert exact_minimum(t, 4, 5) is None  # w = 2 per axis: four distinct masks over position (0, 0)
-    with pytest.raises(CertMaskError, match=r"only 4 = min\(w_h, P_h\) \* min\(w_w, P_w\)"):
+    with pytest.raises(CertMaskError, match=r"only 4 = prod min\(w_i, P_i\)"):
         make_maskset(t, 5, "offset", mask_size=4)
     with pytest.raises(CertMaskError, match="k must be >= 1, got 0"):
         exact_minimum(t, 4, 0)
@@ -333,7 +333,7 @@ def test_review_planner_tries_every_window_on_long_axes():
 @pytest.mark.parametrize("call,message", [
     (lambda: exact_minimum(PatchThreat(28, 3), 7, 2**63), None),
     (lambda: plan_layouts(PatchThreat(28, 3), 2**63), r"k must be <= 4194304"),
-    (lambda: make_maskset(PatchThreat(28, 3), 2**63, "offset", mask_size=7), r"only 25 = min"),
+    (lambda: make_maskset(PatchThreat(28, 3), 2**63, "offset", mask_size=7), r"only 25 = prod min"),
     (lambda: plan_layouts(PatchThreat(28, 3), 2, strategy=0), r"strategy must be"),
     (lambda: tune_candidates(PatchThreat(28, 3), 50, ks=[0, 2]), r"ks\[\] must be >= 1, got 0"),
     (lambda: tune_candidates(PatchThreat(28, 3), 50, ks=[2, 2]), r"ks lists a value twice: \[2, 2\]"),

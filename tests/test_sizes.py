@@ -150,7 +150,7 @@ def test_bad_sizes_and_modes_are_named():
     ms = make_maskset(PatchThreat((8, 8), (2, 2)), masks_per_axis=2)
     first, labels = np.zeros((1, len(ms)), np.int64), np.zeros(1, np.int64)
     for sizes, message in (([0], "must be >= 1"), ([], "empty"), (3, "list of patch sizes"),
-                           (["3x3"], "int or a pair"), ([(9, 1)], "larger than the image")):
+                           (["3x3"], "int or a size per axis"), ([(9, 1)], "larger than the image")):
         with pytest.raises(CertMaskError, match=message):
             certify_sizes(first, labels, ms, sizes)
     with pytest.raises(CertMaskError, match="certifies nothing"):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -71,39 +72,51 @@ WINS = {"detection": "wrong label, not ALERT", "plurality": "wrong label, not AL
         "covering_consensus": "wrong label, not ALERT", "recovery": "wrong label", "paper": "wrong label"}
 
 
-def _positions(threat: PatchThreat, stride: int) -> list[tuple[int, int]]:
-    P_h, P_w = threat.num_positions
-    rows = sorted(set(range(0, P_h, stride)) | {P_h - 1})
-    cols = sorted(set(range(0, P_w, stride)) | {P_w - 1})
-    return [(a, b) for a in rows for b in cols]
+def _positions(threat: PatchThreat, stride: int) -> list[tuple[int, ...]]:
+    """The stride grid of patch positions, each axis's last position included (row-major)."""
+    axes = [sorted(set(range(0, P, stride)) | {P - 1}) for P in threat.num_positions]
+    return list(itertools.product(*axes))
+
+
+def _neighbours(positions, threat: PatchThreat) -> set[tuple[int, ...]]:
+    """The positions at Chebyshev distance <= 1 of ``positions``, inside the position grid."""
+    steps = itertools.product((-1, 0, 1), repeat=threat.ndim)
+    return {q for q in (tuple(a + da for a, da in zip(p, step)) for p in positions for step in steps)
+            if all(0 <= a < P for a, P in zip(q, threat.num_positions))} if positions else set()
 
 
 def _paste(image: torch.Tensor, patch: torch.Tensor, positions) -> torch.Tensor:
-    """``(P, C, H, W)`` copies of ``image`` with ``patch[i]`` pasted at ``positions[i]``."""
+    """``(P, C, *spatial)`` copies of ``image`` with ``patch[i]`` pasted at ``positions[i]``."""
     return _paste_many(image, patch[:, None], [(tuple(p),) for p in positions])
 
 
 def _paste_many(image: torch.Tensor, patches: torch.Tensor, positions) -> torch.Tensor:
-    """``(P, C, H, W)`` copies of ``image`` with ``patches[i, t]`` pasted at ``positions[i][t]``, in
-    order (a later patch overwrites an earlier one where they overlap).
+    """``(P, C, *spatial)`` copies of ``image`` (``(C, H, W)``, or any number of spatial axes) with
+    ``patches[i, t]`` (``(P, m, C, *patch)``) pasted at ``positions[i][t]``, in order (a later patch
+    overwrites an earlier one where they overlap).
 
     One scatter per patch slot, differentiable in ``patches``: slice assignment per candidate would
     make the backward pass copy the whole batch once per candidate.
     """
-    P, m, C, ph, pw = patches.shape
-    H, W = image.shape[-2:]
-    out = image.expand(P, C, H, W)
+    P, m, C = patches.shape[:3]
+    patch, spatial = tuple(patches.shape[3:]), tuple(image.shape[1:])
+    d, volume, size = len(spatial), math.prod(patch), math.prod(spatial)
+    out = image.expand(P, C, *spatial)
     if P == 0:
         return out.clone()
-    pos = torch.as_tensor(np.asarray(positions, dtype=np.int64).reshape(P, m, 2), device=image.device)
-    r = torch.arange(ph, device=image.device).view(1, ph, 1)
-    s = torch.arange(pw, device=image.device).view(1, 1, pw)
+    pos = torch.as_tensor(np.asarray(positions, dtype=np.int64).reshape(P, m, d), device=image.device)
+    strides = [math.prod(spatial[axis + 1:]) for axis in range(d)]
     for t in range(m):
-        flat = ((pos[:, t, 0].view(P, 1, 1) + r) * W + pos[:, t, 1].view(P, 1, 1) + s).view(P, 1, ph * pw)
-        placed = torch.zeros(P, C, H * W, device=image.device, dtype=patches.dtype).scatter(
-            2, flat.expand(P, C, ph * pw), patches[:, t].reshape(P, C, ph * pw))
-        inside = torch.zeros(P, 1, H * W, device=image.device, dtype=torch.bool).scatter(2, flat, True)
-        out = torch.where(inside.view(P, 1, H, W), placed.view(P, C, H, W), out)
+        flat = torch.zeros((P,) + patch, dtype=torch.long, device=image.device)
+        for axis in range(d):
+            offset = torch.arange(patch[axis], device=image.device).view(
+                (1,) + (1,) * axis + (patch[axis],) + (1,) * (d - axis - 1))
+            flat = flat + (pos[:, t, axis].view((P,) + (1,) * d) + offset) * strides[axis]
+        flat = flat.view(P, 1, volume)
+        placed = torch.zeros(P, C, size, device=image.device, dtype=patches.dtype).scatter(
+            2, flat.expand(P, C, volume), patches[:, t].reshape(P, C, volume))
+        inside = torch.zeros(P, 1, size, device=image.device, dtype=torch.bool).scatter(2, flat, True)
+        out = torch.where(inside.view(P, 1, *spatial), placed.view(P, C, *spatial), out)
     return out
 
 
@@ -115,7 +128,9 @@ class PatchAttack:
     backend : TorchBackend
     model : nn.Module
     maskset : MaskSet
+        Any number of axes (images ``(H, W)``, clips ``(T, H, W)``).
     patch : (ph, pw)
+        One size per axis of the mask set.
     mode : str
     steps : int
         PGD steps per position.
@@ -135,23 +150,23 @@ class PatchAttack:
         self.hidden = backend.hidden_pixels(maskset)
         self.windows = covered_windows(maskset, self.threat)
 
-    def _covering(self, a: int, b: int) -> np.ndarray:
-        w = self.windows
-        return (w[:, 0] <= a) & (a <= w[:, 2]) & (w[:, 1] <= b) & (b <= w[:, 3])
+    def _covering(self, *position: int) -> np.ndarray:
+        d = len(position)
+        return ((self.windows[:, :d] <= position) & (np.array(position) <= self.windows[:, d:])).all(1)
 
     def _targets(self, positions, y: int, c: int) -> torch.Tensor:
         """``(P, n)`` target class per mask (-1: covered, ignored in the loss)."""
         n = len(self.maskset)
         targets = np.full((len(positions), n), c, dtype=np.int64)
-        if self.mode == "paper":
-            P_h, P_w = self.threat.num_positions
-            far = [(P_h - 1, P_w - 1), (0, P_w - 1), (P_h - 1, 0), (0, 0)]
-        for i, (a, b) in enumerate(positions):
-            cov = self._covering(a, b)
+        if self.mode == "paper":  # the corners, the first axis varying fastest
+            far = [corner[::-1] for corner in itertools.product(*((P - 1, 0) for P in
+                                                                   self.threat.num_positions[::-1]))]
+        for i, position in enumerate(positions):
+            cov = self._covering(*position)
             if self.mode == "paper":
                 targets[i] = y
-                for a2, b2 in far:  # a far covering set disjoint from S(l) gets the wrong class
-                    other = self._covering(a2, b2)
+                for corner in far:  # a far covering set disjoint from S(l) gets the wrong class
+                    other = self._covering(*corner)
                     if not (other & cov).any():
                         targets[i, other] = c
                         break
@@ -160,16 +175,16 @@ class PatchAttack:
 
     def _masked_logits(self, patched: torch.Tensor) -> torch.Tensor:
         """``(P, n, K)`` logits of ``(P, C, H, W)`` patched images under every mask (with grad)."""
-        x = self.backend.masked_inputs(patched.unsqueeze(1), self.hidden.unsqueeze(0))
+        x = self.backend.masked_inputs(patched.unsqueeze(1), self.hidden.unsqueeze(0), self.threat.ndim)
         P, n = x.shape[:2]
         return self.model(x.reshape(P * n, *x.shape[2:])).view(P, n, -1)
 
     def _optimise(self, image: torch.Tensor, positions, y: int, c: int, gen: torch.Generator):
         """PGD on the surrogate; returns patches ``(P, C, ph, pw)`` and final losses ``(P,)``."""
-        ph, pw = self.threat.patch_size
         C = image.shape[0]
         targets = self._targets(positions, y, c)
-        patch = torch.rand(len(positions), C, ph, pw, generator=gen).to(image.device, image.dtype)
+        patch = torch.rand(len(positions), C, *self.threat.patch_size, generator=gen)
+        patch = patch.to(image.device, image.dtype)
         patch.requires_grad_(True)
         for _ in range(self.steps):
             logits = self._masked_logits(_paste(image, patch, positions))
@@ -209,10 +224,8 @@ class PatchAttack:
         outputs = self._defend(_paste(x, patches, grid))
         best = self._record(grid, patches, losses, outputs, y)
         if not best["success"]:
-            P_h, P_w = self.threat.num_positions
-            near = {(a + da, b + db) for a, b in [grid[i] for i in torch.argsort(losses)[:3].tolist()]
-                    for da in (-1, 0, 1) for db in (-1, 0, 1)}
-            near = sorted((a, b) for a, b in near if 0 <= a < P_h and 0 <= b < P_w and (a, b) not in grid)
+            near = sorted(_neighbours([grid[i] for i in torch.argsort(losses)[:3].tolist()], self.threat)
+                          - set(grid))
             if near:
                 patches, losses = self._optimise_in_chunks(x, near, y, c, gen)
                 outputs = self._defend(_paste(x, patches, near))
@@ -295,6 +308,9 @@ class MultiPatchAttack:
         if group_sample is not None and (isinstance(group_sample, bool) or not isinstance(
                 group_sample, (int, np.integer)) or group_sample < 1):
             raise CertMaskError(f"group_sample must be None or an integer >= 1, got {group_sample!r}")
+        if maskset.ndim != 2:
+            raise CertMaskError(f"the two-patch attack is for images (2-D mask sets), got a "
+                                f"{maskset.ndim}-D set")
         self.backend, self.model, self.maskset, self.mode = backend, model, maskset, mode
         self.patches = 2
         self.family = all_pairs_groups(maskset)
@@ -502,11 +518,11 @@ def attack_undefended(backend, model, image: np.ndarray, y: int, patch, steps: i
     # one patch: every position in one batch; several: every tuple of distinct positions, in chunks
     tuples = [(q,) for q in grid] if single else list(itertools.combinations(grid, patches))
     step = len(tuples) if single else chunk
-    ph, pw = threat.patch_size
     with eval_mode(model):
         for start in range(0, len(tuples), step):
             tups = tuples[start:start + step]
-            p = torch.rand(len(tups), patches, x.shape[0], ph, pw, generator=gen).to(x.device, x.dtype)
+            p = torch.rand(len(tups), patches, x.shape[0], *threat.patch_size, generator=gen)
+            p = p.to(x.device, x.dtype)
             p.requires_grad_(True)
             target = torch.full((len(tups),), y, device=x.device)
             for _ in range(steps):
@@ -615,7 +631,7 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     undefended_clean = backend.predict(model, images) == labels
     result = {
         "mode": mode, "guarantee": report.guarantee, "sound": report.sound, "attacker_wins_with": WINS[mode],
-        "strategy": strategy, "k": k, "num_masks": len(ms), "patch": list(patch), "steps": steps,
+        "strategy": strategy, "k": k, "num_masks": len(ms), "patch": list(threat.patch_size), "steps": steps,
         "stride": stride, "images": n,
         "clean_accuracy": float(np.mean([r["clean_output"] == r["label"] for r in rows])),
         ("certified_accuracy" if report.sound else "claimed_certified_accuracy_UNSOUND"): float(holds.mean()),
@@ -656,7 +672,7 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
 def _write(result, rows, images, ms, patch, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shown = [i for i, r in enumerate(rows) if r.get("attacked")][:8]
-    if shown:
+    if shown and ms.ndim == 2:  # the picture is of images; clips and signals get the JSON only
         from certmask_core.run.datasets import FASHION_MNIST_CLASSES
         from certmask_core.run.plots import example_images
         attacked = images[shown].copy()

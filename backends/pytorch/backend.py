@@ -3,7 +3,8 @@
 Masks are applied on the device inside each batch: for a chunk of ``b`` images and ``m`` masks the
 ``(m, 1, H, W)`` rectangles are rasterised from the mask set's origins and sizes with broadcast
 comparisons, and ``torch.where`` writes the fill into the ``(b, m, C, H, W)`` model input. No host
-copy of masked images is ever made.
+copy of masked images is ever made. The same code path serves signals ``(B, C, L)`` and clips
+``(B, C, T, H, W)``: the masks are boxes over the trailing axes, as many as the mask set has.
 
 Third-party models and inputs are not trusted: every call validates what it is given, runs the model
 in eval mode, and reports any failure as a :class:`CertMaskError` naming the shapes, dtypes or values.
@@ -24,6 +25,24 @@ from torch import nn
 from certmask_core import CertMaskError, MaskSet
 from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 from certmask_core.multipatch import MaskGroups
+
+
+def _names(ndim: int) -> str:
+    return {1: "L", 2: "H, W", 3: "T, H, W"}.get(ndim, f"{ndim} spatial axes")
+
+
+def _axes(ndim: int) -> str:
+    return f"({_names(ndim)},)" if ndim == 1 else f"({_names(ndim)})"
+
+
+def _layout(ndim: int, channels_last: bool = False) -> str:
+    return f"(B, {_names(ndim)}, C)" if channels_last else f"(B, C, {_names(ndim)})"
+
+
+def _check_maskset(maskset):
+    if not isinstance(maskset, (MaskSet, MaskGroups)):
+        raise CertMaskError(f"expected a MaskSet or MaskGroups, got {type(maskset).__name__}")
+    return maskset
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -294,19 +313,23 @@ class TorchBackend:
         model : nn.Module
             Its first floating-point parameter gives the dtype (float32 if it has none).
         images : array or tensor, shape (B, C, H, W), floating point
+            ``(B, C, L)`` or ``(B, C, T, H, W)`` for 1-D or 3-D mask sets (one spatial axis per axis
+            of the mask set; without a mask set any of the three).
         maskset : MaskSet, optional
-            When given, ``(H, W)`` must be its image size and ``fill`` must suit ``C``.
+            When given, ``(H, W)`` (its trailing axes) must be its image size and ``fill`` must suit ``C``.
 
         Raises
         ------
         CertMaskError
-            Non-numeric input, not 4-D, not floating point, the wrong ``(H, W)`` (channels-last
-            input is recognised and named), NaN or inf pixels, or pixels outside ``value_range``.
+            Non-numeric input, the wrong number of axes, not floating point, the wrong ``(H, W)``
+            (channels-last input is recognised and named), NaN or inf pixels, or pixels outside
+            ``value_range``.
         """
         x = _as_tensor(images, "images")
         shape = tuple(x.shape)
-        if x.ndim != 4:
-            raise CertMaskError(f"images must have shape (B, C, H, W), got {shape}")
+        axes = _check_maskset(maskset).ndim if maskset is not None else 2
+        if x.ndim != axes + 2 and not (maskset is None and 3 <= x.ndim <= 5):
+            raise CertMaskError(f"images must have shape {_layout(axes)}, got {shape}")
         if not torch.is_floating_point(x):
             where = f" in [{self.value_range[0]:g}, {self.value_range[1]:g}]" if self.value_range else ""
             raise CertMaskError(f"images must be floating point{where}, got dtype {x.dtype}")
@@ -318,12 +341,14 @@ class TorchBackend:
     def _check_geometry(self, shape: tuple, maskset: MaskSet) -> None:
         size = maskset.image_size
         if shape[2:] != size:
-            if shape[1:3] == size and shape[3] in (1, 3, 4):
-                raise CertMaskError(f"images of shape {shape} look channels-last (B, H, W, C) for the mask "
-                                    f"set's (H, W) = {size}; pass images.transpose(0, 3, 1, 2) "
-                                    f"(torch: images.permute(0, 3, 1, 2)) for (B, C, H, W)")
-            raise CertMaskError(f"images of shape (B, C, H, W) = {shape} have (H, W) = {shape[2:]} but the "
-                                f"mask set is for (H, W) = {size}")
+            if shape[1:-1] == size and shape[-1] in (1, 3, 4):
+                order = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
+                raise CertMaskError(f"images of shape {shape} look channels-last {_layout(len(size), True)} "
+                                    f"for the mask set's "
+                                    f"{_axes(len(size))} = {size}; pass images.transpose{order} "
+                                    f"(torch: images.permute{order}) for {_layout(len(size))}")
+            raise CertMaskError(f"images of shape {_layout(len(size))} = {shape} have {_axes(len(size))} = "
+                                f"{shape[2:]} but the mask set is for {_axes(len(size))} = {size}")
         if len(self.fill) not in (1, shape[1]):
             raise CertMaskError(f"fill has {len(self.fill)} values but images have {shape[1]} channels")
 
@@ -359,17 +384,20 @@ class TorchBackend:
         return p.to(self.device, torch.long)
 
     # ----------------------------------------------------------------- masking
-    def rasterise(self, rects: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``(m, 4)`` rectangles ``(y0, x0, y1, x1)`` -> ``(m, 1, H, W)`` bool, True = hidden."""
-        ys = torch.arange(H, device=self.device).view(1, H, 1)
-        xs = torch.arange(W, device=self.device).view(1, 1, W)
-        r = rects.view(-1, 4, 1, 1)
-        inside = (ys >= r[:, 0]) & (ys < r[:, 2]) & (xs >= r[:, 1]) & (xs < r[:, 3])
+    def rasterise(self, rects: torch.Tensor, *size: int) -> torch.Tensor:
+        """``(m, 2 d)`` boxes (first pixels, then exclusive ends: ``(y0, x0, y1, x1)`` for images) ->
+        ``(m, 1, *size)`` bool, True = hidden, for ``d = len(size)`` axes (``size = (H, W)`` for images)."""
+        d = len(size)
+        r = rects.view((-1, 2 * d) + (1,) * d)
+        inside = torch.ones((len(r), *size), dtype=torch.bool, device=self.device)
+        for axis, n in enumerate(size):
+            index = torch.arange(n, device=self.device).view((1,) * (axis + 1) + (n,) + (1,) * (d - axis - 1))
+            inside &= (index >= r[:, axis]) & (index < r[:, d + axis])
         return inside.unsqueeze(1)
 
     def hidden_pixels(self, maskset: MaskSet | MaskGroups) -> torch.Tensor:
-        """``(n, 1, H, W)`` bool on the device, True where mask ``i`` (or group ``i``: the union of
-        its masks) hides a pixel."""
+        """``(n, 1, *image_size)`` bool on the device (``(n, 1, H, W)`` for images), True where mask
+        ``i`` (or group ``i``: the union of its masks) hides a pixel."""
         if isinstance(maskset, MaskGroups):
             base = self.hidden_pixels(maskset.base)
             members = torch.as_tensor(np.array(maskset.members), device=self.device)
@@ -379,17 +407,27 @@ class TorchBackend:
         rects = torch.as_tensor(maskset.rectangles(), device=self.device)
         return self.rasterise(rects, *maskset.image_size)
 
-    def masked_inputs(self, images: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def masked_inputs(self, images: torch.Tensor, hidden: torch.Tensor, axes: int = 2) -> torch.Tensor:
         """``images`` with the fill written where ``hidden`` is True (differentiable in ``images``).
 
         Parameters
         ----------
         images : tensor, shape (..., C, H, W)
+            ``(..., C, *spatial)`` with ``axes`` spatial axes (``(..., C, T, H, W)`` for clips).
         hidden : bool tensor, shape (..., 1, H, W)
             Broadcast against ``images``, e.g. ``(b, 1, H, W)`` masks against ``(b, C, H, W)`` images,
             or ``(1, n, 1, H, W)`` against ``(P, 1, C, H, W)`` for every mask of every image.
+        axes : int
+            Number of spatial axes (the mask set's ``ndim``); the fill is laid along the axis before them.
         """
-        fill = self.fill.to(images.device, images.dtype).view(-1, 1, 1)
+        channel = -axes - 1
+        if (images.ndim < axes + 1 or hidden.ndim < axes + 1 or hidden.shape[channel] != 1
+                or len(self.fill) != 1 and images.shape[channel] != len(self.fill)):
+            raise CertMaskError(f"masked_inputs: images {tuple(images.shape)} and hidden "
+                                f"{tuple(hidden.shape)} "
+                                f"do not end in (C, *spatial) and (1, *spatial) with {axes} spatial axes "
+                                f"and {len(self.fill)} fill values")
+        fill = self.fill.to(images.device, images.dtype).view((-1,) + (1,) * axes)
         return torch.where(hidden, fill, images)
 
     # ----------------------------------------------------------------- running the model
@@ -422,8 +460,9 @@ class TorchBackend:
         return max(1, min(self.batch_size, int(self.memory_budget_mb * 2**20 // per_image)))
 
     def _forward(self, model, batch: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and batch.ndim in (4, 5):
+            batch = batch.contiguous(memory_format=torch.channels_last if batch.ndim == 4
+                                     else torch.channels_last_3d)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
         try:
@@ -494,9 +533,11 @@ class TorchBackend:
         Parameters
         ----------
         model : nn.Module
-            Maps ``(N, C, H, W)`` pixel-space inputs to ``(N, K)`` logits.
+            Maps ``(N, C, H, W)`` pixel-space inputs to ``(N, K)`` logits (``(N, C, T, H, W)`` for a
+            3-D mask set, ``(N, C, L)`` for a 1-D one).
         images : array or tensor, shape (B, C, H, W), float
         maskset : MaskSet
+            Any number of axes; they are the trailing axes of ``images``.
 
         Returns
         -------
@@ -511,28 +552,30 @@ class TorchBackend:
 
         def make_batch(a, b):
             idx = flat_index[a:b]
-            return self.masked_inputs(x[idx // n], hidden[idx % n])
+            return self.masked_inputs(x[idx // n], hidden[idx % n], maskset.ndim)
 
         logits = self._chunked_logits(model, x, B * n, make_batch)
         return self._output(logits.view(B, n, logits.shape[-1]), return_logits)
 
     def _pair_logits(self, model, x: torch.Tensor, hidden: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         def make_batch(a, b):
-            return self.masked_inputs(x, hidden[pairs[a:b, 0]] | hidden[pairs[a:b, 1]])
+            return self.masked_inputs(x, hidden[pairs[a:b, 0]] | hidden[pairs[a:b, 1]], hidden.ndim - 2)
 
         return self._chunked_logits(model, x, len(pairs), make_batch)
 
     def pair_predictions(self, model: nn.Module, image, maskset: MaskSet, pairs,
                          return_logits: bool = False) -> np.ndarray:
-        """Two-mask predictions of one ``(C, H, W)`` image under the unions of ``pairs``.
+        """Two-mask predictions of one ``(C, H, W)`` image (``(C, *image_size)``) under the unions of
+        ``pairs``.
 
         ``pairs`` is an ``(m, 2)`` integer array of mask indices; the core asks for them in chunks and
         stops at the first chunk holding a wrong label (early exit). Returns ``(m,)`` int64 labels or
         ``(m, K)`` float32 logits.
         """
         x = _as_tensor(image, "image")
-        if x.ndim != 3:
-            raise CertMaskError(f"image must have shape (C, H, W), got {tuple(x.shape)}")
+        _check_maskset(maskset)
+        if x.ndim != maskset.ndim + 1:
+            raise CertMaskError(f"image must have shape ({_layout(maskset.ndim)[4:]}, got {tuple(x.shape)}")
         x = self.prepare_images(model, x[None], maskset)
         logits = self._pair_logits(model, x, self.hidden_pixels(maskset), self._pairs(pairs, len(maskset)))
         return self._output(logits, return_logits)
@@ -569,7 +612,7 @@ class TorchBackend:
             index = index.to(device=x.device, dtype=torch.long)
 
             def make_batch(a, b):
-                return self.masked_inputs(x[index[a:b]], hidden[p[a:b, 0]] | hidden[p[a:b, 1]])
+                return self.masked_inputs(x[index[a:b]], hidden[p[a:b, 0]] | hidden[p[a:b, 1]], maskset.ndim)
             return self._output(self._chunked_logits(model, x, len(p), make_batch), return_logits)
         predict.many = many
         return predict

@@ -19,8 +19,9 @@ from certmask_core import CertMaskError
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
 BUNDLED_WEIGHTS = "fmnist_cnn.pt"
-# model spec -> committed weights file
-BUNDLED = {"bundled": BUNDLED_WEIGHTS, "bundled-cutout": "fmnist_cnn_cutout.pt"}
+# model spec -> committed weights file (the video model's is a VideoCNN, the others FashionCNNs)
+BUNDLED = {"bundled": BUNDLED_WEIGHTS, "bundled-cutout": "fmnist_cnn_cutout.pt",
+           "bundled-video": "fmnist_video_cnn.pt"}
 
 
 class FashionCNN(nn.Module):
@@ -45,6 +46,38 @@ class FashionCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features((x - FMNIST_MEAN) / FMNIST_STD))
+
+
+class VideoCNN(nn.Module):
+    """A small 3-D CNN (about 11 M multiply-adds per 16-frame clip): ``(B, 1, T, 28, 28)`` in ``[0, 1]``
+    -> ``(B, 10)`` logits, for any ``T >= 1``.
+
+    Three 3x3x3 convolutions, each followed by pooling over time and space, then global max and mean
+    pooling: the moving item is recognised wherever (and whenever) it is seen, which is what lets the
+    clip keep its label when a mask hides it in some frames.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv3d(1, w, 3, padding=1), nn.BatchNorm3d(w), nn.ReLU(inplace=True),
+            nn.MaxPool3d(2, ceil_mode=True),
+            nn.Conv3d(w, 2 * w, 3, padding=1), nn.BatchNorm3d(2 * w), nn.ReLU(inplace=True),
+            nn.MaxPool3d(2, ceil_mode=True),
+            nn.Conv3d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm3d(4 * w), nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(8 * w, 64), nn.ReLU(inplace=True),
+                                  nn.Linear(64, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features((x - FMNIST_MEAN) / FMNIST_STD).flatten(2)
+        return self.head(torch.cat([f.amax(2), f.mean(2)], 1))
+
+
+def bundled_model(name: str) -> nn.Module:
+    """The architecture of bundled model spec ``name``, freshly initialised."""
+    return VideoCNN() if name in ("bundled-video", "video-cnn") else FashionCNN()
 
 
 class BasicBlock(nn.Module):
@@ -122,7 +155,8 @@ def _from_factory(spec: str) -> nn.Module:
     return model
 
 
-MODEL_SPECS = ("bundled", "bundled-cutout", "fashion-cnn", "FILE.pt2 (torch.export)",
+MODEL_SPECS = ("bundled", "bundled-cutout", "bundled-video", "fashion-cnn", "video-cnn",
+               "FILE.pt2 (torch.export)",
                "FILE.pt (TorchScript or FashionCNN state dict)", "package.module:factory")
 
 
@@ -134,7 +168,10 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
     name : str
         * ``"bundled"``: the committed Fashion-MNIST CNN (trained for certification, see
           ``weights/fmnist_cnn.json``); ``"bundled-cutout"``: the first release's Cutout-trained one;
-        * ``"fashion-cnn"``: the bundled architecture, freshly initialised (to train from scratch);
+          ``"bundled-video"``: the 3-D CNN for moving Fashion-MNIST clips ``(B, 1, 16, 28, 28)``
+          (``weights/fmnist_video_cnn.json``);
+        * ``"fashion-cnn"`` / ``"video-cnn"``: a bundled architecture, freshly initialised (to train
+          from scratch);
         * a file path: a ``torch.export`` program (``.pt2``, ``torch.export.save``), a TorchScript
           archive (``torch.jit.save``) or a :class:`FashionCNN` state dict;
         * ``"package.module:factory"``: ``factory()`` is imported and called, it must return an
@@ -145,9 +182,10 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
     """
     path = Path(name)
     if name in BUNDLED:
-        model = _load_state_dict(FashionCNN(), bundled_weights_path(BUNDLED[name]), "FashionCNN")
-    elif name == "fashion-cnn":
-        model = FashionCNN()
+        model = bundled_model(name)
+        model = _load_state_dict(model, bundled_weights_path(BUNDLED[name]), type(model).__name__)
+    elif name in ("fashion-cnn", "video-cnn"):
+        model = bundled_model(name)
     elif path.is_file() and path.suffix == ".pt2":
         try:
             model = ExportedModel(torch.export.load(str(path)).module())

@@ -88,9 +88,11 @@ class MaskSetAugment:
         self._set_size = torch.repeat_interleave(counts, counts)
 
     def check_images(self, images: torch.Tensor) -> None:
-        """CertMaskError unless ``images`` are ``(B, C, H, W)`` of the mask sets' size and suit the fill."""
-        if images.ndim != 4:
-            raise CertMaskError(f"training images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        """CertMaskError unless ``images`` are ``(B, C, H, W)`` (``(B, C, *image_size)``) of the mask
+        sets' size and suit the fill."""
+        if images.ndim != len(self.image_size) + 2:
+            raise CertMaskError(f"training images must have shape (B, C, *{self.image_size}) for these "
+                                f"mask sets, got {tuple(images.shape)}")
         self.backend._check_geometry(tuple(images.shape), self.masksets[0])
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +122,8 @@ class MaskSetAugment:
     def __call__(self, model, images: torch.Tensor, labels, generator: torch.Generator) -> torch.Tensor:
         self.check_images(images)
         first, second = self.draw(len(images), generator)
-        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device))
+        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device),
+                                          len(self.image_size))
 
 
 class GreedyMasks(MaskSetAugment):
@@ -145,7 +148,7 @@ class GreedyMasks(MaskSetAugment):
     def _losses(self, model, images, labels, first, second) -> torch.Tensor:
         """``(b, s)``: the loss of image i under masks ``first[i, j] | second[i, j]``."""
         b, s = first.shape
-        x = self.backend.masked_inputs(images[:, None], self.hidden_of(first, second))
+        x = self.backend.masked_inputs(images[:, None], self.hidden_of(first, second), len(self.image_size))
         with torch.no_grad(), eval_mode(model):
             logits = _checked_logits(model(x.flatten(0, 1)), b * s, None)
         self.forward_passes += b * s
@@ -170,12 +173,14 @@ class GreedyMasks(MaskSetAugment):
             first[rows] = worst
             second[rows] = torch.where(use_pair & (partners[:, 0] != worst),
                                        partners.gather(1, best.cpu())[:, 0], -1)
-        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device))
+        return self.backend.masked_inputs(images, self.hidden_of(first, second).to(images.device),
+                                          len(self.image_size))
 
 
 class Cutout:
     """Classic Cutout (DeVries and Taylor, 2017): one ``size x size`` square, centred on a uniformly
-    random pixel and clipped at the border, filled with the backend's fill; for comparison.
+    random pixel and clipped at the border, filled with the backend's fill; for comparison. Inputs
+    ``(B, C, L)`` and ``(B, C, T, H, W)`` get a segment or a cube of side ``size``.
 
     Parameters
     ----------
@@ -194,20 +199,20 @@ class Cutout:
         self.backend = backend if backend is not None else TorchBackend()
 
     def __call__(self, model, images: torch.Tensor, labels, generator: torch.Generator) -> torch.Tensor:
-        if images.ndim != 4:
-            raise CertMaskError(f"training images must have shape (B, C, H, W), got {tuple(images.shape)}")
-        B, C, H, W = images.shape
+        if not 3 <= images.ndim <= 5:
+            raise CertMaskError(f"training images must have shape (B, C, H, W), (B, C, L) or "
+                                f"(B, C, T, H, W), "
+                                f"got {tuple(images.shape)}")
+        (B, C), spatial = images.shape[:2], tuple(images.shape[2:])
         if len(self.backend.fill) not in (1, C):
             raise CertMaskError(f"fill has {len(self.backend.fill)} values but images have {C} channels")
-        cy = torch.randint(0, H, (B,), generator=generator)
-        cx = torch.randint(0, W, (B,), generator=generator)
+        centres = [torch.randint(0, n, (B,), generator=generator) for n in spatial]
         on = torch.rand(B, generator=generator) < self.p
-        y0, x0 = (cy - self.size // 2).clamp(min=0), (cx - self.size // 2).clamp(min=0)
-        y1 = (cy - self.size // 2 + self.size).clamp(max=H)
-        x1 = (cx - self.size // 2 + self.size).clamp(max=W)
-        rects = torch.stack([y0, x0, torch.where(on, y1, y0), x1], 1)
-        hidden = self.backend.rasterise(rects.to(self.backend.device), H, W)
-        return self.backend.masked_inputs(images, hidden.to(images.device))
+        lows = [(c - self.size // 2).clamp(min=0) for c in centres]
+        highs = [(c - self.size // 2 + self.size).clamp(max=n) for c, n in zip(centres, spatial)]
+        highs[0] = torch.where(on, highs[0], lows[0])  # an empty box where the image gets none
+        hidden = self.backend.rasterise(torch.stack(lows + highs, 1).to(self.backend.device), *spatial)
+        return self.backend.masked_inputs(images, hidden.to(images.device), len(spatial))
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -278,7 +283,7 @@ def _checked_logits(logits, batch: int, num_classes: int | None) -> torch.Tensor
 
 def masked_accuracy(backend: TorchBackend, model, images, labels, maskset: MaskSet) -> dict:
     """Clean accuracy, mean one-mask accuracy and the fraction of images every one of whose masks is
-    right (what detection certifies on labels alone) for ``(N, C, H, W)`` images."""
+    right (what detection certifies on labels alone) for ``(N, C, *image_size)`` images."""
     labels = np.asarray(labels)
     clean = backend.predict(model, images)
     masked = backend.masked_predictions(model, images, maskset)
@@ -395,7 +400,7 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
                 xb, yb = x[idx], y[idx]
                 if config.hflip:
                     flip = (torch.rand(len(xb), generator=generator) < 0.5).to(xb.device)
-                    xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+                    xb = torch.where(flip.view((-1,) + (1,) * (xb.ndim - 1)), xb.flip(-1), xb)
                 if augment is not None:
                     xb = augment(model, xb, yb, generator)
                 loss = loss_fn(_checked_logits(model(xb), len(xb), num_classes), yb)

@@ -30,6 +30,19 @@ def _pair_arg(values, name):
     return (values[0], values[-1])
 
 
+def _size_arg(values, name: str, ndim: int):
+    """One int (every axis) or one int per axis of an ``ndim``-axis input."""
+    if values is None:
+        return None
+    if len(values) not in (1, ndim):
+        raise CertMaskError(f"{name} takes one integer or {ndim} (one per axis of the --image), got {values}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _shape(size) -> str:
+    return "x".join(map(str, size))
+
+
 def _sizes_arg(tokens):
     """``--sizes`` tokens -> (ph, pw) pairs: ``N`` (a square), ``A-B`` (squares A..B), ``HxW``."""
     if tokens is None:
@@ -72,8 +85,9 @@ def _planned_layout(args, threat):
 
 
 def cmd_plan(args) -> int:
-    threats = [PatchThreat(tuple(args.image), tuple(patch)) for patch in args.patch]
-    layouts, mask = None, _pair_arg(args.mask, "--mask")
+    ndim = len(args.image)
+    threats = [PatchThreat(tuple(args.image), _size_arg(patch, "--patch", ndim)) for patch in args.patch]
+    layouts, mask = None, _size_arg(args.mask, "--mask", ndim)
     if args.mask is None and args.masks_per_axis is None:
         if len(threats) > 1:
             raise CertMaskError("plan with several --patch needs --mask or --masks-per-axis (the planner "
@@ -86,7 +100,7 @@ def cmd_plan(args) -> int:
                             "--masks-per-axis")
     strategy = args.strategy or default_strategy(args.k)
     parts = [make_maskset(threat, args.k, strategy, mask_size=mask,
-                          masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
+                          masks_per_axis=_size_arg(args.masks_per_axis, "--masks-per-axis", ndim))
              for threat in threats]
     summaries = [plan_summary(ms) for ms in parts]
     ms = parts[0] if len(parts) == 1 else union_maskset(parts)
@@ -97,6 +111,8 @@ def cmd_plan(args) -> int:
                  "coverage": [{"patch": list(t.patch_size), "min_coverage": low, "max_coverage": high}
                               for t, (low, high) in zip(threats, coverage)]}
     if args.plot:
+        if ndim != 2:
+            raise CertMaskError(f"--plot draws layouts of images (2 axes); this set has {ndim}")
         from .plots import plan_figure
         plan_figure(ms, ms.threat, args.plot)
     if args.json:
@@ -109,26 +125,25 @@ def cmd_plan(args) -> int:
         given = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in limits.items()
                           if value is not None)
         print(f"planner ({given}; passes for {args.passes_for}): {len(layouts)} layouts, fewest masks first")
-        print("  masks (= exact minimum)  mask     hides   lower bound  passes (1 round)  "
+        print("  masks (= exact minimum)  mask      hides   lower bound  passes (1 round)  "
               "passes (recovery, worst)")
         for i, layout in enumerate(layouts):
-            mh, mw = layout["mask_size"]
-            print(f"{'*' if i == chosen else ' '} {layout['num_masks']:22d}  {mh:>3d}x{mw:<3d}  "
+            mark = "*" if i == chosen else " "
+            print(f"{mark} {layout['num_masks']:22d}  {_shape(layout['mask_size']):8s}  "
                   f"{layout['mask_fraction']:6.1%}  "
                   f"{layout['lower_bound']:11d}  {layout['passes_one_round']:16d}  "
                   f"{layout['passes_recovery_worst']:24d}")
         print("* built below")
     for threat, summary in zip(threats, summaries):
-        print(f"{summary['strategy']} k={summary['k']} on {threat.image_size[0]}x{threat.image_size[1]}, "
-              f"patch {threat.patch_size[0]}x{threat.patch_size[1]}, mask {summary['mask_size'][0]}x"
-              f"{summary['mask_size'][1]}")
+        print(f"{summary['strategy']} k={summary['k']} on {_shape(threat.image_size)}, "
+              f"patch {_shape(threat.patch_size)}, mask {_shape(summary['mask_size'])}")
         print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  exact minimum "
               f"{summary['exact_minimum']}  gap {summary['gap']}  "
               f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
               f"distinct {summary['distinct']}")
     if union is not None:
         print(f"union: {union['num_masks']} masks (distinct {union['distinct']}); coverage "
-              + ", ".join(f"{c['patch'][0]}x{c['patch'][1]} min {c['min_coverage']} max {c['max_coverage']}"
+              + ", ".join(f"{_shape(c['patch'])} min {c['min_coverage']} max {c['max_coverage']}"
                           for c in union["coverage"]))
     if args.plot:
         print(f"wrote {args.plot}")
@@ -141,30 +156,34 @@ def cmd_coverage(args) -> int:
     k = args.k if args.k is not None else 1
     if k < 1:
         raise CertMaskError(f"--k must be >= 1, got {k}")
-    grid = cell_grid(ms, tuple(args.patch))
+    grid = cell_grid(ms, _size_arg(args.patch, "--patch", ms.ndim))
     low, high, _ = coverage_extremes(ms, grid.threat)
     counts = grid.counts()
     P = grid.threat.num_positions
     # positions per cell: from each cut to the next (the last cell runs to the end of the axis)
-    extent = [np.diff(np.append(cuts, P[axis])) for axis, cuts in enumerate((grid.rows, grid.cols))]
+    extent = [np.diff(np.append(cuts, P[axis])) for axis, cuts in enumerate(grid.cuts)]
+    rest = np.ones(1, np.int64)
+    for e in extent[1:]:  # positions per cell of the other axes, flattened
+        rest = np.multiply.outer(rest, e).ravel()
     below, first = 0, []
-    for start in range(0, len(counts), 1024):  # row blocks: the cell grid can hold 2**28 cells
-        block = counts[start:start + 1024] < k
-        below += int(extent[0][start:start + 1024] @ (block @ extent[1]))
+    for start in range(0, len(counts), 1024):  # blocks of the first axis: there can be 2**28 cells
+        block = counts[start:start + 1024].reshape(len(counts[start:start + 1024]), -1) < k
+        below += int(extent[0][start:start + 1024] @ (block @ rest))
         if len(first) < 20:
-            rows, cols = (index[:20 - len(first)] for index in np.nonzero(block))
-            first += [[int(grid.rows[start + i]), int(grid.cols[j])] for i, j in zip(rows, cols)]
+            rows, cells = (index[:20 - len(first)] for index in np.nonzero(block))
+            first += [list(grid.position((start + i,) + np.unravel_index(j, grid.shape[1:])))
+                      for i, j in zip(rows, cells)]
     report = {"num_masks": len(ms), "positions": list(P), "min_coverage": low, "max_coverage": high,
               "k": k, "k_fold": low >= k, "distinct": ms.is_distinct(), "positions_below_k": below,
               "first_positions_below_k": first}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{len(ms)} masks, {P[0]}x{P[1]} patch positions: coverage min {low}, max {high}; "
+        print(f"{len(ms)} masks, {_shape(P)} patch positions: coverage min {low}, max {high}; "
               f"distinct {report['distinct']}")
         verdict = "is" if report["k_fold"] else "is NOT"
         print(f"the set {verdict} {k}-fold" + ("" if report["k_fold"] else
-              f": {below} positions below {k}, first (a, b) of each region: {first[:10]}"))
+              f": {below} positions below {k}, first position of each region: {first[:10]}"))
     return 0 if report["k_fold"] else 1
 
 
@@ -489,18 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "planner lists every layout meeting the --max-* constraints (fewest masks first; "
                        f"default: --max-mask-fraction {DEFAULT_MAX_MASK_FRACTION}) and builds the fewest "
                        "masks under a size limit, or the smallest masks under --max-masks / --max-passes.")
-    p.add_argument("--image", type=int, nargs=2, required=True, metavar=("H", "W"),
-                   help="image size in pixels")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"), action="append",
-                   help="patch size in pixels; repeat it for a multi-size set (the union of one set per "
-                        "patch, each with its own mask size under --masks-per-axis)")
+    p.add_argument("--image", type=int, nargs="+", required=True, metavar="N",
+                   help="input size in pixels: H W for images, T H W for clips, L for signals")
+    p.add_argument("--patch", type=int, nargs="+", required=True, metavar="P", action="append",
+                   help="patch size in pixels, one per axis of --image (one value: every axis); repeat it "
+                        "for a multi-size set (the union of one set per patch, each with its own mask size "
+                        "under --masks-per-axis)")
     p.add_argument("--k", type=int, default=1, help="every patch position covered by at least k masks")
     p.add_argument("--strategy", choices=STRATEGIES,
                    help="construction (default: patchcleanser for k=1, else replicated)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"), help="mask size in pixels")
+    group.add_argument("--mask", type=int, nargs="+", metavar="M",
+                       help="mask size in pixels (one value, or one per axis)")
     group.add_argument("--masks-per-axis", type=int, nargs="+", metavar="N",
-                       help="masks per axis of the 1-fold grid (one value, or rows and columns)")
+                       help="masks per axis of the 1-fold grid (one value, or one per axis)")
     p.add_argument("--max-mask-side", type=int, metavar="PX", help="planner: largest mask side")
     p.add_argument("--max-mask-fraction", type=float, metavar="F",
                    help=f"planner: largest share of the image one mask hides (default "
@@ -518,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("coverage", help="verify the coverage of a mask set read from JSON")
     p.add_argument("masks", metavar="MASKS.json", help="mask set written by 'certmask plan --json'")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
-                   help="patch size in pixels")
+    p.add_argument("--patch", type=int, nargs="+", required=True, metavar="P",
+                   help="patch size in pixels, one per axis of the set (one value: every axis)")
     p.add_argument("--k", type=int, help="required coverage (default 1); exit status 1 when not met")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_coverage)
