@@ -317,7 +317,10 @@ def cell_grid(maskset: MaskSet, patch) -> CellGrid:
 def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...]]:
     """``(min, max, argmin position)`` of the coverage counts, without the dense position grid.
 
-    ``O(n log n + prod c_i)`` for ``c_i <= 2 n + 1`` cells per axis, whatever the image size.
+    ``O(n log n + prod c_i)`` for ``c_i <= 2 n + 1`` cells per axis, whatever the image size. Outside
+    2-D the cell counts are one dense grid of at most :data:`MAX_DENSE_POSITIONS` cells (about 330
+    arbitrary 3-D masks; constructed sets, whose windows share their cuts, go much further); beyond it
+    a :class:`CertMaskError` says so.
 
     Examples
     --------

@@ -1,6 +1,7 @@
 """Train the bundled 3-D CNN for moving Fashion-MNIST clips (model spec ``bundled-video``, issue 14).
 
-Reproduce the committed ``weights/fmnist_video_cnn.pt`` (about 25 minutes on 2 CPU cores)::
+Reproduce the committed ``weights/fmnist_video_cnn.pt`` (20 to 40 minutes on 2 CPU cores; its record
+says 2,368 s, with other jobs sharing the cores)::
 
     python -m certmask_backends.pytorch.train_video
 
