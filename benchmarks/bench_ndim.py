@@ -39,7 +39,7 @@ def painted_covering_sets(ms: MaskSet, patch) -> set:
     return covering_sets_reference(ms, patch)
 
 
-def coverage_rows(cases=(((100_000,), (64,), 2000), ((16, 112, 112), (4, 8, 8), 300),
+def coverage_rows(cases=(((16384,), (64,), 2000), ((16, 112, 112), (4, 8, 8), 300),
                          ((32, 64, 64), (8, 16, 16), 1000))) -> list[dict]:
     coverage_counts(random_boxes((8, 8, 8), 4, (2, 2, 2)), (2, 2, 2))  # compile outside the timings
     rows = []

@@ -72,19 +72,6 @@ def _sizes(name: str, value, ndim: int | None = None, limit: int | None = MAX_SI
     return sizes
 
 
-def _pair(name: str, value, limit: int | None = MAX_SIDE) -> tuple[int, int]:
-    """A 2-D size: ``(h, w)`` or one int for both."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-        value = (value, value)
-    if isinstance(value, (dict, set, frozenset, str, bytes)):  # iterable, but not a pair
-        raise CertMaskError(f"{name} must be an int or a pair (h, w), got {value!r}")
-    try:
-        h, w = value
-    except (TypeError, ValueError):
-        raise CertMaskError(f"{name} must be an int or a pair (h, w), got {value!r}") from None
-    return _positive_int(f"{name}[0] (h)", h, limit), _positive_int(f"{name}[1] (w)", w, limit)
-
-
 def _shape(size) -> str:
     return "x".join(map(str, size))
 

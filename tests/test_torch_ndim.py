@@ -118,3 +118,17 @@ def test_training_and_attack_run_on_clips():
                         "detection", steps=2, stride=2, masks_per_axis=(2, 2, 2))
     assert result["num_masks"] == len(ms) and result["images"] == 3
     assert result["certified_broken"] == 0
+
+
+def test_bundled_video_model_classifies_real_clips():
+    from certmask_backends.pytorch.train_video import VIDEO_MASKS_PER_AXIS, video_masksets
+
+    from certmask_core.run.video import fashion_mnist_clips
+    clips, labels, _, _ = fashion_mnist_clips("test", 64)
+    x = clips.astype(np.float32) / 255.0
+    backend = TorchBackend()
+    model = backend.load_model("bundled-video")
+    assert (backend.predict(model, x) == labels).mean() > 0.7  # an untrained model is at 0.1
+    ms = video_masksets(ks=(1,))[0]
+    assert len(ms) == int(np.prod(VIDEO_MASKS_PER_AXIS["short"]))
+    assert (backend.masked_predictions(model, x, ms) == labels[:, None]).mean() > 0.7
