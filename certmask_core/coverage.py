@@ -294,6 +294,22 @@ class CellGrid:
         """Coverage count of each cell, shape :attr:`shape`."""
         return _window_counts(self.cell_windows, self.shape)
 
+    def count_blocks(self):
+        """``(first, counts)`` for consecutive blocks of cells along the first axis, each small enough
+        for one dense count grid: the counts of any number of axes without the whole grid at once
+        (windows shifted into the block are clipped to it by the kernel)."""
+        if len(self.shape) == 2:  # the fused 2-D kernel holds any grid of <= 2 n + 1 cuts per axis
+            yield 0, self.counts()
+            return
+        d, rest = len(self.shape), math.prod(c + 1 for c in self.shape[1:])
+        step = max(1, MAX_DENSE_POSITIONS // rest - 1)
+        for first in range(0, self.shape[0], step):
+            lows, highs = self.cell_windows[:, :d].copy(), self.cell_windows[:, d:].copy()
+            lows[:, 0] -= first
+            highs[:, 0] -= first
+            block = (min(step, self.shape[0] - first),) + self.shape[1:]
+            yield first, box_coverage_counts(lows, highs, block)
+
     def incidence(self, axis: int) -> np.ndarray:
         """``(cells on axis, n)`` bool: mask ``i``'s window holds the cell on that axis."""
         reps = self.cuts[axis][:, None]
@@ -318,9 +334,8 @@ def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...
     """``(min, max, argmin position)`` of the coverage counts, without the dense position grid.
 
     ``O(n log n + prod c_i)`` for ``c_i <= 2 n + 1`` cells per axis, whatever the image size. Outside
-    2-D the cell counts are one dense grid of at most :data:`MAX_DENSE_POSITIONS` cells (about 330
-    arbitrary 3-D masks; constructed sets, whose windows share their cuts, go much further); beyond it
-    a :class:`CertMaskError` says so.
+    2-D the cells are counted a block of the first axis at a time (:meth:`CellGrid.count_blocks`), each
+    block at most :data:`MAX_DENSE_POSITIONS` cells.
 
     Examples
     --------
@@ -331,9 +346,13 @@ def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...
     grid = cell_grid(maskset, patch)
     key = ("extremes", grid.threat.patch_size)
     if key not in maskset._cache:
-        counts = grid.counts()
-        cell = np.unravel_index(int(counts.argmin()), counts.shape)
-        maskset._cache[key] = (int(counts.min()), int(counts.max()), grid.position(cell))
+        low, high, where = None, None, None
+        for first, counts in grid.count_blocks():
+            if low is None or counts.min() < low:
+                cell = np.unravel_index(int(counts.argmin()), counts.shape)
+                low, where = int(counts.min()), grid.position((first + cell[0],) + cell[1:])
+            high = int(counts.max()) if high is None else max(high, int(counts.max()))
+        maskset._cache[key] = (low, high, where)
     return maskset._cache[key]
 
 

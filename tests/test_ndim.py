@@ -179,3 +179,24 @@ def test_review_findings_in_d_dimensions():
         make_maskset(big, 1, "patchcleanser", mask_size=1)
     with pytest.raises(CertMaskError, match="must be an int or a size per axis"):
         lower_bound(PatchThreat(8, 2), np.array(4))
+
+
+@given(st.data())
+def test_blockwise_cell_counts_equal_the_whole_grid(data):
+    """Outside 2-D the extremes come from blocks of the first axis (any number of masks); with a tiny
+    block limit they still equal the whole dense grid's."""
+    import certmask_core.coverage as coverage
+    threat = data.draw(nd_threats(dims=(3,)))
+    ms = data.draw(nd_masksets(threat.image_size, max_masks=10))
+    counts = coverage_counts_bruteforce(ms, threat)
+    original = coverage.MAX_DENSE_POSITIONS
+    grid = coverage.CellGrid(ms, threat)
+    coverage.MAX_DENSE_POSITIONS = math.prod(c + 1 for c in grid.shape[1:]) * data.draw(st.integers(2, 4))
+    try:
+        blocks = list(grid.count_blocks())
+        fresh = MaskSet(ms.image_size, ms.origins, ms.sizes)
+        low, high, where = coverage_extremes(fresh, threat)
+    finally:
+        coverage.MAX_DENSE_POSITIONS = original
+    assert (low, high) == (counts.min(), counts.max()) and counts[where] == low
+    assert sum(len(b) for _, b in blocks) == grid.shape[0]

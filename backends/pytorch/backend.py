@@ -575,7 +575,7 @@ class TorchBackend:
         x = _as_tensor(image, "image")
         _check_maskset(maskset)
         if x.ndim != maskset.ndim + 1:
-            raise CertMaskError(f"image must have shape ({_layout(maskset.ndim)[4:]}, got {tuple(x.shape)}")
+            raise CertMaskError(f"image must have shape (C, {_names(maskset.ndim)}), got {tuple(x.shape)}")
         x = self.prepare_images(model, x[None], maskset)
         logits = self._pair_logits(model, x, self.hidden_pixels(maskset), self._pairs(pairs, len(maskset)))
         return self._output(logits, return_logits)
