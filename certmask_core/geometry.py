@@ -22,6 +22,9 @@ MAX_SIDE = 2**14
 """Largest image side (pixels) the package accepts (16,384): far above any classifier's input, small
 enough that every sum of coordinates fits int64 many times over and that every construction stays
 cheap."""
+MAX_SIGNAL = 2**24
+"""Longest 1-D input (samples) the package accepts (about 17 minutes of 16 kHz audio); every other
+axis count keeps :data:`MAX_SIDE` per axis."""
 MAX_MASKS = 2**22
 """Largest mask set a construction will build (about 4 million masks)."""
 
@@ -49,9 +52,10 @@ def axis_name(axis: int, ndim: int) -> str:
     return names[axis] if names else f"axis {axis}"
 
 
-def _sizes(name: str, value, ndim: int | None = None, limit: int | None = MAX_SIDE) -> tuple[int, ...]:
+def _sizes(name: str, value, ndim: int | None = None) -> tuple[int, ...]:
     """A size per axis: a sequence of ``ndim`` positive ints, or one int for every axis (an int with
-    ``ndim=None`` means a 2-D size, the first release's convention)."""
+    ``ndim=None`` means a 2-D size, the first release's convention); each at most :data:`MAX_SIDE`,
+    or :data:`MAX_SIGNAL` for a 1-D size."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         value = (value,) * (ndim or 2)
     if (isinstance(value, (dict, set, frozenset, str, bytes)) or not hasattr(value, "__iter__")
@@ -66,6 +70,7 @@ def _sizes(name: str, value, ndim: int | None = None, limit: int | None = MAX_SI
     if not 1 <= d <= MAX_DIMS or (ndim is not None and d != ndim):
         want = f"{ndim}" if ndim is not None else f"1 to {MAX_DIMS}"
         raise CertMaskError(f"{name} must have {want} axes, got {d}: {value!r}")
+    limit = MAX_SIGNAL if d == 1 else MAX_SIDE
     sizes = tuple(_positive_int(f"{name}[{i}] ({axis_name(i, d)})", v, limit) for i, v in enumerate(values))
     if math.prod(sizes) > MAX_VOLUME:
         raise CertMaskError(f"{name} {_shape(sizes)} has {math.prod(sizes)} pixels, more than {MAX_VOLUME}")
@@ -145,7 +150,7 @@ class MaskSpec:
         for name in ("mask_size", "masks_per_axis"):
             value = getattr(self, name)
             if value is not None:  # an int stays an int: it means "every axis" of the threat
-                object.__setattr__(self, name, _positive_int(name, value, MAX_SIDE)
+                object.__setattr__(self, name, _positive_int(name, value, MAX_SIGNAL)
                                    if isinstance(value, numbers.Integral) else _sizes(name, value))
 
     def resolve_mask_size(self, threat: PatchThreat) -> tuple[int, ...]:
@@ -290,7 +295,7 @@ class MaskSet:
             raise CertMaskError(f"origins {origins.shape} and sizes {sizes.shape} differ in shape")
         if len(origins) == 0:
             raise CertMaskError("a mask set needs at least one mask")
-        # both terms are at most MAX_SIDE here, so the sum cannot overflow
+        # both terms are at most MAX_SIGNAL here, so the sum cannot overflow
         bad = np.flatnonzero((origins + sizes > np.array(image)).any(1))
         if bad.size:
             i = int(bad[0])

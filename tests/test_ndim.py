@@ -200,3 +200,21 @@ def test_blockwise_cell_counts_equal_the_whole_grid(data):
         coverage.MAX_DENSE_POSITIONS = original
     assert (low, high) == (counts.min(), counts.max()) and counts[where] == low
     assert sum(len(b) for _, b in blocks) == grid.shape[0]
+
+
+def test_signals_may_be_longer_than_an_image_side():
+    """A 1-D input may hold up to MAX_SIGNAL samples; every axis of 2-D and 3-D inputs keeps MAX_SIDE."""
+    from certmask_core.geometry import MAX_SIDE, MAX_SIGNAL
+    threat = PatchThreat((100_000,), (64,))
+    ms = make_maskset(threat, 2, "offset", masks_per_axis=40)
+    assert len(ms) == exact_minimum(threat, ms.spec.mask_size, 2)
+    assert coverage_counts_bruteforce(ms, threat).min() >= 2 and coverage_counts(ms, threat).min() >= 2
+    assert MaskSet.from_json(ms.to_json()) == ms
+    PatchThreat((MAX_SIGNAL,), 1)
+    with pytest.raises(CertMaskError, match=rf"image_size\[0\] \(l\) must be <= {MAX_SIGNAL}"):
+        PatchThreat((MAX_SIGNAL + 1,), 1)
+    for image in ((MAX_SIDE + 1, 5), (4, MAX_SIDE + 1, 5)):
+        with pytest.raises(CertMaskError, match=rf"must be <= {MAX_SIDE}, got {MAX_SIDE + 1}"):
+            PatchThreat(image, 1)
+    with pytest.raises(CertMaskError, match=rf"mask_size\[0\] \(h\) must be <= {MAX_SIDE}"):
+        make_maskset(PatchThreat(28, 3), mask_size=MAX_SIDE + 1)  # an int mask is resolved per threat
