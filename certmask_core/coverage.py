@@ -46,11 +46,6 @@ def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
                           axis=1)
 
 
-def _nonempty(windows: np.ndarray) -> np.ndarray:
-    d = windows.shape[1] // 2
-    return (windows[:, :d] <= windows[:, d:]).all(1)
-
-
 # no cache=True: concurrent ranks of a distributed run race on numba's cache files (numba#10128)
 @numba.njit
 def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
@@ -256,7 +251,7 @@ class CellGrid:
     windows : ndarray, shape (n, 2 d)
         :func:`covered_windows`.
     cuts : list of d ndarrays
-        First position of each cell per axis (sorted); ``rows, cols`` for images.
+        First position of each cell per axis (sorted).
     cell_windows : ndarray, shape (n, 2 d)
         Each window in cell indices; empty windows map to empty ranges.
     """
@@ -265,7 +260,7 @@ class CellGrid:
         self.threat = threat
         self.windows = covered_windows(maskset, threat)
         d = threat.ndim
-        nonempty = _nonempty(self.windows)
+        nonempty = (self.windows[:, :d] <= self.windows[:, d:]).all(1)
         self.cuts, first, last = [], [], []
         for axis, P in enumerate(threat.num_positions):
             lo, hi = self.windows[nonempty, axis], self.windows[nonempty, axis + d] + 1
@@ -276,14 +271,6 @@ class CellGrid:
             last.append(np.searchsorted(c, self.windows[:, axis + d] + 1) - 1)
         self.cell_windows = np.stack(first + last, axis=1)
         self.cell_windows[~nonempty] = [0] * d + [-1] * d
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self.cuts[0]
-
-    @property
-    def cols(self) -> np.ndarray:
-        return self.cuts[1]
 
     @property
     def shape(self) -> tuple[int, ...]:

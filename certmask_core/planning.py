@@ -15,7 +15,7 @@ import numpy as np
 
 from .constructions import _axis_classes, _minimum_of_classes
 from .errors import CertMaskError
-from .geometry import MAX_MASKS, STRATEGIES, PatchThreat, _positive_int, lower_bound
+from .geometry import MAX_MASKS, STRATEGIES, PatchThreat, _positive_int, _shape, lower_bound
 
 PASSES_FOR = ("one_round", "recovery")
 
@@ -173,7 +173,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
         n, size = cheapest
         raise CertMaskError(
             f"no {k}-fold layout for {threat} satisfies {limits} (passes for {passes_for}); the fewest masks "
-            f"are {n} of {'x'.join(map(str, size))} ({math.prod(size) / volume:.1%} of the image each)")
+            f"are {n} of {_shape(size)} ({math.prod(size) / volume:.1%} of the image each)")
     return [{"strategy": strategy, "k": k, "mask_size": size, "num_masks": n, "exact_minimum": n,
              "lower_bound": lower_bound(threat, size, k), "mask_fraction": round(math.prod(size) / volume, 6),
              "passes_one_round": n, "passes_recovery_worst": _recovery_passes(n)}

@@ -17,7 +17,7 @@ from ..certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICAT
 from ..constructions import make_maskset, plan_summary, union_maskset
 from ..coverage import cell_grid, coverage_extremes
 from ..errors import CertMaskError
-from ..geometry import STRATEGIES, PatchThreat
+from ..geometry import STRATEGIES, PatchThreat, _shape
 from ..multipatch import base_set
 from ..planning import default_strategy, plan_layouts
 
@@ -37,10 +37,6 @@ def _size_arg(values, name: str, ndim: int):
     if len(values) not in (1, ndim):
         raise CertMaskError(f"{name} takes one integer or {ndim} (one per axis of the --image), got {values}")
     return values[0] if len(values) == 1 else tuple(values)
-
-
-def _shape(size) -> str:
-    return "x".join(map(str, size))
 
 
 def _sizes_arg(tokens):
