@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,76 @@ def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray
             out[i, c] = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((W, H),
                                                                                             Image.BILINEAR))
     return np.clip(out, 0.0, 1.0)
+
+
+@dataclass
+class Dataset:
+    """Images to certify or train on, each with an id that the results keep."""
+
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int64
+    source: str
+    ids: list | None = None  # per image: relative path (image folders); None means the index
+    classes: list | None = None  # class names, when the data names them
+
+
+DATA_SPECS = ("fashion-mnist", "fashion-mnist-subset", "FILE.npz", "image folder (class subfolders)",
+              "folder of idx files", "folder of CIFAR-10/100 python batches")
+
+
+def load_data(spec: str, root: str | None = None, limit: int | None = None, split: str = "test",
+              image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load a data spec: one of :data:`DATA_SPECS`.
+
+    A folder is read as CIFAR python batches when it holds ``test_batch``/``data_batch_1`` (CIFAR-10)
+    or ``test``/``train`` files (CIFAR-100), as idx files when it holds ``*-idx3-ubyte*``, and
+    otherwise as class subfolders of PNG/JPEG images (Pillow). ``image_size`` (H, W) resizes every
+    image (bilinear, Pillow). ``split`` picks the test or train part where the data has both.
+    """
+    if limit is not None and limit < 1:
+        raise CertMaskError(f"limit must be >= 1, got {limit}")
+    if split not in ("test", "train"):
+        raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise CertMaskError(f"image size must be two integers >= 1 (H, W), got {tuple(image_size)}")
+    path = Path(spec)
+    ids = classes = None
+    resized = False
+    if spec == "fashion-mnist":
+        images, labels, source = load_fashion_mnist(split, root=root)
+        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
+    elif spec == "fashion-mnist-subset":
+        if split != "test":
+            raise CertMaskError(f"the bundled subset holds test images only, not split {split!r}")
+        images, labels, source = load_bundled_subset()
+        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
+    elif spec.endswith(".npz"):
+        images, labels, source = load_npz(spec)
+    elif path.is_dir() and any((path / name).is_file() for name in ("test_batch", "data_batch_1", "test",
+                                                                   "train")):
+        images, labels, source = load_cifar(path, split)
+    elif path.is_dir() and any(path.glob("*-idx3-ubyte*")):
+        images, labels, source = load_idx_folder(path, split)
+    elif path.is_dir():
+        images, labels, ids, classes = load_image_folder(path, image_size)
+        source, resized = f"{path} (image folder, {len(classes)} classes)", True
+    else:
+        raise CertMaskError(f"unknown data {spec!r}: not one of {DATA_SPECS} (a named file or folder "
+                            f"must exist)")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+        ids = ids[:limit] if ids is not None else None
+    if len(images) == 0:
+        raise CertMaskError(f"data {spec!r} from {source} is empty")
+    if image_size is not None and not resized and tuple(images.shape[2:]) != tuple(image_size):
+        images = resize_images(images, image_size)
+    if image_size is not None:
+        source += f", resized to {image_size[0]}x{image_size[1]}"
+    return Dataset(images, labels, source, ids, classes)
+
+
+def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test",
+                 image_size: tuple[int, int] | None = None):
+    """``(images, labels, source)`` of a data spec (see :func:`load_data`)."""
+    data = load_data(name, root, limit, split, image_size)
+    return data.images, data.labels, data.source
