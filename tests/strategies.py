@@ -1,4 +1,7 @@
-"""Hypothesis strategies shared by the tests."""
+"""Hypothesis strategies and helpers shared by the tests."""
+import contextlib
+import signal
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -89,3 +92,24 @@ def covering_masksets(draw, threat, max_masks=8, attach_threat=None):
     attach = draw(st.booleans()) if attach_threat is None else attach_threat
     return MaskSet((H, W), [origins[i] for i in order], [sizes[i] for i in order],
                    threat=threat if attach else None)
+
+
+class Hang(BaseException):
+    """Raised by the alarm: a BaseException, so that no reader's error handling can swallow it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds=20.0):
+    if not hasattr(signal, "setitimer"):  # no alarm on this platform: a hang would stall the run instead
+        yield
+        return
+
+    def ring(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

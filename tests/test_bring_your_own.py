@@ -75,7 +75,8 @@ def test_cifar_batches_with_a_three_channel_factory_model(tmp_path, monkeypatch)
     # a TorchScript save of the same model certifies alike
     scripted = torch.jit.script(__import__("rgb_models").make())
     torch.jit.save(scripted, str(tmp_path / "m.pt"))
-    again, _ = certify(tmp_path, "--data", str(folder), "--model", str(tmp_path / "m.pt"))
+    again, _ = certify(tmp_path, "--data", str(folder), "--model", str(tmp_path / "m.pt"),
+                       "--trust-model-code")
     assert again["runs"][0]["per_image"] == results["runs"][0]["per_image"]
 
 
@@ -114,7 +115,8 @@ def test_export_programs_normalisation_and_class_count(tmp_path, monkeypatch, ca
     program = torch.export.export(make().eval(), (torch.rand(2, 3, 32, 32),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(tmp_path / "m.pt2"))
-    exported, _ = certify(tmp_path, "--data", str(tmp_path / "rgb.npz"), "--model", str(tmp_path / "m.pt2"))
+    exported, _ = certify(tmp_path, "--data", str(tmp_path / "rgb.npz"), "--model", str(tmp_path / "m.pt2"),
+                          "--trust-model-code")
     plain, _ = certify(tmp_path, "--data", str(tmp_path / "rgb.npz"), "--model", "rgb_models:make")
     assert exported["runs"][0]["per_image"]["output"] == plain["runs"][0]["per_image"]["output"]
     # --mean/--std: the model sees (x - mean) / std, masks stay in pixel space
@@ -168,7 +170,7 @@ def test_a_model_trained_behind_mean_and_std_certifies_with_the_recorded_argumen
     torch.export.save(program, str(tmp_path / "m.pt2"))
     x, y, _ = load_dataset(str(tmp_path / "rgb.npz"))
     with pytest.raises(CertMaskError, match="a torch.export program is inference-only"):
-        train(load_model(str(tmp_path / "m.pt2")), x, y, TrainConfig(batch_size=32))
+        train(load_model(str(tmp_path / "m.pt2"), trust_code=True), x, y, TrainConfig(batch_size=32))
 
 
 @pytest.mark.parametrize("size", [(0, 28), (-3, 5), (28,)])

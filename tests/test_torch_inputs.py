@@ -143,8 +143,9 @@ def test_pixels_outside_the_value_range_are_refused_with_the_range_found():
     x = images()
     x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0
     model, backend = linear(), TorchBackend()
-    message = (r"images must lie in \[0.0, 1.0\] \(pixel space; pass value_range=None to skip this check\), "
-               r"found \[0.0, 255.0\]")
+    message = (r"images must lie in \[0.0, 1.0\] \(pixel space\), found \[0.0, 255.0\]: scale the images to "
+               r"\[0.0, 1.0\], or pass --mean/--std so the model normalises inside; in Python, "
+               r"TorchBackend\(value_range=None\) skips this check")
     with pytest.raises(CertMaskError, match=message):
         backend.masked_predictions(model, x * 255, MS)
     with pytest.raises(CertMaskError, match=r"found \[-0.5, 0.5\]"):
@@ -159,7 +160,7 @@ def test_nan_and_inf_pixels_are_refused_even_without_a_range_check(bad, count):
     x = images()
     x[0, 0, 3, 4] = x[2, 0, 0, 0] = bad
     message = (f"images must be finite, found {count} pixels; the finite pixels lie in "
-               r"\[\S+, \S+\] \(value_range=None does not skip this check\)")
+               r"\[\S+, \S+\] \(no option skips this check\)")
     for value_range in ((0.0, 1.0), None):
         with pytest.raises(CertMaskError, match=message):
             TorchBackend(value_range=value_range).masked_predictions(linear(), x, MS)

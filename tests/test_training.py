@@ -217,16 +217,17 @@ def test_model_specs_load_and_save_back(tmp_path, monkeypatch):
         assert torch.equal(load_model("my_models:make", weights=path)(x), load_model("my_models:make")(x))
     scripted = torch.jit.script(load_model("my_models:make"))
     path, spec = save_model(scripted, tmp_path / "s.pt", "whatever")
-    assert spec == str(path) and isinstance(load_model(spec), torch.jit.ScriptModule)
+    assert spec == f"{path} --trust-model-code"
+    assert isinstance(load_model(str(path), trust_code=True), torch.jit.ScriptModule)
     with torch.no_grad():
-        assert torch.equal(load_model(spec)(x), scripted(x))
+        assert torch.equal(load_model(str(path), trust_code=True)(x), scripted(x))
     assert isinstance(load_model("fashion-cnn"), FashionCNN)
     with pytest.raises(CertMaskError, match="cannot import 'nothing' from 'my_models'"):
         load_model("my_models:nothing")
     (tmp_path / "bad_factory.py").write_text("def make():\n    return 3\n")
     with pytest.raises(CertMaskError, match="returned a int, not an nn.Module"):
         load_model("bad_factory:make")
-    with pytest.raises(CertMaskError, match="--weights applies to 'fashion-cnn' and factory specs"):
+    with pytest.raises(CertMaskError, match=r"weights \(--weights\) apply to 'fashion-cnn' and factory"):
         load_model("bundled", weights=path)
     with pytest.raises(CertMaskError, match="is neither an existing file nor a model spec: bundled, "):
         load_model("resnet")
@@ -301,15 +302,16 @@ def test_a_torchscript_model_fine_tunes_and_saves_as_torchscript(tmp_path):
     scripted = torch.jit.script(tiny_model(classes=2))
     path = tmp_path / "m.pt"
     torch.jit.save(scripted, str(path))
-    model = load_model(str(path))
+    model = load_model(str(path), trust_code=True)
     ms = make_maskset(PatchThreat(12, 2), masks_per_axis=2)
     before = masked_loss(model, x, y.numpy(), ms)
     train(model, x, y, TrainConfig(epochs=5, batch_size=16, lr=1e-2, augmentation="maskset"), masksets=ms,
           show_progress=False, log=lambda _: None)
     assert masked_loss(model, x, y.numpy(), ms) < before
     saved, spec = save_model(model, tmp_path / "tuned.pt", str(path))
+    assert spec == f"{saved} --trust-model-code"
     with torch.no_grad():
-        assert torch.equal(load_model(spec)(x), model(x))
+        assert torch.equal(load_model(str(saved), trust_code=True)(x), model(x))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -130,7 +130,8 @@ class TorchBackend:
     Parameters
     ----------
     device : str or torch.device
-        Any device; ``"cuda"`` when available is the fast path.
+        A device this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); ``"cuda"`` when
+        available is the fast path.
     batch_size : int
         Masked images per forward pass (upper limit).
     memory_budget_mb : float, optional
@@ -138,7 +139,8 @@ class TorchBackend:
         activations fit the budget (measured once per model with forward hooks); see
         :meth:`effective_batch`.
     fill : float or sequence of float
-        Constant written into masked pixels, one value or one per channel.
+        Constant written into masked pixels, one value or one per channel; finite, and (in pixel
+        space) inside ``value_range`` when one is set.
     fill_space : {"pixel", "normalized"}
         ``pixel`` (default): ``fill`` is a pixel value, as the model's input sees it. The bundled model
         normalises inside ``forward`` and was trained with Cutout fill ``0.0`` in pixel space, which
@@ -180,21 +182,62 @@ class TorchBackend:
             raise CertMaskError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if memory_budget_mb is not None and not memory_budget_mb > 0:
             raise CertMaskError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
-        self.device = torch.device(device)
+        self.device = self._checked_device(device)
         self.batch_size = batch_size
         self.memory_budget_mb = memory_budget_mb
-        fill_t = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
-        if fill_space == "normalized":
-            fill_t = (torch.as_tensor(mean, dtype=torch.float32)
-                      + torch.as_tensor(std, dtype=torch.float32) * fill_t)
-        if torch.isnan(fill_t).any():
-            raise CertMaskError(f"fill must not be NaN, got {fill!r}")
-        self.fill = fill_t
+        self.value_range = self._checked_range(value_range)
+        self.fill = self._checked_fill(fill, fill_space, mean, std)
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
-        self.value_range = self._checked_range(value_range)
         # weak keys: a model's entry goes with the model, and a new model reusing its id() is measured
         self._activation_bytes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _checked_device(device) -> torch.device:
+        """``torch.device(device)`` when this machine has it, else CertMaskError naming what it has.
+
+        Checked here because torch accepts ``"cuda"`` on a machine without CUDA and fails only at the
+        first tensor moved there, deep inside a run.
+        """
+        def machine() -> str:
+            have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            have += ["mps"] if torch.backends.mps.is_available() else []
+            return f"this machine has {', '.join(have)} (torch {torch.__version__})"
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise CertMaskError(f"device {device!r} is not a torch device; {machine()}") from None
+        # other device types (xpu, meta, ...) are left to torch
+        available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(dev.type)
+        if available is not None and not available():
+            raise CertMaskError(f"{dev.type} is not available on this machine (torch {torch.__version__}): "
+                                f"use --device cpu (device='cpu' in Python)")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CertMaskError(f"device {str(dev)!r} is not available: {machine()}")
+        return dev
+
+    def _checked_fill(self, fill, fill_space: str, mean, std) -> torch.Tensor:
+        """The fill as float32 pixel values, one or one per channel: finite, inside ``value_range``."""
+        try:
+            values = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
+            pixels = values
+            if fill_space == "normalized":
+                pixels = (torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+                          + torch.as_tensor(std, dtype=torch.float32).reshape(-1) * values)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise CertMaskError(f"fill must be a number or one number per channel (with mean and std of "
+                                f"matching length), got fill={fill!r}, mean={mean!r}, std={std!r}: "
+                                f"{err}") from None
+        if pixels.numel() == 0 or not torch.isfinite(pixels).all():
+            raise CertMaskError(f"fill must be one or more finite numbers, got {fill!r}")
+        where = f"{pixels.tolist()} in pixel space" if fill_space == "normalized" else None
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if float(pixels.min()) < lo or float(pixels.max()) > hi:
+                raise CertMaskError(f"fill {fill!r}{f' ({where})' if where else ''} lies outside the pixel "
+                                    f"range [{lo}, {hi}] the images must lie in; use a fill in [{lo}, {hi}]")
+        return pixels
 
     @staticmethod
     def _checked_range(value_range) -> tuple[float, float] | None:
@@ -299,10 +342,14 @@ class TorchBackend:
         return run_attack(self, model, images, labels, patch, k, strategy, mode, **options)
 
     # ----------------------------------------------------------------- models and inputs
-    def load_model(self, name: str = "bundled", weights=None) -> nn.Module:
-        """A model spec (see :func:`.models.load_model`) loaded on this device, in eval mode."""
+    def load_model(self, name: str = "bundled", weights=None, *, trust_code: bool = False) -> nn.Module:
+        """A model spec (see :func:`.models.load_model`) loaded on this device, in eval mode.
+
+        ``trust_code=True`` (the command line's ``--trust-model-code``) allows ``.pt2`` and TorchScript
+        files, whose loading runs code stored in the file; without it they are refused.
+        """
         from .models import load_model
-        model = load_model(name, self.device, weights)
+        model = load_model(name, self.device, weights, trust_code=trust_code)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_images(self, model, images, maskset: MaskSet | None = None) -> torch.Tensor:
@@ -362,13 +409,15 @@ class TorchBackend:
             span = (f"; the finite pixels lie in [{float(seen.min())}, {float(seen.max())}]"
                     if seen.numel() else "")
             raise CertMaskError(f"images must be finite, found {nan} NaN and {int((~finite).sum()) - nan} "
-                                f"inf pixels{span} (value_range=None does not skip this check)")
+                                f"inf pixels{span} (no option skips this check)")
         if self.value_range is not None:
             lo, hi = (float(v) for v in torch.aminmax(x))
-            if lo < self.value_range[0] or hi > self.value_range[1]:
-                raise CertMaskError(f"images must lie in [{self.value_range[0]}, {self.value_range[1]}] "
-                                    f"(pixel space; pass value_range=None to skip this check), "
-                                    f"found [{lo}, {hi}]")
+            want_lo, want_hi = self.value_range
+            if lo < want_lo or hi > want_hi:
+                raise CertMaskError(f"images must lie in [{want_lo}, {want_hi}] (pixel space), found "
+                                    f"[{lo}, {hi}]: scale the images to [{want_lo}, {want_hi}], or pass "
+                                    f"--mean/--std so the model normalises inside; in Python, "
+                                    f"TorchBackend(value_range=None) skips this check")
 
     def _pairs(self, pairs, n: int) -> torch.Tensor:
         p = _as_tensor(pairs, "pairs")

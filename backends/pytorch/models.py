@@ -120,7 +120,8 @@ def bundled_weights_path(name: str = BUNDLED_WEIGHTS) -> Path:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold a ``code/`` folder; ``torch.save`` archives do not."""
+    """TorchScript archives hold a ``code/`` folder; ``torch.save`` archives do not (only the zip's
+    names are read: nothing in the file is deserialised)."""
     try:
         with zipfile.ZipFile(path) as archive:
             return any("/code/" in name for name in archive.namelist())
@@ -128,12 +129,37 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def load_failure(err: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` failed.
+
+    torch's own message advises loading with ``weights_only=False`` or allow-listing what the file
+    asks for: both would run code from the file, so only the unpickler's reason is kept (torch raises
+    its message from the unpickler's error, which stays in ``__context__``).
+    """
+    text = str(err).strip()
+    if text.startswith("Weights only load failed"):
+        inner = err.__context__ or "torch's weights-only reader refused it"
+        reason = str(inner).strip().split(". ")[0].rstrip(".")
+    else:
+        reason = f"{type(err).__name__}: {(text.splitlines() or [''])[0]}"
+    if "GLOBAL" in reason:
+        return (f"it holds more than tensors and plain data ({reason}); such a file is refused because "
+                f"reading it could run code")
+    return f"not a file torch.save wrote, or a damaged one ({reason})"
+
+
 def _load_state_dict(model: nn.Module, path: Path, what: str) -> nn.Module:
     if not path.is_file():
-        raise CertMaskError(f"weights file not found: {str(path)!r}")
+        raise CertMaskError(f"weights file {str(path)!r} is a directory" if path.is_dir()
+                            else f"weights file not found: {str(path)!r}")
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:  # not a torch file, or the state dict of another architecture
+        # weights_only: tensors and plain containers only, so reading the file runs no code from it
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, damaged, or asks for objects beyond plain data
+        raise CertMaskError(f"cannot load {str(path)!r} as a {what} state_dict: {load_failure(err)}") from err
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # not a dict, or the state dict of another architecture
         raise CertMaskError(f"cannot load {str(path)!r} as a {what} state_dict: {err}") from err
     return model
 
@@ -156,12 +182,27 @@ def _from_factory(spec: str) -> nn.Module:
 
 
 MODEL_SPECS = ("bundled", "bundled-cutout", "bundled-video", "fashion-cnn", "video-cnn",
-               "FILE.pt2 (torch.export)",
-               "FILE.pt (TorchScript or FashionCNN state dict)", "package.module:factory")
+               "FILE.pt2 (torch.export: runs code from the file, so needs --trust-model-code, "
+               "trust_code=True in Python)",
+               "FILE.pt (TorchScript, likewise, or a FashionCNN state dict)",
+               "package.module:factory (imports and runs that Python code)")
+TRUST_HINT = ("Load it only if you trust where it came from: --trust-model-code on the command line, "
+              "trust_code=True in Python")
 
 
-def load_model(name: str = "bundled", device: str | torch.device = "cpu", weights=None) -> nn.Module:
+def _refuse_code(path: Path, kind: str, trust_code: bool) -> None:
+    """CertMaskError unless the user opted in to running code stored in ``path``."""
+    if not trust_code:
+        raise CertMaskError(f"model file {str(path)!r} is {kind}: loading it runs code stored in the file. "
+                            f"{TRUST_HINT}")
+
+
+def load_model(name: str = "bundled", device: str | torch.device = "cpu", weights=None, *,
+               trust_code: bool = False) -> nn.Module:
     """Load a classifier in eval mode from a model spec.
+
+    Reading a file is reading data: a file that can only be loaded by running code stored in it (a
+    ``torch.export`` program or a TorchScript archive) is refused unless ``trust_code`` is True.
 
     Parameters
     ----------
@@ -172,13 +213,27 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
           (``weights/fmnist_video_cnn.json``);
         * ``"fashion-cnn"`` / ``"video-cnn"``: a bundled architecture, freshly initialised (to train
           from scratch);
-        * a file path: a ``torch.export`` program (``.pt2``, ``torch.export.save``), a TorchScript
-          archive (``torch.jit.save``) or a :class:`FashionCNN` state dict;
-        * ``"package.module:factory"``: ``factory()`` is imported and called, it must return an
-          ``nn.Module``.
+        * a file path: a ``torch.export`` program (``.pt2``, ``torch.export.save``) or a TorchScript
+          archive (``torch.jit.save``), both only with ``trust_code``; or a :class:`FashionCNN` state
+          dict (read with ``torch.load(weights_only=True)``: tensors only, no code runs);
+        * ``"package.module:factory"``: imports ``package.module`` and calls ``factory()``, which must
+          return an ``nn.Module``. This runs that Python code (the module's import-time code too): it
+          is code the user names, so it needs no ``trust_code``.
     device : str or torch.device
     weights : path, optional
-        A state dict loaded into the model (for ``fashion-cnn`` and factories).
+        A state dict loaded into the model (for ``fashion-cnn`` and factories), read as tensors only.
+    trust_code : bool
+        Allow ``.pt2`` and TorchScript files. Loading them unpickles objects and runs code stored in
+        the file (``torch.export.load`` unpickles with ``weights_only=False``), so a crafted file runs
+        anything it likes; pass True only for files from a source you trust (the command line's
+        ``--trust-model-code``).
+
+    Raises
+    ------
+    CertMaskError
+        An unknown spec, a missing or unreadable file, a ``.pt2`` or TorchScript file without
+        ``trust_code`` (refused before anything in it is deserialised), or ``weights`` for a spec that
+        takes none.
     """
     path = Path(name)
     if name in BUNDLED:
@@ -187,12 +242,14 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
     elif name in ("fashion-cnn", "video-cnn"):
         model = bundled_model(name)
     elif path.is_file() and path.suffix == ".pt2":
+        _refuse_code(path, "a torch.export program", trust_code)
         try:
             model = ExportedModel(torch.export.load(str(path)).module())
         except Exception as err:
             raise CertMaskError(f"cannot load {str(path)!r} as a torch.export program: {err}") from err
     elif path.is_file():
         if _is_torchscript(path):
+            _refuse_code(path, "a TorchScript archive", trust_code)
             try:
                 model = torch.jit.load(str(path), map_location="cpu")
             except Exception as err:
@@ -208,7 +265,8 @@ def load_model(name: str = "bundled", device: str | torch.device = "cpu", weight
                             f"{', '.join(MODEL_SPECS)}")
     if weights is not None:
         if isinstance(model, torch.jit.ScriptModule) or name in BUNDLED or path.is_file():
-            raise CertMaskError(f"--weights applies to 'fashion-cnn' and factory specs, not to {name!r}")
+            raise CertMaskError(f"weights (--weights) apply to 'fashion-cnn' and factory specs, not to "
+                                f"{name!r}")
         _load_state_dict(model, Path(weights), type(model).__name__)
     return model.eval().to(device)
 
@@ -219,7 +277,8 @@ def save_model(model: nn.Module, path, spec: str) -> tuple[Path, str]:
     TorchScript modules are saved with ``torch.jit.save``, every other module as its state dict; a model
     wrapped by ``--mean``/``--std`` (:class:`Normalized`) is saved unwrapped. Returns the path and the
     command-line model arguments that load the file back (for a factory,
-    ``"package.module:factory --weights PATH"``; for a wrapped model, with its ``--mean``/``--std``).
+    ``"package.module:factory --weights PATH"``; for TorchScript, ``"PATH --trust-model-code"``, as
+    loading it runs code from the file; for a wrapped model, with its ``--mean``/``--std``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +292,7 @@ def save_model(model: nn.Module, path, spec: str) -> tuple[Path, str]:
                             "module and export it again")
     if isinstance(model, torch.jit.ScriptModule):
         torch.jit.save(model, str(path))
-        return path, f"{path}{normalization}"
+        return path, f"{path} --trust-model-code{normalization}"
     torch.save(model.state_dict(), path)
     if isinstance(model, FashionCNN):
         return path, f"{path}{normalization}"

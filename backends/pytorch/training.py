@@ -299,8 +299,46 @@ def _environment() -> dict:
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("epoch-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    return found[-1] if found else None
+    """The ``epoch-NNN.pt`` in ``folder`` with the highest epoch; other names (``epoch-final.pt``) are
+    not checkpoints of this run and are ignored."""
+    epochs = {}
+    for path in folder.glob("epoch-*.pt"):
+        match = re.fullmatch(r"epoch-(\d+)\.pt", path.name)
+        if match:
+            epochs[int(match[1])] = path
+    return epochs[max(epochs)] if epochs else None
+
+
+# what train() writes into a checkpoint, with the type each entry must have
+_CHECKPOINT = {"config": dict, "model": dict, "optimizer": dict, "schedule": dict, "generator": torch.Tensor,
+               "torch_rng": torch.Tensor, "epochs": list}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The state of checkpoint ``path``, read as data.
+
+    ``weights_only=True`` unpickles tensors and plain containers only: everything :func:`train` saves
+    (the config, state dicts of the model, AdamW and OneCycleLR, random states, the epoch records) is
+    made of them, so nothing is allow-listed and a crafted checkpoint cannot run code.
+    """
+    from .models import load_failure
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged, not a torch file, or asks for objects beyond plain data
+        raise CertMaskError(f"cannot resume from {str(path)!r}: {load_failure(err)}") from err
+    if not isinstance(state, dict):
+        wrong = ["everything"]
+    else:
+        wrong = [key for key, kind in _CHECKPOINT.items() if not isinstance(state.get(key), kind)]
+        if isinstance(state.get("epochs"), list) and not all(
+                isinstance(e, dict) and isinstance(e.get("seconds"), (int, float)) for e in state["epochs"]):
+            wrong.append("epochs")
+        if not isinstance(state.get("greedy_forward_passes", 0), int):  # optional: 0 when absent
+            wrong.append("greedy_forward_passes")
+    if wrong:
+        raise CertMaskError(f"cannot resume from {str(path)!r}: not a certmask training checkpoint (missing "
+                            f"or mistyped: {', '.join(wrong)}); delete it or train into a new folder")
+    return state
 
 
 def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masksets=None,
@@ -328,8 +366,11 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
         A checkpoint ``epoch-NNN.pt`` (model, optimiser, schedule, random states, record) is written
         after every epoch.
     resume : bool
-        Continue from the latest checkpoint in ``checkpoint_dir``; the result equals an uninterrupted
-        run with the same config (a checkpoint written under another config is refused).
+        Continue from the latest checkpoint in ``checkpoint_dir`` (the highest ``epoch-NNN.pt``; other
+        names are ignored); the result equals an uninterrupted run with the same config. The checkpoint
+        is read as data (``torch.load(weights_only=True)``, so it cannot run code); one that cannot be
+        read, lacks what :func:`train` writes, was written under another config or does not fit the
+        model is refused with a :class:`CertMaskError` naming it.
 
     Returns
     -------
@@ -372,15 +413,19 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
             raise CertMaskError("resume needs a checkpoint_dir")
         latest = _latest_checkpoint(folder)
         if latest is not None:
-            state = torch.load(latest, map_location="cpu", weights_only=False)
+            state = _read_checkpoint(latest)
             if state["config"] != asdict(config):
                 raise CertMaskError(f"{str(latest)!r} was written with config {state['config']}, not "
                                     f"{asdict(config)}; resume with the same settings or a new folder")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["schedule"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["schedule"])
+                generator.set_state(state["generator"])
+                torch.set_rng_state(state["torch_rng"])
+            except Exception as err:  # another architecture, or states of the wrong size
+                raise CertMaskError(f"cannot resume from {str(latest)!r}: its state does not fit this model "
+                                    f"and config: {err}") from err
             record["epochs"] = state["epochs"]
             start_epoch = len(record["epochs"])
             if isinstance(augment, GreedyMasks):

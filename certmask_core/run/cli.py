@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -39,6 +41,10 @@ def _size_arg(values, name: str, ndim: int):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+MAX_SIZES = 4096
+"""Most patch sizes one ``--sizes`` may list (every square up to 4,096 pixels on a side)."""
+
+
 def _sizes_arg(tokens):
     """``--sizes`` tokens -> (ph, pw) pairs: ``N`` (a square), ``A-B`` (squares A..B), ``HxW``."""
     if tokens is None:
@@ -53,13 +59,17 @@ def _sizes_arg(tokens):
                 low, high = (int(v) for v in token.split("-"))
                 if low > high:
                     raise ValueError
-                sizes += [(side, side) for side in range(low, high + 1)]
+                sizes.append(range(low, high + 1))  # expanded below, once its length is known
             else:
                 sizes.append((int(token), int(token)))
         except ValueError:
             raise CertMaskError(f"--sizes: cannot read {token!r}; give N (a square), A-B (squares A to B) "
                                 f"or HxW") from None
-    return sizes
+    count = sum(len(size) if isinstance(size, range) else 1 for size in sizes)
+    if count > MAX_SIZES:
+        raise CertMaskError(f"--sizes lists {count} patch sizes; at most {MAX_SIZES} in one run")
+    return [pair for size in sizes
+            for pair in ([(side, side) for side in size] if isinstance(size, range) else [size])]
 
 
 DEFAULT_MAX_MASK_FRACTION = 0.10
@@ -107,6 +117,8 @@ def cmd_plan(args) -> int:
                  "coverage": [{"patch": list(t.patch_size), "min_coverage": low, "max_coverage": high}
                               for t, (low, high) in zip(threats, coverage)]}
     if args.plot:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise CertMaskError(f"--plot writes a PNG file; name it FILE.png, got {args.plot!r}")
         if ndim != 2:
             raise CertMaskError(f"--plot draws layouts of images (2 axes); this set has {ndim}")
         from .plots import plan_figure
@@ -201,7 +213,7 @@ def _sha256(*arrays) -> str:
     return digest.hexdigest()
 
 
-def _run_record(args, backend, model, images, labels, source, config, masksets) -> dict:
+def _run_record(args, backend, model, images, labels, source, config, masksets, classes=None) -> dict:
     """run.json: what was certified, with what, where; ``fingerprint`` decides whether --resume may
     continue a run."""
     import platform
@@ -211,6 +223,7 @@ def _run_record(args, backend, model, images, labels, source, config, masksets) 
     fingerprint = {
         "model": args.model, "weights": args.weights, "model_sha256": backend.model_fingerprint(model),
         "data": args.data, "data_sha256": _sha256(images, labels), "images": len(images),
+        "classes": classes,
         "config": json.loads(json.dumps(asdict(config))),
         "masks": [{"strategy": s, "k": k, "num_masks": len(base_set(ms)),
                    "sha256": _sha256(base_set(ms).rectangles(), getattr(ms, "members", np.zeros(0)))}
@@ -231,61 +244,72 @@ def cmd_certify(args) -> int:
     from .experiment import (
         PER_IMAGE_FILE,
         RunConfig,
-        check_out_dir,
-        load_data,
+        locked_out_dir,
         masksets_of,
+        prepare_out_dir,
+        read_json_file,
         results_table,
         run_certification,
+        write_json_atomically,
         write_outputs,
     )
     out = Path(args.out)
-    check_out_dir(out)
+    if args.resume and args.overwrite:
+        raise CertMaskError("--resume continues the run in --out and --overwrite replaces it: give one")
+    sizes = _sizes_arg(args.sizes)
     backend = _backend(args)
-    data = load_data(args.data, args.data_root, args.limit, image_size=_image_size(args))
+    data = _load_data(args)
     images, labels, source = data.images, data.labels, data.source
-    model = _load_checked_model(backend, args, images)
+    model, num_classes = _load_checked_model(backend, args, images, data.classes)
     config = RunConfig(tuple(args.patch), args.k,
                        args.strategy if args.strategy is not None else [] if args.masks else ["replicated"],
                        args.mode, masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
                        mask_size=_pair_arg(args.mask, "--mask"),
                        recovery_certificate=args.recovery_certificate, mask_files=args.masks or (),
-                       patches=args.patches, sizes=_sizes_arg(args.sizes),
+                       patches=args.patches, sizes=sizes,
                        margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                          else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)))
+    masksets = masksets_of(config, images.shape[2:])
     rank, world, gather, close = (0, 1, None, lambda: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         rank, world, gather, close = backend.init_distributed()
-    record = _run_record(args, backend, model, images, labels, source, config,
-                         masksets_of(config, images.shape[2:]))
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        previous = out / "run.json"
-        if args.resume and previous.is_file():
-            before = json.loads(previous.read_text()).get("fingerprint")
-            if before != record["fingerprint"]:
-                changed = sorted(key for key in record["fingerprint"]
-                                 if (before or {}).get(key) != record["fingerprint"][key])
-                raise CertMaskError(f"--resume: {str(out)!r} holds a run with other settings (differs in "
-                                    f"{changed}); resume with the same command or choose another --out")
-        (out / "results.json").unlink(missing_ok=True)  # results.json appears only when the run is complete
-        previous.write_text(json.dumps(record, indent=1) + "\n")
-    start = time.perf_counter()
-    results = run_certification(backend, model, images, labels, config, rank, world, gather,
-                                show_progress=None if not args.quiet else False,
-                                per_image_path=out / PER_IMAGE_FILE if rank == 0 else None,
-                                resume=args.resume, names=data.ids)
-    close()  # on an error the rank exits instead, and torchrun stops the others
-    if results is None:
-        return 0
-    record.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "seconds": round(time.perf_counter() - start, 2),
-                   "resumed_images": results["resumed_images"]})
-    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
-    results.update({"data": args.data, "data_source": source, "model": args.model,
-                    "device": args.device, "backend": args.backend, "classes": data.classes,
-                    "image_names": data.ids})
-    write_outputs(results, out, images, plots=not args.no_plots,
-                  maskset=base_set(next(iter(masksets_of(config, images.shape[2:]).values()))))
+    record = _run_record(args, backend, model, images, labels, source, config, masksets, data.classes)
+    # rank 0 alone writes --out; it holds the folder's lock for the whole run
+    with locked_out_dir(out) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            prepare_out_dir(out, resume=args.resume, overwrite=args.overwrite)
+            previous = out / "run.json"
+            if args.resume and (out / PER_IMAGE_FILE).is_file() and not previous.is_file():
+                raise CertMaskError(f"--resume: {str(out)!r} holds per-image results but no run.json saying "
+                                    f"what they are; rerun with --overwrite")
+            if args.resume and previous.is_file():
+                stored = read_json_file(previous, "the run record")
+                before = stored.get("fingerprint") if isinstance(stored, dict) else None
+                if before != record["fingerprint"]:
+                    changed = sorted(key for key in record["fingerprint"] if not isinstance(before, dict)
+                                     or before.get(key) != record["fingerprint"][key])
+                    raise CertMaskError(f"--resume: {str(out)!r} holds a run with other settings (differs "
+                                        f"in {changed}); resume with the same command or choose another "
+                                        f"--out")
+            (out / "results.json").unlink(missing_ok=True)  # it appears only when the run is complete
+            write_json_atomically(previous, record)
+        start = time.perf_counter()
+        results = run_certification(backend, model, images, labels, config, rank, world, gather,
+                                    show_progress=None if not args.quiet else False,
+                                    per_image_path=out / PER_IMAGE_FILE if rank == 0 else None,
+                                    resume=args.resume, names=data.ids, num_classes=num_classes)
+        close()  # on an error the rank exits instead, and torchrun stops the others
+        if results is None:
+            return 0
+        record.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "seconds": round(time.perf_counter() - start, 2),
+                       "resumed_images": results["resumed_images"]})
+        write_json_atomically(out / "run.json", record)
+        results.update({"data": args.data, "data_source": source, "model": args.model,
+                        "device": args.device, "backend": args.backend, "classes": data.classes,
+                        "image_names": data.ids})
+        write_outputs(results, out, images, plots=not args.no_plots,
+                      maskset=base_set(next(iter(masksets.values()))))
     print(f"data: {source}")
     print(results_table(results), end="")
     print(f"wrote {out}/results.json, results.md, run.json, {PER_IMAGE_FILE}"
@@ -294,13 +318,39 @@ def cmd_certify(args) -> int:
     return 0
 
 
+def _load_data(args, split: str = "test", spec: str | None = None, limit: int | None = None):
+    """The data of ``--data`` (or ``spec``) as the command's options read it."""
+    from .datasets import load_data
+    return load_data(spec or args.data, args.data_root, limit if spec else args.limit, split=split,
+                     image_size=_image_size(args), layout=args.layout, classes=_classes_arg(args.classes))
+
+
+def _classes_arg(values):
+    """``--classes``: the names in label order, or one text file of one name per line."""
+    if not values:
+        return None
+    if len(values) == 1 and Path(values[0]).is_file():
+        path = Path(values[0])
+        try:
+            text = path.read_bytes()[:1 << 20].decode("utf-8")  # a class list is small: read at most 1 MiB
+        except (OSError, UnicodeDecodeError) as err:
+            raise CertMaskError(f"--classes: cannot read {str(path)!r}: {err}") from None
+        values = [line.strip() for line in text.splitlines() if line.strip()]
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise CertMaskError(f"--classes names a class twice: {twice}")
+    return list(values)
+
+
 def _image_size(args):
     return tuple(args.image_size) if args.image_size else None
 
 
-def _load_checked_model(backend, args, images):
-    """The model of ``--model``/``--weights``, refused when it takes another channel count than the data."""
-    model = backend.load_model(args.model, args.weights)
+def _load_checked_model(backend, args, images, classes=None):
+    """``(model, num_classes)`` of ``--model``/``--weights``, refused when it takes another channel count
+    than the data, returns another class count than ``--num-classes``, or than the data's named classes
+    (an image folder's subfolders, ``--classes``): a label must mean the class the model means by it."""
+    model = backend.load_model(args.model, args.weights, trust_code=args.trust_model_code)
     expected = backend.input_channels(model)
     got = images.shape[1]
     if expected is not None and expected != got:
@@ -313,19 +363,31 @@ def _load_checked_model(backend, args, images):
         if len(args.mean) not in (1, got) or len(args.std) != len(args.mean):
             raise CertMaskError(f"--mean/--std need 1 or {got} values each, got {args.mean} and {args.std}")
         model = backend.normalized(model, args.mean, args.std)
-    if args.num_classes is not None:
-        classes = backend.predict(model, images[:1], return_logits=True).shape[1]
-        if classes != args.num_classes:
-            raise CertMaskError(f"--num-classes {args.num_classes} but model {args.model!r} returns "
-                                f"{classes} logits")
-    return model
+    num_classes = int(backend.predict(model, images[:1], return_logits=True).shape[1])
+    if args.num_classes is not None and num_classes != args.num_classes:
+        raise CertMaskError(f"--num-classes {args.num_classes} but model {args.model!r} returns "
+                            f"{num_classes} logits")
+    if classes is not None and len(classes) != num_classes:
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        raise CertMaskError(f"the data name {len(classes)} classes ({shown}) but model {args.model!r} "
+                            f"returns {num_classes} logits: labels would not mean the model's classes. "
+                            f"Name every class in the model's order with --classes NAME ... (or a file of "
+                            f"one name per line)")
+    return model, num_classes
+
+
+def _check_labels(labels, num_classes: int) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise CertMaskError(f"labels lie in [{labels.min()}, {labels.max()}] but the model has {num_classes} "
+                            f"classes: labels must be in [0, {num_classes})")
 
 
 def cmd_attack(args) -> int:
-    from .experiment import load_dataset
     backend = _backend(args)
-    images, labels, source = load_dataset(args.data, args.data_root, args.limit, image_size=_image_size(args))
-    model = _load_checked_model(backend, args, images)
+    data = _load_data(args)
+    images, labels, source = data.images, data.labels, data.source
+    model, num_classes = _load_checked_model(backend, args, images, data.classes)
+    _check_labels(labels, num_classes)
     results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
                              args.mode, steps=args.steps, stride=args.stride,
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
@@ -347,7 +409,6 @@ def cmd_attack(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .experiment import load_data
     from .tune import check_tune_out, tune, tune_table, write_tune
     if args.tune_images < 1 or args.check_images < 0:
         raise CertMaskError(f"--tune-images must be >= 1 and --check-images >= 0, got {args.tune_images} and "
@@ -355,11 +416,12 @@ def cmd_tune(args) -> int:
     check_tune_out(args.out)
     backend = _backend(args)
     limit = args.tune_images + args.check_images if args.limit is None else args.limit
-    data = load_data(args.data, args.data_root, limit, image_size=_image_size(args))
+    data = _load_data(args, limit=limit, spec=args.data)
     if len(data.images) <= args.tune_images and args.check_images:
         raise CertMaskError(f"{args.data!r} holds {len(data.images)} images: none left to check on after "
                             f"--tune-images {args.tune_images}")
-    model = _load_checked_model(backend, args, data.images)
+    model, num_classes = _load_checked_model(backend, args, data.images, data.classes)
+    _check_labels(data.labels, num_classes)
     n, m = args.tune_images, args.check_images
     if len(data.images) < n + m:
         print(f"note: {args.data!r} holds {len(data.images)} images: tuning on {min(n, len(data.images))}, "
@@ -382,21 +444,25 @@ def cmd_tune(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .experiment import load_dataset, read_maskset
+    from .experiment import read_maskset
     backend = _backend(args)
     out = Path(args.out)
     checkpoints = out / "checkpoints"
-    if not args.resume and checkpoints.is_dir() and any(checkpoints.glob("epoch-*.pt")):
+    if not args.resume and checkpoints.is_dir() and any(re.fullmatch(r"epoch-\d+\.pt", p.name)
+                                                        for p in checkpoints.iterdir()):
         raise CertMaskError(f"{str(out)!r} already holds checkpoints; pass --resume to continue that run or "
                             f"choose another --out")
-    images, labels, source = load_dataset(args.data, args.data_root, args.limit, split="train",
-                                          image_size=_image_size(args))
+    data = _load_data(args, split="train")
+    images, labels, source = data.images, data.labels, data.source
     eval_name = args.eval_data or ("fashion-mnist" if args.data == "fashion-mnist" else None)
     eval_images = eval_labels = None
     if eval_name is not None:
-        eval_images, eval_labels, eval_source = load_dataset(eval_name, args.data_root, args.eval_limit,
-                                                             image_size=_image_size(args))
-    model = _load_checked_model(backend, args, images)
+        evaluation = _load_data(args, spec=eval_name, limit=args.eval_limit)
+        eval_images, eval_labels, eval_source = evaluation.images, evaluation.labels, evaluation.source
+    model, num_classes = _load_checked_model(backend, args, images, data.classes)
+    _check_labels(labels, num_classes)
+    if eval_name is not None:
+        _check_labels(eval_labels, num_classes)
     masksets = []
     if args.masks:
         masksets.append(read_maskset(args.masks))
@@ -448,9 +514,10 @@ def _add_model_args(p):
 
 
 MODEL_HELP = ("model spec: 'bundled' (the committed Fashion-MNIST CNN), 'bundled-cutout' (the first "
-              "release's), 'fashion-cnn' (that architecture untrained), a torch.export program (.pt2), a "
-              "TorchScript or FashionCNN state-dict file, or 'package.module:factory' (called with no "
-              "arguments)")
+              "release's), 'fashion-cnn' (that architecture untrained), a FashionCNN state-dict file (read "
+              "as data), a torch.export program (.pt2) or TorchScript file (code: needs "
+              "--trust-model-code), or 'package.module:factory' (imported and called with no arguments: "
+              "runs that code; the module must be importable, e.g. on PYTHONPATH)")
 
 
 def _add_data_model_args(p, split: str) -> None:
@@ -464,6 +531,18 @@ def _add_data_model_args(p, split: str) -> None:
                                        "(default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--model", default="bundled", help=MODEL_HELP)
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow --model files that are code (a torch.export .pt2 program, a TorchScript "
+                        "archive): loading them runs what the file holds, so give this only for files "
+                        "whose origin you trust. State dicts and the bundled models never need it; a "
+                        "'package.module:factory' spec imports and calls the code you name")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"],
+                   help="axis order of an .npz's 4-D 'images' when its shape leaves it open (e.g. "
+                        "(N, 3, 32, 3)); the reader refuses to guess")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="class names in the model's label order (or one text file, one name per line): an "
+                        "image folder's subfolder NAME holds class NAME; without it the sorted subfolder "
+                        "names are the classes, and their count must equal the model's")
     p.add_argument("--weights", help="state dict loaded into a 'fashion-cnn' or factory model")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="resize every image to H x W (bilinear; needs Pillow)")
@@ -568,7 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for results.json, results.md, run.json, per_image.jsonl and the plots")
     p.add_argument("--resume", action="store_true",
                    help="keep the images already in --out/per_image.jsonl and certify only the rest (same "
-                        "command); the results equal an uninterrupted run's")
+                        "command); the results equal an uninterrupted run's. The kept records are checked "
+                        "and a random sample of them recomputed: edited results are refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the previous run in --out (its results, run.json, per_image.jsonl and "
+                        "figures; nothing else is touched). Without it or --resume such a folder is refused")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=cmd_certify, strategy=None)
 

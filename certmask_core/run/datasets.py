@@ -1,17 +1,44 @@
-"""Offline real data: Fashion-MNIST from the Debian package, or the subset bundled in the wheel.
+"""Offline real data: Fashion-MNIST (the Debian package or the subset bundled in the wheel), ``.npz`` files,
+image folders, idx files and CIFAR python batches, each read as ``(N, C, H, W)`` float32 images in ``[0, 1]``
+and int64 labels.
 
-The reader parses the idx format with numpy alone (no torchvision).
+Every file is read as hostile data: a malformed one gets a one-line :class:`CertMaskError` naming the file
+and the offending values, never a traceback, a hang or code execution.
+
+- Pixel values are scaled by their stored type's range, never by a guess: uint8 / 255, uint16 / 65535,
+  floating point must be finite and already lie in ``[0, 1]``; other types are refused.
+- Labels must be integers in ``[0, 2**31 - 1]``, one per image.
+- Sizes are checked against the headers before anything is allocated, and one call decodes at most
+  :data:`MAX_DECODED_BYTES` (8 GiB, counted as the float32 images); ``limit`` (``--limit``) reads the first
+  images only: npz and idx files are decompressed no further, image folders decode no more images and
+  later CIFAR batches are not read.
+- CIFAR batches are pickles: they are read by an unpickler that admits only containers and numpy arrays.
+- Image folders read regular files only (a FIFO would block forever), each real file once, with the
+  formats PNG, JPEG, BMP, GIF and WebP, under Pillow's decompression-bomb limit.
+
+The idx reader parses the format with numpy alone (no torchvision).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import math
+import operator
 import os
+import pickle
+import pickletools
+import stat
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CertMaskError
+from ..geometry import MAX_SIDE
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -19,31 +46,294 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 _SUBSET = "fashion_mnist_test_subset.npz"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
+MAX_DECODED_BYTES = 8 * 2**30
+"""The most bytes one reader call may decode: the float32 images (or an array's stored size, where that
+is larger). Beyond it the call is refused before allocating; ``limit`` reads the first images only."""
+MAX_LABEL = 2**31 - 1
+"""Labels lie in ``[0, MAX_LABEL]``: class indices that fit int32, whatever the backend."""
+LAYOUTS = ("NCHW", "NHWC")
+"""The layouts a caller may state for 4-D ``.npz`` images (``layout=``, ``--layout``)."""
+_CHUNK = 1 << 24  # bytes per read: memory follows the data found, not a header's claim
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an idx file (optionally gzip-compressed) into an array of its stored shape."""
+
+# --- shared checks ---------------------------------------------------------------------------------------
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, what: str):
+    """Turn any failure of a decoder on hostile bytes into a one-line error naming the file.
+
+    zipfile, gzip, pickle and Pillow raise many types on malformed input (OSError, ValueError, EOFError,
+    zlib.error, struct.error, UnpicklingError, DecompressionBombError, ...); each one means the file is
+    not the ``what`` it claims to be, so they are not enumerated.
+    """
+    try:
+        yield
+    except CertMaskError:
+        raise
+    except Exception as err:
+        raise CertMaskError(f"cannot read {str(path)!r} as {what}: {_one_line(err)}") from None
+
+
+def _file_kind(mode: int) -> str:
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
+def _require_regular(mode: int, path: Path, what: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise CertMaskError(f"{what} {str(path)!r} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise CertMaskError(f"{what} {str(path)!r} is {_file_kind(mode)}, not a regular file: only regular "
+                            "files are read (reading anything else can block forever)")
+
+
+def open_regular_file(path: Path, what: str) -> io.BufferedReader:
+    """``path`` opened for binary reading, provided it is a regular file (never a FIFO or device)."""
+    try:
+        _require_regular(os.stat(path).st_mode, path, what)
+        # O_NONBLOCK: should the path become a FIFO between the two checks, opening it cannot block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise CertMaskError(f"{what} not found: {str(path)!r}") from None
+    except OSError as err:
+        raise CertMaskError(f"cannot open {what} {str(path)!r}: {err.strerror or err}") from None
+    try:
+        _require_regular(os.fstat(fd).st_mode, path, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _read_upto(f, nbytes: int) -> bytearray:
+    """Up to ``nbytes`` from ``f``, read in chunks: a header's claim allocates nothing by itself."""
+    data = bytearray()
+    while len(data) < nbytes:
+        chunk = f.read(min(nbytes - len(data), _CHUNK))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes:,} bytes ({nbytes / 2**30:.1f} GiB)"
+
+
+def _check_decoded(nbytes: int, what: str) -> None:
+    if nbytes > MAX_DECODED_BYTES:
+        raise CertMaskError(f"{what} would decode to {_gib(nbytes)}, above the {_gib(MAX_DECODED_BYTES)} one "
+                            "call may decode (MAX_DECODED_BYTES); pass --limit N (limit= in Python) to read "
+                            "the first images only")
+
+
+def _check_limit(limit) -> int | None:
+    if limit is None:
+        return None
+    try:
+        limit = operator.index(limit)
+    except TypeError:
+        raise CertMaskError(f"limit must be an integer >= 1, got {limit!r}") from None
+    if limit < 1:
+        raise CertMaskError(f"limit must be >= 1, got {limit}")
+    return limit
+
+
+def _check_layout(layout) -> str | None:
+    if layout is not None and layout not in LAYOUTS:
+        raise CertMaskError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def _check_image_size(image_size) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    try:
+        H, W = (operator.index(v) for v in image_size)
+    except (TypeError, ValueError):
+        shown = tuple(image_size) if isinstance(image_size, Sequence) else image_size
+        raise CertMaskError(f"image size must be two integers >= 1 (H, W), got {shown}") from None
+    if min(H, W) < 1:
+        raise CertMaskError(f"image size must be two integers >= 1 (H, W), got {(H, W)}")
+    if max(H, W) > MAX_SIDE:
+        raise CertMaskError(f"image size {H}x{W}: each side may be at most {MAX_SIDE} (MAX_SIDE)")
+    return H, W
+
+
+def _pixel_range(dtype: np.dtype, where: str) -> int | None:
+    """The divisor that maps ``dtype``'s values onto [0, 1] (None: floating point, already there)."""
+    if dtype.kind == "u" and dtype.itemsize in (1, 2):
+        return 255 if dtype.itemsize == 1 else 65535
+    if dtype.kind == "f":
+        return None
+    raise CertMaskError(f"{where}: images of dtype {dtype} have no known value range; store uint8 (0-255), "
+                        "uint16 (0-65535) or floating point in [0, 1]")
+
+
+def _to_unit_interval(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
+    """Pixels scaled by their stored dtype's range: the one rule every reader applies.
+
+    Parameters
+    ----------
+    array : ndarray
+        uint8 (divided by 255), uint16 (divided by 65535) or floating point (must be finite and lie in
+        ``[0, 1]``: it is checked, never clipped). Any other dtype is refused.
+    where : str
+        Names the data in error messages.
+
+    Returns
+    -------
+    images : ndarray, float32 in [0, 1], of ``array``'s shape
+    scale : str
+        The rule applied, e.g. ``"uint8 / 255"`` (sources state it).
+    """
+    top = _pixel_range(array.dtype, where)
+    if top is not None:
+        out = array.astype(np.float32)
+        out /= top
+        return out, f"uint{8 * array.dtype.itemsize} / {top}"
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite.reshape(-1))), array.shape))
+        seen = (f"finite values in [{float(array[finite].min())}, {float(array[finite].max())}]"
+                if bad < array.size else "no finite values")
+        raise CertMaskError(f"{where}: float images must be finite and lie in [0, 1]: {bad} non-finite "
+                            f"value(s) (first at image {first[0]}, stored index {first}), {seen}")
+    if array.size and not (array.min() >= 0 and array.max() <= 1):
+        raise CertMaskError(f"{where}: float images must be finite and lie in [0, 1], found "
+                            f"[{float(array.min())}, {float(array.max())}]")
+    return array.astype(np.float32), "float"
+
+
+def _labels_refused(n, shape, dtype, where: str) -> CertMaskError:
+    return CertMaskError(f"{where}: labels must be {n} integers, got shape {shape} dtype {dtype}")
+
+
+def _check_labels(labels, n: int, where: str) -> np.ndarray:
+    """Labels as int64 after checking them: 1-D integers (not bool), ``n`` of them, in ``[0, MAX_LABEL]``.
+
+    Parameters
+    ----------
+    labels : ndarray or list
+        As stored. The range is checked in the stored type, before any cast, so that a uint64
+        ``2**64 - 1`` is reported as itself and not as ``-1``.
+    n : int
+        The number of images.
+    where : str
+        Names the data in error messages.
+
+    Returns
+    -------
+    ndarray, shape (n,), int64
+    """
+    if isinstance(labels, (list, tuple)):
+        odd = next((v for v in labels if isinstance(v, (bool, np.bool_))
+                    or not isinstance(v, (int, np.integer))), None)
+        if odd is not None or len(labels) != n:
+            shown = f"a {type(odd).__name__} ({odd!r:.40})" if odd is not None else f"{len(labels)} values"
+            raise CertMaskError(f"{where}: labels must be {n} integers, got a list holding {shown}")
+        values = [int(v) for v in labels]
+        low, high = (min(values), max(values)) if values else (0, 0)
+    elif isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu" or labels.shape != (n,):
+            raise _labels_refused(n, labels.shape, labels.dtype, where)
+        low, high = (int(labels.min()), int(labels.max())) if n else (0, 0)
+        values = labels
+    else:
+        raise CertMaskError(f"{where}: labels must be {n} integers, got a {type(labels).__name__}")
+    if low < 0 or high > MAX_LABEL:
+        raise CertMaskError(f"{where}: labels must lie in [0, {MAX_LABEL}], found values in [{low}, {high}]")
+    return np.asarray(values, dtype=np.int64).reshape(n)
+
+
+# --- idx files -------------------------------------------------------------------------------------------
+
+
+def _read_idx(path: Path, limit: int | None = None, check=None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(first rows, declared shape)`` of an idx file; ``check(shape, dtype)`` runs before reading data."""
     path = Path(path)
-    if not path.is_file():
-        raise CertMaskError(f"idx file not found: {str(path)!r}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise CertMaskError(f"{str(path)!r} is not an idx file (magic bytes {raw[:4]!r})")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {data.size} values")
-    return data.reshape(shape)
+    gz = path.suffix == ".gz"
+    with open_regular_file(path, "idx file") as raw, _decoding(path, "an idx file"):
+        size = os.fstat(raw.fileno()).st_size
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        magic = f.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+            raise CertMaskError(f"{str(path)!r} is not an idx file (magic bytes {magic!r})")
+        ndim = magic[3]
+        if not 1 <= ndim <= 4:
+            raise CertMaskError(f"{str(path)!r}: idx header declares {ndim} dimensions; 1 to 4 are read")
+        dims = f.read(4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise CertMaskError(f"{str(path)!r}: idx header cut short ({4 + len(dims)} bytes)")
+        shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+        dtype = np.dtype(_IDX_DTYPES[magic[2]])
+        row = math.prod(shape[1:]) * dtype.itemsize
+        declared = shape[0] * row
+        if not gz and size - 4 - 4 * ndim != declared:
+            # a plain file's size is known: a header that claims more (or less) is refused unread
+            found = (size - 4 - 4 * ndim) // dtype.itemsize
+            raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {found} values")
+        if check is not None:
+            check(shape, dtype)
+        rows = shape[0] if limit is None else min(limit, shape[0])
+        _check_decoded(rows * row // dtype.itemsize * max(dtype.itemsize, 4), f"{str(path)!r} ({shape})")
+        data = _read_upto(f, rows * row)
+        if len(data) < rows * row or (gz and rows == shape[0] and f.read(1)):
+            found = (f"{len(data) // dtype.itemsize}" if len(data) < rows * row
+                     else f"more than {declared // dtype.itemsize}")
+            raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {found} values")
+    return np.frombuffer(data, dtype).reshape((rows,) + shape[1:]), shape
+
+
+def read_idx(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray:
+    """Read an idx file (optionally gzip-compressed) into an array of its stored shape and dtype.
+
+    Parameters
+    ----------
+    path : path
+        A regular file; ``.gz`` is decompressed.
+    limit : int, optional
+        Read the first ``limit`` rows (entries of the first axis) only.
+
+    Returns
+    -------
+    ndarray
+        1 to 4 dimensions. A header that declares more (or less) data than the file holds, or more than
+        :data:`MAX_DECODED_BYTES`, is refused before the data is read.
+    """
+    return _read_idx(Path(path), _check_limit(limit))[0]
 
 
 def bundled_subset_path() -> Path:
     return Path(__file__).with_name("data") / _SUBSET
 
 
+def _idx_pair(images_file: Path, labels_file: Path, limit: int | None, where: str):
+    """Images and labels of two idx files, their counts compared (headers) before the images are read."""
+    labels, label_shape = _read_idx(labels_file, limit)
+    if len(label_shape) != 1:
+        raise _labels_refused(label_shape[0], label_shape, labels.dtype, where)
+
+    def check(shape, dtype):
+        if len(shape) != 3 or shape[0] != label_shape[0] or 0 in shape[1:]:
+            raise CertMaskError(f"{where}: idx images of shape {shape} and {label_shape[0]} labels")
+        _pixel_range(dtype, f"{str(images_file)!r}")
+
+    images, _ = _read_idx(images_file, limit, check)
+    return images, _check_labels(labels, len(images), f"{str(labels_file)!r}")
+
+
 def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = None,
-                       allow_subset: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
+                       allow_subset: bool = True, *, limit: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
     """Load Fashion-MNIST.
 
     Parameters
@@ -55,96 +345,327 @@ def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = Non
     allow_subset : bool
         When no root is named and the Debian files are absent, fall back to the bundled test subset
         (1,000 images, MIT licence).
+    limit : int, optional
+        Read the first ``limit`` images only.
 
     Returns
     -------
-    images : ndarray, shape (N, 28, 28), uint8
+    images : ndarray, shape (N, 28, 28), as stored (uint8 in the real files)
     labels : ndarray, shape (N,), int64
     source : str
         Where the data came from (printed by the CLI so that results name their data).
     """
     if split not in ("test", "train"):
         raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
+    limit = _check_limit(limit)
     prefix = "t10k" if split == "test" else "train"
     folder = Path(root) if root is not None else FASHION_MNIST_ROOT
     images_file = folder / f"{prefix}-images-idx3-ubyte.gz"
-    if images_file.is_file():
-        images = read_idx(images_file)
-        labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-        if len(images) != len(labels):
-            raise CertMaskError(f"{len(images)} images but {len(labels)} labels in {str(folder)!r}")
+    if os.path.lexists(images_file):
+        images, labels = _idx_pair(images_file, folder / f"{prefix}-labels-idx1-ubyte.gz", limit, str(folder))
         return images, labels, str(folder)
     if root is not None or not allow_subset or split != "test":
         raise CertMaskError(f"Fashion-MNIST {split} files not found in {str(folder)!r} "
                             "(install the Debian package dataset-fashion-mnist)")
-    return load_bundled_subset()
+    images, labels, source = load_bundled_subset()
+    return images[:limit], labels[:limit], source
 
 
 def load_bundled_subset() -> tuple[np.ndarray, np.ndarray, str]:
     """The first 1,000 Fashion-MNIST test images, shipped in the package: ``(images, labels, source)``."""
-    with np.load(bundled_subset_path()) as z:
+    # the package's own file, not user data: numpy's reader (without pickles) is enough
+    with np.load(bundled_subset_path(), allow_pickle=False) as z:
         return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
+# --- .npz ------------------------------------------------------------------------------------------------
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_member(zf: zipfile.ZipFile, name: str, path: Path, stack: contextlib.ExitStack):
+    """``(open member, shape, fortran_order, dtype)`` from one ``.npy`` header, its byte count checked."""
+    where = f"{str(path)!r}: array {name!r}"
+    info = zf.getinfo(f"{name}.npy")
+    f = stack.enter_context(zf.open(info))
+    version = np.lib.format.read_magic(f)
+    if version not in _NPY_HEADERS:
+        raise CertMaskError(f"{where} has .npy format version {version}; versions 1.0 and 2.0 are read")
+    shape, fortran, dtype = _NPY_HEADERS[version](f)
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        raise CertMaskError(f"{where} has dtype {dtype}; only plain integers and floats are read")
+    declared = math.prod(shape) * dtype.itemsize
+    held = info.file_size - f.tell()
+    if min(shape, default=0) < 0 or declared != held:
+        raise CertMaskError(f"{where}: header declares shape {shape} of {dtype} ({_gib(declared)}) but the "
+                            f"member holds {held:,} bytes")
+    return f, shape, fortran, dtype
+
+
+def _npz_rows(member, rows: int, where: str) -> np.ndarray:
+    """The first ``rows`` entries of a member: in C order a prefix, so only that much is decompressed."""
+    f, shape, fortran, dtype = member
+    # Fortran order stores the first rows scattered: the whole array is read, then sliced
+    count = math.prod(shape) if fortran else rows * math.prod(shape[1:])
+    _check_decoded(count * max(dtype.itemsize, 4), f"{where} ({shape} of {dtype})")
+    data = _read_upto(f, count * dtype.itemsize)
+    if len(data) < count * dtype.itemsize:
+        raise CertMaskError(f"{where}: cut short ({len(data):,} of {count * dtype.itemsize:,} bytes)")
+    array = np.frombuffer(data, dtype)
+    return array.reshape(shape[::-1]).transpose()[:rows] if fortran else array.reshape((rows,) + shape[1:])
+
+
+def _layout_of(shape: tuple[int, ...], layout: str | None, where: str) -> str:
+    """The layout of stored images from their shape (or as stated), refusing shapes that could be either."""
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) != 4:
+        raise CertMaskError(f"{where}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got shape "
+                            f"{shape}")
+    if layout is not None:
+        return layout
+    first, last = shape[1] in (1, 3, 4), shape[3] in (1, 3, 4)
+    if first != last:
+        return "NCHW" if first else "NHWC"
+    either = ("both axis 1 and axis 3 could hold the channels" if first
+              else "neither axis 1 nor axis 3 holds 1, 3 or 4 channels")
+    raise CertMaskError(f"{where}: images of shape {shape} are ambiguous ({either}); pass --layout NCHW or "
+                        "--layout NHWC (layout= in Python)")
+
+
+def load_npz(path: str | os.PathLike, *, limit: int | None = None, layout: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray, str]:
     """Images and labels from an ``.npz`` holding arrays ``images`` and ``labels``.
 
-    ``images`` may be ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` with ``C`` in 1, 3, 4 (the last
-    axis is read as channels when it is that small and the second is not); uint8 is divided by 255,
-    floating point must already lie in ``[0, 1]``. The layout found is stated in the returned source.
+    ``images`` may be ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``: a 4-D array is read as NHWC
+    when only its last axis could hold channels (1, 3 or 4 of them) and as NCHW when only its second
+    could; otherwise ``layout`` must say which. Pixels are scaled by their dtype (uint8 / 255,
+    uint16 / 65535, floating point must be finite and lie in ``[0, 1]``; other dtypes are refused);
+    labels must be N integers in ``[0, MAX_LABEL]``. The members are read with zipfile and numpy's
+    header parser: plain numbers only (no pickles, objects or structured dtypes), each header's byte
+    count checked against the member's size before anything is allocated.
+
+    Parameters
+    ----------
+    path : path
+    limit : int, optional
+        Read (and decompress) the first ``limit`` images and labels only.
+    layout : {"NCHW", "NHWC"}, optional
+        The layout of 4-D images, when the shape cannot tell.
 
     Returns
     -------
     images : ndarray, shape (N, C, H, W), float32 in [0, 1]
     labels : ndarray, shape (N,), int64
     source : str
+        States the layout and the scaling applied.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CertMaskError(f"data file not found: {str(path)!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [key for key in ("images", "labels") if key not in z.files]
-            if missing:
-                raise CertMaskError(f"{str(path)!r} holds {z.files}; it needs arrays 'images' and 'labels'")
-            images, labels = z["images"], z["labels"]
-    except (OSError, ValueError) as err:
-        raise CertMaskError(f"cannot read {str(path)!r} as .npz: {err}") from None
-    if images.ndim == 3:
-        images, layout = images[:, None], "NHW"
-    elif images.ndim == 4 and images.shape[3] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
-        images, layout = images.transpose(0, 3, 1, 2), "NHWC"
-    elif images.ndim == 4:
-        layout = "NCHW"
-    else:
-        raise CertMaskError(f"{str(path)!r}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got "
-                            f"shape {images.shape}")
-    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
-        raise CertMaskError(f"{str(path)!r}: labels must be {len(images)} integers, got shape {labels.shape} "
-                            f"dtype {labels.dtype}")
-    if len(labels) and labels.min() < 0:
-        raise CertMaskError(f"{str(path)!r}: labels must be >= 0, got {labels.min()}")
-    if images.dtype == np.uint8:
-        images, scale = images.astype(np.float32) / 255.0, "uint8 / 255"
-    elif images.dtype.kind == "f":
-        images, scale = images.astype(np.float32), "float"
-        if images.size and not (np.isfinite(images).all() and 0.0 <= images.min() and images.max() <= 1.0):
-            raise CertMaskError(f"{str(path)!r}: float images must be finite and lie in [0, 1], found "
-                                f"[{np.nanmin(images)}, {np.nanmax(images)}]")
-    else:
-        raise CertMaskError(f"{str(path)!r}: images must be uint8 or float, got dtype {images.dtype}")
-    return (np.ascontiguousarray(images), labels.astype(np.int64),
-            f"{path} ({layout}, {scale}, {images.shape[1]} channel(s))")
+    path, limit, stated = Path(path), _check_limit(limit), _check_layout(layout)
+    where = f"{str(path)!r}"
+    with open_regular_file(path, "data file") as raw, _decoding(path, "an .npz file"):
+        if raw.read(6) == b"\x93NUMPY":
+            raise CertMaskError(f"{where} is a .npy file (one array) named .npz; save images and labels "
+                                "together with np.savez(path, images=..., labels=...)")
+        raw.seek(0)
+        with zipfile.ZipFile(raw) as zf, contextlib.ExitStack() as stack:
+            files = [name[:-4] for name in zf.namelist() if name.endswith(".npy")]
+            if "images" not in files or "labels" not in files:
+                raise CertMaskError(f"{where} holds {files[:20]}; it needs arrays 'images' and 'labels'")
+            images_member = _npz_member(zf, "images", path, stack)
+            labels_member = _npz_member(zf, "labels", path, stack)
+            shape, label_shape, label_dtype = images_member[1], labels_member[1], labels_member[3]
+            found = _layout_of(shape, stated, where)
+            n = shape[0]
+            if 0 in shape[1:]:
+                raise CertMaskError(f"{where}: images of shape {shape} hold no pixels")
+            if label_shape != (n,) or label_dtype.kind not in "iu":
+                raise _labels_refused(n, label_shape, label_dtype, where)
+            _pixel_range(images_member[3], where)
+            rows = n if limit is None else min(limit, n)
+            images = _npz_rows(images_member, rows, f"{where}: array 'images'")
+            labels = _npz_rows(labels_member, rows, f"{where}: array 'labels'")
+    images, scale = _to_unit_interval(images, where)
+    if found == "NHW":
+        images = images[:, None]
+    elif found == "NHWC":
+        images = images.transpose(0, 3, 1, 2)
+    return (np.ascontiguousarray(images), _check_labels(labels, rows, where),
+            f"{path} ({found}{' as stated' if stated and found != 'NHW' else ''}, {scale}, "
+            f"{images.shape[1]} channel(s))")
 
+
+# --- image folders ---------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "WEBP")  # no plugin that runs external programs
 
 
-def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | None = None):
+def _inside(outer: str, inner: str) -> bool:
+    """Whether real path ``inner`` is ``outer`` or lies below it."""
+    return os.path.commonpath([outer, inner]) == outer
+
+
+def _check_class_names(classes) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) for c in classes):
+        raise CertMaskError(f"classes must be a list of folder names (str), got {classes!r:.100}")
+    names = list(classes)
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    bad = [c for c in names if c in ("", ".", "..") or "/" in c or os.sep in c or "\0" in c
+           or (os.altsep and os.altsep in c)]
+    if not names or repeated or bad:
+        raise CertMaskError(f"classes must be distinct folder names, one per class: got {names[:20]}"
+                            + (f" (repeated: {repeated[:10]})" if repeated else "")
+                            + (f" (not a folder name: {bad[:10]})" if bad else ""))
+    return names
+
+
+def _refuse_the_root(folder: Path, real: str, root_real: str) -> None:
+    if _inside(real, root_real):
+        raise CertMaskError(f"{str(folder)!r} leads to {real!r}, which holds the data folder itself: its "
+                            "images would be counted again under another label")
+
+
+def _walk_images(folder: Path, root_real: str, seen_dirs: dict[str, Path]) -> list[Path]:
+    """Image files below ``folder`` (following links), each directory entered once, regular files only."""
+    found, todo = [], [folder]
+    while todo:
+        current = todo.pop()
+        real = os.path.realpath(current)
+        if real in seen_dirs:
+            raise CertMaskError(f"{str(current)!r} and {str(seen_dirs[real])!r} are the same folder "
+                                f"({real!r}): its images would be counted twice")
+        _refuse_the_root(current, real, root_real)
+        seen_dirs[real] = current
+        try:
+            with os.scandir(current) as entries:
+                names = [entry.name for entry in entries]
+        except OSError as err:
+            raise CertMaskError(f"cannot list folder {str(current)!r}: {err.strerror or err}") from None
+        for name in names:
+            path = current / name
+            image = path.suffix.lower() in IMAGE_SUFFIXES
+            try:
+                mode = os.stat(path).st_mode  # follows links: what would be opened
+            except OSError as err:
+                if image:
+                    raise CertMaskError(f"cannot read image {str(path)!r}: {err.strerror or err}") from None
+                continue
+            if stat.S_ISDIR(mode):
+                if image:
+                    raise CertMaskError(f"image {str(path)!r} is a directory, not a file")
+                todo.append(path)
+            elif image:
+                _require_regular(mode, path, "image")
+                found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _class_images(root: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[int, Path]]]:
+    """The class names and ``(label, path)`` of every image, each real file once."""
+    try:
+        with os.scandir(root) as entries:
+            subfolders = sorted(entry.name for entry in entries
+                                if not entry.name.startswith(".") and entry.is_dir())
+    except OSError as err:
+        raise CertMaskError(f"cannot list image folder {str(root)!r}: {err.strerror or err}") from None
+    if classes is None:
+        classes = subfolders
+    else:
+        listed = set(classes)
+        unlisted = [name for name in subfolders if name not in listed]
+        if unlisted:
+            raise CertMaskError(f"{str(root)!r} has subfolder(s) {unlisted[:10]} not among the classes given "
+                                f"({classes[:20]}); list every class or move the folder away")
+    root_real = os.path.realpath(root)
+    class_real: dict[str, str] = {}
+    seen_dirs: dict[str, Path] = {}
+    seen_files: dict[str, Path] = {}
+    files = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue  # a listed class without a folder: no images, its label kept
+        real = os.path.realpath(folder)
+        _refuse_the_root(folder, real, root_real)
+        for other, other_real in class_real.items():
+            if _inside(real, other_real) or _inside(other_real, real):
+                raise CertMaskError(f"class folders {name!r} and {other!r} lead to overlapping folders "
+                                    f"({real!r}, {other_real!r}): images would be counted under two labels")
+        class_real[name] = real
+        for path in _walk_images(folder, root_real, seen_dirs):
+            real_file = os.path.realpath(path)
+            if real_file in seen_files:
+                raise CertMaskError(f"images {str(seen_files[real_file])!r} and {str(path)!r} are the same "
+                                    f"file ({real_file!r}): each image must be counted once")
+            seen_files[real_file] = path
+            files.append((label, path))
+    return classes, files
+
+
+@contextlib.contextmanager
+def _open_image(path: Path):
+    from PIL import Image
+    Image.init()  # registers the plugins, so that a Pillow built without one is not asked for it
+    formats = [name for name in _PIL_FORMATS if name in Image.OPEN]
+    with open_regular_file(path, "image") as f, _decoding(path, "an image"):
+        with Image.open(f, formats=formats) as image:
+            yield image
+
+
+def _image_family(image, path: Path) -> str:
+    """``"L"`` (8-bit grayscale), ``"L16"`` (16-bit grayscale) or ``"RGB"``: how the image is decoded."""
+    mode = image.mode
+    # PNG stores at most 16 bits per sample, so a PNG read as 32-bit "I" holds 16-bit values
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        return "L16"
+    if mode in ("I", "F") or mode.startswith(("I;", "F;")):
+        raise CertMaskError(f"image {str(path)!r} has mode {mode!r} ({image.format}), whose value range is "
+                            "not known; store 8- or 16-bit images")
+    return "L" if mode in ("1", "L") else "RGB"
+
+
+def _decode_image(image, family: str, image_size: tuple[int, int] | None, path: Path) -> np.ndarray:
+    """One image as float32 ``(C, H, W)`` in [0, 1], scaled by its own bit depth."""
+    from PIL import Image
+    if family == "L16":
+        array = np.asarray(image)
+        if array.dtype.kind != "u" and array.size and (array.min() < 0 or array.max() > 65535):
+            raise CertMaskError(f"image {str(path)!r}: 16-bit PNG holds values in [{array.min()}, "
+                                f"{array.max()}]")
+        array = array.astype(np.uint16)  # native byte order, as Pillow's "I;16" expects
+        if image_size is not None:
+            array = np.asarray(Image.fromarray(array).resize(image_size[::-1], Image.BILINEAR))
+    else:
+        image = image.convert(family)
+        if image_size is not None:
+            image = image.resize(image_size[::-1], Image.BILINEAR)
+        array = np.asarray(image)
+    unit, _ = _to_unit_interval(array, f"image {str(path)!r}")
+    return unit[None] if unit.ndim == 2 else unit.transpose(2, 0, 1)
+
+
+def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | None = None, *,
+                      classes: Sequence[str] | None = None, limit: int | None = None):
     """Images in the usual class-subfolder layout ``root/<class>/<image>`` (read with Pillow).
 
-    Classes are the subfolder names in sorted order (label = position). All images must share one size
-    unless ``image_size`` (H, W) resizes them (bilinear); grayscale and RGB may not be mixed.
+    Without ``classes``, the classes are the subfolder names in sorted order (label = position; an
+    empty subfolder keeps its position). Images are the files with an image suffix below each class
+    folder (links followed); each must be a regular file, and each real file and folder is counted once.
+    8-bit images are divided by 255, 16-bit grayscale PNGs by 65535, each by its own depth; other modes
+    whose range is not known are refused. All images must share one size unless ``image_size`` (H, W)
+    resizes them (bilinear); grayscale and RGB may not be mixed.
+
+    Parameters
+    ----------
+    root : path
+    image_size : (int, int), optional
+    classes : sequence of str, optional
+        The class names in label order: label = position in this list, every subfolder must be named
+        in it, and a listed class may have no folder (it keeps its label).
+    limit : int, optional
+        Decode the first ``limit`` images (in label, then path order) only.
 
     Returns
     -------
@@ -155,94 +676,307 @@ def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | Non
     classes : list of str
     """
     try:
-        from PIL import Image
+        import PIL.Image  # noqa: F401
     except ImportError:
         raise CertMaskError("reading an image folder needs Pillow: pip install 'certmask[images]'") from None
-    root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(label, path) for label, name in enumerate(classes)
-             for path in sorted((root / name).rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
+    root, image_size = Path(root), _check_image_size(image_size)
+    classes, limit = _check_class_names(classes), _check_limit(limit)
+    classes, files = _class_images(root, classes)
     if not files:
         raise CertMaskError(f"{str(root)!r} holds no class subfolders with images "
                             f"({', '.join(IMAGE_SUFFIXES)})")
-    arrays, modes = [], set()
-    for _, path in files:
-        try:
-            with Image.open(path) as image:
-                mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-                image = image.convert(mode)
-                if image_size is not None:
-                    image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
-                arrays.append(np.asarray(image))
-                modes.add(mode)
-        except OSError as err:
-            raise CertMaskError(f"cannot read image {str(path)!r}: {err}") from None
-    if len(modes) > 1:
-        raise CertMaskError(f"{str(root)!r} mixes grayscale and RGB images; convert them to one mode")
-    shapes = sorted({a.shape[:2] for a in arrays})
-    if len(shapes) > 1:
-        raise CertMaskError(f"{str(root)!r} holds images of sizes {shapes[:5]}; pass --image-size H W")
-    images = np.stack(arrays).astype(np.float32) / 255.0
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    return (np.ascontiguousarray(images), np.array([label for label, _ in files], np.int64),
+    files = files[:limit]
+    images = first = None
+    for i, (_, path) in enumerate(files):
+        with _open_image(path) as image:
+            family = _image_family(image, path)
+            shape = (3 if family == "RGB" else 1,) + (image_size or (image.height, image.width))
+            if first is None:
+                # every image must share this shape: the whole output is known from the first header
+                _check_decoded(len(files) * math.prod(shape) * 4, f"{str(root)!r} ({len(files)} images of "
+                                                                  f"{shape})")
+                images, first = np.empty((len(files),) + shape, np.float32), (path, shape)
+            elif shape[0] != first[1][0]:
+                raise CertMaskError(f"{str(root)!r} mixes grayscale and RGB images ({str(first[0])!r}, "
+                                    f"{str(path)!r}); convert them to one mode")
+            elif shape != first[1]:
+                raise CertMaskError(f"{str(root)!r} holds images of sizes {first[1][1:]} ({str(first[0])!r}) "
+                                    f"and {shape[1:]} ({str(path)!r}); pass --image-size H W")
+            images[i] = _decode_image(image, family, image_size, path)
+    return (images, np.array([label for label, _ in files], np.int64),
             [str(path.relative_to(root)) for _, path in files], classes)
 
 
-def load_cifar(folder: str | os.PathLike, split: str = "test"):
+# --- CIFAR python batches --------------------------------------------------------------------------------
+
+
+def _plain_dtype(spec, *flags) -> np.dtype:
+    # numpy's pickles call dtype(spec, align=False, copy=True)
+    if len(flags) > 2 or not all(type(flag) in (bool, int) and flag in (0, 1) for flag in flags):
+        raise pickle.UnpicklingError(f"dtype flags {flags!r:.60}: numpy's pickles pass (False, True)")
+    dtype = np.dtype(spec, *flags)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"dtype {dtype} holds Python objects")
+    return dtype
+
+
+def _reconstruct(subtype, shape, dtype) -> np.ndarray:
+    # numpy pickles make an empty array here and fill it from the state that follows; nothing else is built
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(f"_reconstruct({subtype!r:.40}, {shape!r:.40}): numpy's pickles pass "
+                                     "(ndarray, (0,))")
+    return np.ndarray((0,), _plain_dtype(dtype))
+
+
+def _frombuffer(buf, dtype, shape, order, axis_order=None) -> np.ndarray:
+    # what numpy's own _frombuffer does (pickle protocol 5), for plain dtypes only
+    array = np.frombuffer(buf, dtype=_plain_dtype(dtype))
+    if order == "K" and axis_order is not None:
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
+
+
+def _scalar(dtype, data) -> np.generic:
+    if not isinstance(dtype, np.dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError("a numpy scalar is a plain dtype and its bytes")
+    return np.frombuffer(data, _plain_dtype(dtype))[0]
+
+
+def _latin1(text, encoding="latin1") -> bytes:
+    # pickle protocols 0-2 store bytes as codecs.encode(text, "latin1"); no other codec is looked up
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r:.40}: only latin1 text is admitted")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    if args:
+        raise pickle.UnpicklingError("bytes() with arguments")
+    return b""
+
+
+def _not_callable(*args):
+    raise pickle.UnpicklingError("numpy.ndarray is admitted only as _reconstruct's first argument")
+
+
+class _Admitted:
+    """A global the CIFAR unpickler hands out. Read-only (slots, no ``__setattr__``), so that a pickle's
+    BUILD opcode, which sets attributes on whatever it is given, cannot alter it for later loads."""
+
+    __slots__ = ("name", "call")
+
+    def __init__(self, name: str, call):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "call", call)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"{self.name} is read-only")
+
+    def __call__(self, *args):
+        return self.call(*args)
+
+    def __repr__(self):
+        return self.name
+
+
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    # only as _reconstruct's first argument: calling ndarray itself would allocate any shape
+    ("numpy", "ndarray"): _not_callable,
+    ("numpy", "dtype"): _plain_dtype,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1,
+    ("builtins", "bytes"): _empty_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+}
+_CIFAR_GLOBALS = {key: _Admitted(".".join(key), call) for key, call in _CIFAR_GLOBALS.items()}
+_NDARRAY = _CIFAR_GLOBALS[("numpy", "ndarray")]
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR python batch holds: containers, str, bytes, numbers and numpy arrays.
+
+    Every global a pickle names goes through :meth:`find_class`; the admitted ones are replaced by
+    functions that build arrays and dtypes (never object dtypes) and nothing else.
+    """
+
+    def __init__(self, file, where: str):
+        super().__init__(file, encoding="bytes")  # Python 2 str (the original batches) as bytes
+        self.where = where
+
+    def find_class(self, module, name):
+        admitted = _CIFAR_GLOBALS.get((module, name))
+        if admitted is None:
+            raise CertMaskError(f"{self.where}: refused to load {module}.{name}: CIFAR batches hold only "
+                                "arrays and lists")
+        return admitted
+
+
+_CIFAR_PIXELS = 3 * 32 * 32
+
+
+def _check_memo(raw: bytes, where: str) -> None:
+    """Refuse memo indices beyond the opcodes read so far (a genuine pickle numbers them in order).
+
+    The C unpickler sizes its memo table by the largest index it is given, so a 10-byte pickle could
+    otherwise make it fill gigabytes before anything else is checked.
+    """
+    for count, (opcode, arg, pos) in enumerate(pickletools.genops(raw)):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > count:
+            raise CertMaskError(f"{where}: memo index {arg} at byte {pos}, after {count} opcodes: not a "
+                                "pickle written by pickle.dump")
+
+
+def _cifar_rows(data, rows: int | None, where: str) -> tuple[np.ndarray, int]:
+    """``(first rows (N, 3072), stored N)`` of a batch's data: an array as stored, or a list of rows of
+    integers 0-255 as uint8 (the format's type)."""
+    if isinstance(data, np.ndarray):
+        if data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
+            raise CertMaskError(f"{where}: data must be (N, {_CIFAR_PIXELS}), got shape {data.shape}")
+        _pixel_range(data.dtype, where)
+        return data[:rows], len(data)
+    if not isinstance(data, list):
+        raise CertMaskError(f"{where}: data must be an array or a list of rows, got {type(data).__name__}")
+    total, data = len(data), data[:rows]
+    for row in data:
+        if (row.shape != (_CIFAR_PIXELS,) if isinstance(row, np.ndarray)
+                else not isinstance(row, (list, tuple, bytes)) or len(row) != _CIFAR_PIXELS):
+            shown = getattr(row, "shape", None) or (len(row) if isinstance(row, (list, tuple, bytes))
+                                                    else type(row).__name__)
+            raise CertMaskError(f"{where}: data rows must hold {_CIFAR_PIXELS} values each, found {shown}")
+    _check_decoded(len(data) * _CIFAR_PIXELS * 8, where)  # the int64 copy made below
+    # the types first: numpy would truncate floats and expand nested lists (possibly shared, so huge)
+    kinds = {kind.__name__ for kind in map(type, (v for row in data for v in row))
+             if not issubclass(kind, (int, np.integer)) or issubclass(kind, bool)}
+    if kinds:
+        raise CertMaskError(f"{where}: data rows must hold integers 0-255, found {sorted(kinds)}")
+    values = np.fromiter((int(v) for row in data for v in row), np.int64, len(data) * _CIFAR_PIXELS)
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise CertMaskError(f"{where}: data rows must hold integers 0-255, found [{values.min()}, "
+                            f"{values.max()}]")
+    return values.astype(np.uint8).reshape(len(data), _CIFAR_PIXELS), total
+
+
+def _cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    where = f"CIFAR batch {str(path)!r}"
+    with open_regular_file(path, "CIFAR batch") as f, _decoding(path, "a CIFAR python batch"):
+        size = os.fstat(f.fileno()).st_size
+        _check_decoded(size, where)  # the unpickler holds the whole batch in memory
+        raw = bytes(_read_upto(f, size))
+        _check_memo(raw, where)
+        batch = _CifarUnpickler(io.BytesIO(raw), where).load()
+    if not isinstance(batch, dict):
+        raise CertMaskError(f"{where} holds a {type(batch).__name__}, not a dict of data and labels")
+    data, labels = batch.get(b"data"), batch.get(b"labels", batch.get(b"fine_labels"))
+    if data is None or labels is None:
+        keys = sorted(repr(key)[:40] for key in batch)[:10]
+        raise CertMaskError(f"{where} holds keys {keys}; a CIFAR batch needs b'data' and b'labels' "
+                            "(CIFAR-10) or b'fine_labels' (CIFAR-100)")
+    images, total = _cifar_rows(data, rows, where)
+    if isinstance(labels, np.ndarray) and labels.shape != (total,):
+        raise _labels_refused(total, labels.shape, labels.dtype, where)
+    if not isinstance(labels, (list, tuple, np.ndarray)) or len(labels) != total:
+        shown = f"{len(labels)} labels" if isinstance(labels, (list, tuple)) else f"a {type(labels).__name__}"
+        raise CertMaskError(f"{where}: labels must be {total} integers, got {shown}")
+    _check_decoded(images.size * 4, where)
+    return images, _check_labels(labels[:rows], len(images), where)
+
+
+def load_cifar(folder: str | os.PathLike, split: str = "test", *, limit: int | None = None):
     """CIFAR-10 or CIFAR-100 python batches (``data_batch_1..5`` / ``test_batch``, or ``train`` / ``test``).
 
-    Returns ``(images (N, 3, 32, 32) float32 in [0, 1], labels int64, source)``. The batches are
-    pickles: read only files you trust.
+    The batches are pickles, read by a restricted unpickler: it admits dicts, lists, str, bytes, numbers
+    and numpy arrays of plain dtypes (the globals numpy's pickles name: ``_reconstruct``, ``ndarray``,
+    ``dtype``, ``scalar``, ``_frombuffer``, and ``_codecs.encode`` for latin1 text) and refuses any other
+    global by name, so a crafted batch cannot run code. ``data`` is an ``(N, 3072)`` array (scaled by its
+    dtype) or a list of rows of integers 0-255; ``labels`` (or ``fine_labels``) holds N integers.
+
+    Parameters
+    ----------
+    folder : path
+    split : {"test", "train"}
+    limit : int, optional
+        Keep the first ``limit`` images (later batches are not read).
+
+    Returns
+    -------
+    images : ndarray, shape (N, 3, 32, 32), float32 in [0, 1]
+    labels : ndarray, shape (N,), int64
+    source : str
     """
-    import pickle
+    limit = _check_limit(limit)
     folder = Path(folder)
     names = (["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
-    if not (folder / names[0]).is_file():
+    if not os.path.lexists(folder / names[0]):
         names = [split]  # CIFAR-100 layout
-    images, labels = [], []
+    images, labels, count = [], [], 0
     for name in names:
-        path = folder / name
-        if not path.is_file():
-            raise CertMaskError(f"CIFAR batch {str(path)!r} not found")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), np.int64))
-    return (np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels),
+        rows = None if limit is None else limit - count
+        batch_images, batch_labels = _cifar_batch(folder / name, rows)
+        images.append(batch_images)
+        labels.append(batch_labels)
+        count += len(batch_images)
+        _check_decoded(count * _CIFAR_PIXELS * 4, f"CIFAR batches in {str(folder)!r}")
+        if limit is not None and count >= limit:
+            break
+    parts = [_to_unit_interval(batch, f"CIFAR batch in {str(folder)!r}")[0] for batch in images]
+    return (np.concatenate(parts).reshape(-1, 3, 32, 32), np.concatenate(labels),
             f"{folder} (CIFAR python batches, {split})")
 
 
-def load_idx_folder(folder: str | os.PathLike, split: str = "test"):
+def load_idx_folder(folder: str | os.PathLike, split: str = "test", *, limit: int | None = None):
     """MNIST-style idx files in ``folder`` (``t10k-*`` for test, ``train-*`` for train; gzip or not).
 
-    Returns ``(images (N, 1, H, W) float32 in [0, 1], labels int64, source)``.
+    Images are uint8 (divided by 255) or floating point in ``[0, 1]``; other idx types are refused.
+
+    Parameters
+    ----------
+    folder : path
+    split : {"test", "train"}
+    limit : int, optional
+        Read the first ``limit`` images and labels only.
+
+    Returns
+    -------
+    images : ndarray, shape (N, 1, H, W), float32 in [0, 1]
+    labels : ndarray, shape (N,), int64
+    source : str
     """
-    folder = Path(folder)
+    folder, limit = Path(folder), _check_limit(limit)
     prefix = "t10k" if split == "test" else "train"
     found = {}
     for kind, ndim in (("images", 3), ("labels", 1)):
         candidates = sorted(folder.glob(f"{prefix}-{kind}-idx{ndim}-ubyte*"))
         if not candidates:
             raise CertMaskError(f"no {prefix}-{kind}-idx{ndim}-ubyte[.gz] file in {str(folder)!r}")
-        found[kind] = read_idx(candidates[0])
-    images, labels = found["images"], found["labels"].astype(np.int64)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise CertMaskError(f"{str(folder)!r}: idx images of shape {images.shape} and {len(labels)} labels")
-    return images[:, None].astype(np.float32) / 255.0, labels, f"{folder} (idx files, {split})"
+        found[kind] = candidates[0]
+    images, labels = _idx_pair(found["images"], found["labels"], limit, f"{str(folder)!r}")
+    images, scale = _to_unit_interval(images, f"{str(found['images'])!r}")
+    return images[:, None], labels, f"{folder} (idx files, {split}, {scale})"
 
 
 def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """``(N, C, H, W)`` float images in [0, 1] resized to ``image_size`` (H, W), bilinear (Pillow)."""
+    """``(N, C, H, W)`` float images in [0, 1] resized to ``image_size`` (H, W), bilinear (Pillow).
+
+    Sides above :data:`~certmask_core.geometry.MAX_SIDE`, or an output above :data:`MAX_DECODED_BYTES`,
+    are refused before allocating.
+    """
     try:
         from PIL import Image
     except ImportError:
         raise CertMaskError("--image-size needs Pillow: pip install 'certmask[images]'") from None
-    H, W = (int(v) for v in image_size)
+    H, W = _check_image_size(image_size)
+    _check_decoded(math.prod(images.shape[:2]) * H * W * 4, f"{len(images)} images resized to {H}x{W}")
     out = np.empty(images.shape[:2] + (H, W), np.float32)
     for i, image in enumerate(images):
         for c, plane in enumerate(image):
             out[i, c] = np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((W, H),
                                                                                             Image.BILINEAR))
+    # bilinear weights are convex: only rounding can leave [0, 1]
     return np.clip(out, 0.0, 1.0)
 
 
@@ -261,45 +995,83 @@ DATA_SPECS = ("fashion-mnist", "fashion-mnist-subset", "FILE.npz", "image folder
               "folder of idx files", "folder of CIFAR-10/100 python batches")
 
 
+def _data_kind(spec: str, path: Path) -> str:
+    if spec in ("fashion-mnist", "fashion-mnist-subset"):
+        return spec
+    if spec.endswith(".npz"):
+        return "npz"  # the reader says whether it is missing, a directory or not a regular file
+    if path.is_dir():
+        if any((path / name).is_file() for name in ("test_batch", "data_batch_1", "test", "train")):
+            return "cifar"
+        return "idx" if any(path.glob("*-idx3-ubyte*")) else "folder"
+    if os.path.lexists(path):
+        raise CertMaskError(f"unknown data {spec!r}: a data file must be an .npz holding 'images' and "
+                            "'labels' (np.savez)")
+    raise CertMaskError(f"unknown data {spec!r}: not one of {DATA_SPECS} (a named file or folder must exist)")
+
+
 def load_data(spec: str, root: str | None = None, limit: int | None = None, split: str = "test",
-              image_size: tuple[int, int] | None = None) -> Dataset:
+              image_size: tuple[int, int] | None = None, *, layout: str | None = None,
+              classes: Sequence[str] | None = None) -> Dataset:
     """Load a data spec: one of :data:`DATA_SPECS`.
 
     A folder is read as CIFAR python batches when it holds ``test_batch``/``data_batch_1`` (CIFAR-10)
     or ``test``/``train`` files (CIFAR-100), as idx files when it holds ``*-idx3-ubyte*``, and
-    otherwise as class subfolders of PNG/JPEG images (Pillow). ``image_size`` (H, W) resizes every
-    image (bilinear, Pillow). ``split`` picks the test or train part where the data has both.
+    otherwise as class subfolders of PNG/JPEG images (Pillow).
+
+    Parameters
+    ----------
+    spec : str
+    root : path, optional
+        Fashion-MNIST's folder (``spec="fashion-mnist"``).
+    limit : int, optional
+        The first ``limit`` images; readers that can skip the rest do (npz, idx, CIFAR, image folders).
+    split : {"test", "train"}
+        The test or train part, where the data has both.
+    image_size : (int, int), optional
+        Resize every image to (H, W), bilinear (Pillow); sides at most
+        :data:`~certmask_core.geometry.MAX_SIDE`.
+    layout : {"NCHW", "NHWC"}, optional
+        The layout of 4-D ``.npz`` images, required where the shape cannot tell.
+    classes : sequence of str, optional
+        An image folder's class names in label order (see :func:`load_image_folder`).
+
+    Returns
+    -------
+    Dataset
+        At most :data:`MAX_DECODED_BYTES` of float32 images.
     """
-    if limit is not None and limit < 1:
-        raise CertMaskError(f"limit must be >= 1, got {limit}")
+    limit = _check_limit(limit)
     if split not in ("test", "train"):
         raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise CertMaskError(f"image size must be two integers >= 1 (H, W), got {tuple(image_size)}")
+    image_size, layout = _check_image_size(image_size), _check_layout(layout)
+    classes = _check_class_names(classes)
     path = Path(spec)
-    ids = classes = None
+    kind = _data_kind(spec, path)
+    if layout is not None and kind != "npz":
+        raise CertMaskError(f"layout applies to .npz data only, not {spec!r}")
+    if classes is not None and kind != "folder":
+        raise CertMaskError(f"classes apply to image folders only, not {spec!r}")
+    ids = names = None
     resized = False
-    if spec == "fashion-mnist":
-        images, labels, source = load_fashion_mnist(split, root=root)
-        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
-    elif spec == "fashion-mnist-subset":
+    if kind == "fashion-mnist":
+        images, labels, source = load_fashion_mnist(split, root=root, limit=limit)
+        images, names = _to_unit_interval(images, source)[0][:, None], list(FASHION_MNIST_CLASSES)
+    elif kind == "fashion-mnist-subset":
         if split != "test":
             raise CertMaskError(f"the bundled subset holds test images only, not split {split!r}")
         images, labels, source = load_bundled_subset()
-        images, classes = images[:, None].astype(np.float32) / 255.0, list(FASHION_MNIST_CLASSES)
-    elif spec.endswith(".npz"):
-        images, labels, source = load_npz(spec)
-    elif path.is_dir() and any((path / name).is_file() for name in ("test_batch", "data_batch_1", "test",
-                                                                   "train")):
-        images, labels, source = load_cifar(path, split)
-    elif path.is_dir() and any(path.glob("*-idx3-ubyte*")):
-        images, labels, source = load_idx_folder(path, split)
-    elif path.is_dir():
-        images, labels, ids, classes = load_image_folder(path, image_size)
-        source, resized = f"{path} (image folder, {len(classes)} classes)", True
+        images, labels = images[:limit], labels[:limit]
+        images, names = _to_unit_interval(images, source)[0][:, None], list(FASHION_MNIST_CLASSES)
+    elif kind == "npz":
+        images, labels, source = load_npz(spec, limit=limit, layout=layout)
+    elif kind == "cifar":
+        images, labels, source = load_cifar(path, split, limit=limit)
+    elif kind == "idx":
+        images, labels, source = load_idx_folder(path, split, limit=limit)
     else:
-        raise CertMaskError(f"unknown data {spec!r}: not one of {DATA_SPECS} (a named file or folder "
-                            f"must exist)")
+        images, labels, ids, names = load_image_folder(path, image_size, classes=classes, limit=limit)
+        source, resized = f"{path} (image folder, {len(names)} classes)", True
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
         ids = ids[:limit] if ids is not None else None
@@ -309,11 +1081,12 @@ def load_data(spec: str, root: str | None = None, limit: int | None = None, spli
         images = resize_images(images, image_size)
     if image_size is not None:
         source += f", resized to {image_size[0]}x{image_size[1]}"
-    return Dataset(images, labels, source, ids, classes)
+    return Dataset(images, labels, source, ids, names)
 
 
 def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test",
-                 image_size: tuple[int, int] | None = None):
+                 image_size: tuple[int, int] | None = None, *, layout: str | None = None,
+                 classes: Sequence[str] | None = None):
     """``(images, labels, source)`` of a data spec (see :func:`load_data`)."""
-    data = load_data(name, root, limit, split, image_size)
+    data = load_data(name, root, limit, split, image_size, layout=layout, classes=classes)
     return data.images, data.labels, data.source

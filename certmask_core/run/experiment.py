@@ -7,10 +7,13 @@ once, by image index.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +27,7 @@ from ..certification import (
     DEFAULT_MARGIN_TOLERANCE,
     GUARANTEES,
     MODES,
+    NO_VOTE,
     RECOVERY_CERTIFICATES,
     SOUND,
     CertificationReport,
@@ -35,7 +39,14 @@ from ..errors import CertMaskError
 from ..geometry import MaskSet, PatchThreat
 from ..multipatch import MaskGroups, base_set, check_patches, combination_groups
 from ..sizes import PairCache, SizeReport, certify_sizes, patch_sizes
-from .datasets import DATA_SPECS, Dataset, load_data, load_dataset  # noqa: F401 (the run layer's API)
+from .datasets import (  # noqa: F401 (DATA_SPECS, Dataset, load_data, load_dataset: the run layer's API)
+    DATA_SPECS,
+    MAX_LABEL,
+    Dataset,
+    load_data,
+    load_dataset,
+    open_regular_file,
+)
 from .progress import progress_bar
 
 
@@ -91,15 +102,24 @@ class _Partial:
     sizes: dict = field(default_factory=dict)  # SizeReport per key, when the run certifies sizes
 
 
+MAX_MASKSET_FILE_BYTES = 2**29
+"""Largest mask-set file read (512 MiB: room for the largest set a construction builds)."""
+
+
 def read_maskset(path_text: str) -> MaskSet:
     """A mask set from a JSON file (``certmask plan --json``); any defect is a CertMaskError."""
     path = Path(path_text)
-    if not path.is_file():
-        raise CertMaskError(f"mask-set file not found: {str(path)!r}")
+    with open_regular_file(path, "mask-set file") as f:
+        try:
+            raw = f.read(MAX_MASKSET_FILE_BYTES + 1)
+        except OSError as err:
+            raise CertMaskError(f"cannot read the mask-set file {str(path)!r}: {err}") from None
+    if len(raw) > MAX_MASKSET_FILE_BYTES:
+        raise CertMaskError(f"mask-set file {str(path)!r} is larger than {MAX_MASKSET_FILE_BYTES} bytes")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CertMaskError(f"cannot read the mask-set file {str(path)!r}: {err}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CertMaskError(f"mask-set file {str(path)!r} is not UTF-8 text: {err}") from None
     return MaskSet.from_json(text)
 
 
@@ -107,7 +127,8 @@ def masksets_of(config: RunConfig, image_size) -> dict:
     """The mask family of every (strategy, k) of ``config`` for images of ``image_size``.
 
     A mask-set file is keyed ``("file:NAME", k)`` with ``k`` the coverage it verifiably gives the
-    patch (a file that leaves a position uncovered is refused). With ``patches > 1`` each set is
+    patch (a file that leaves a position uncovered is refused); its ``spec`` and ``patch_size`` are
+    dropped unread. With ``patches > 1`` each set is
     replaced by its groups of ``patches`` masks.
     """
     threat = PatchThreat(tuple(image_size), config.patch)
@@ -116,6 +137,10 @@ def masksets_of(config: RunConfig, image_size) -> dict:
             for s in config.strategies for k in config.ks}
     for path in config.mask_files:
         ms = read_maskset(path)
+        # the file's spec and patch size are descriptions, never trusted: only the rectangles and the
+        # coverage verified below for this run's patch enter the certificates and the reports
+        ms = MaskSet(ms.image_size, ms.origins, ms.sizes, threat=threat if ms.image_size == threat.image_size
+                     else None)
         if ms.image_size != threat.image_size:
             raise CertMaskError(f"{path}: the mask set is for {ms.image_size[0]}x{ms.image_size[1]} images, "
                                 f"the data are {threat.image_size[0]}x{threat.image_size[1]}")
@@ -223,8 +248,12 @@ def per_image_records(indices, labels, undefended, reports: dict, names=None, si
 
 
 def read_per_image(path) -> dict[int, dict]:
-    """The complete lines of a ``per_image.jsonl`` by image id. A torn last line (the process was killed
-    while writing it) is dropped from the file; any other unreadable line is an error."""
+    """The complete lines of a ``per_image.jsonl`` by image id.
+
+    A torn last line (the process was killed while writing it) is dropped from the file; any other
+    unreadable line (not UTF-8, not a JSON object with an integer ``id``) and any id seen twice is a
+    CertMaskError. What the records say is checked by :func:`check_records`.
+    """
     path = Path(path)
     if not path.is_file():
         return {}
@@ -233,13 +262,125 @@ def read_per_image(path) -> dict[int, dict]:
     if len(keep) != len(raw):
         path.write_bytes(keep)
     records = {}
-    for number, line in enumerate(keep.decode().splitlines(), 1):
+    for number, line in enumerate(keep.split(b"\n")[:-1], 1):
         try:
-            record = json.loads(line)
-            records[int(record["id"])] = record
-        except (ValueError, KeyError, TypeError) as err:
-            raise CertMaskError(f"{str(path)!r} line {number} is not a per-image record: {err}") from None
+            record = json.loads(line.decode("utf-8"))
+            index = record["id"]
+            if type(index) is not int:
+                raise TypeError(f"id {index!r} is not an integer")
+        except (ValueError, KeyError, TypeError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise CertMaskError(f"{str(path)!r} line {number} is not a per-image record: "
+                                f"{type(err).__name__}: {err}") from None
+        if index in records:
+            raise CertMaskError(f"{str(path)!r} line {number} repeats image id {index}: the file was edited "
+                                f"or written by two runs at once")
+        records[index] = record
     return records
+
+
+_BOOL_FIELDS = ("certified", "claim_holds", "below_margin")
+_RESUME_SPOT_CHECKS = 16
+"""Resumed records recomputed and compared before a resume is trusted (a forged record is refused)."""
+
+
+def check_records(records: dict[int, dict], labels: np.ndarray, names, config: RunConfig, masksets: dict,
+                  num_classes: int) -> None:
+    """CertMaskError unless every per-image record could have been written by this run.
+
+    Checked: ids within the data; the label is the data's; the name (when the data name their images)
+    is the image's; exactly this run's keys and fields, each of its type and range; and what every
+    certificate implies: a sound mode's image is certified exactly when its check holds, then with
+    the true label as output and not refused for its margin; ``paper`` certifies nothing; a size
+    certified implies the output is the label and every size inside it is certified too (T14). A
+    record that passes may still be forged consistently: :func:`run_certification` also recomputes a
+    random sample of them.
+    """
+    expected = {_run_key(s, k, m): (ms, m) for (s, k), ms in masksets.items() for m in config.modes}
+    sizes = config.sizes
+    inside = (None if sizes is None else
+              np.array([[all(a <= b for a, b in zip(small, large)) for large in sizes] for small in sizes]))
+    for index, record in records.items():
+        def refuse(what: str, index=index):
+            raise CertMaskError(f"per-image record of image {index} {what}: the results were edited or "
+                                f"written for other data or settings; rerun without --resume")
+
+        if not isinstance(record, dict):
+            refuse("is not an object")
+        want = {"id", "label", "undefended", "runs"} | ({"name"} if names is not None else set())
+        if set(record) != want:
+            refuse(f"has the fields {sorted(record)}, not {sorted(want)}")
+        if not 0 <= index < len(labels):
+            refuse(f"is outside the {len(labels)} images")
+        if type(record["label"]) is not int or record["label"] != labels[index]:
+            refuse(f"has label {record['label']!r}; the data say {int(labels[index])}")
+        if names is not None and record["name"] != names[index]:
+            refuse(f"is named {record['name']!r}; the data name it {names[index]!r}")
+        if type(record["undefended"]) is not int or not NO_VOTE <= record["undefended"] < num_classes:
+            refuse(f"has undefended prediction {record['undefended']!r}")
+        runs = record["runs"]
+        if not isinstance(runs, dict) or set(runs) != set(expected):
+            refuse(f"holds the runs {sorted(runs) if isinstance(runs, dict) else runs!r}, not "
+                   f"{sorted(expected)}")
+        for key, (ms, mode) in expected.items():
+            run = runs[key]
+            with_sizes = sizes is not None and SOUND[mode]
+            fields = set(CertificationReport.PER_IMAGE[1:]) | (
+                {"sizes_certified", "sizes_passes"} if with_sizes else set())
+            if not isinstance(run, dict) or set(run) != fields:
+                refuse(f"run {key} has the fields {sorted(run) if isinstance(run, dict) else run!r}")
+            n = len(ms)
+            most_passes = n + n * (n - 1) // 2
+            if type(run["output"]) is not int or not NO_VOTE <= run["output"] < num_classes:
+                refuse(f"run {key} has output {run['output']!r}")
+            if any(type(run[name]) is not bool for name in _BOOL_FIELDS):
+                refuse(f"run {key}: {', '.join(_BOOL_FIELDS)} must be true or false")
+            margin = run["min_margin"]
+            if not (type(margin) in (int, float) or margin in ("inf", "-inf", "nan")):
+                refuse(f"run {key} has min_margin {margin!r}")
+            for name in ("certificate_passes", "defence_passes") + (("sizes_passes",) if with_sizes else ()):
+                if type(run[name]) is not int or not 0 <= run[name] <= most_passes:
+                    refuse(f"run {key} has {name} {run[name]!r} (a set of {n} masks needs 0 to "
+                           f"{most_passes})")
+            certified = run["certified"]
+            if SOUND[mode] and certified != run["claim_holds"]:
+                refuse(f"run {key} is certified {certified} but its check holds {run['claim_holds']}")
+            if certified and (not SOUND[mode] or run["output"] != record["label"] or run["below_margin"]):
+                refuse(f"run {key} is certified with output {run['output']}, label {record['label']}, "
+                       f"refused for margin {run['below_margin']}")
+            if with_sizes:
+                bits = run["sizes_certified"]
+                if (not isinstance(bits, list) or len(bits) != len(sizes)
+                        or any(type(b) is not int or b not in (0, 1) for b in bits)):
+                    refuse(f"run {key} has sizes_certified {bits!r}, not {len(sizes)} values 0 or 1")
+                bits = np.array(bits, bool)
+                if bits.any() and run["output"] != record["label"]:
+                    refuse(f"run {key} certifies patch sizes with output {run['output']} != label")
+                if (inside & bits[None, :] & ~bits[:, None]).any():
+                    refuse(f"run {key} certifies a patch size but not a smaller one inside it")
+
+
+def _spot_check(backend, model, images, labels, done: dict, config: RunConfig, masksets: dict, names) -> None:
+    """Recompute a random sample of resumed records: a record that differs from its recomputation
+    (certificates do not depend on batch make-up) was not written by this run and is refused."""
+    sample = np.sort(np.random.default_rng().choice(sorted(done), min(_RESUME_SPOT_CHECKS, len(done)),
+                                                    replace=False))
+    part = _certify_shard(backend, model, images, labels, sample, config, masksets, show_progress=False)
+    for fresh in per_image_records(sample, labels, part.undefended, part.reports, names, part.sizes):
+        stored = done[fresh["id"]]
+        same = {key: value for key, value in stored.items() if key != "runs"} == {
+            key: value for key, value in fresh.items() if key != "runs"}
+        for key, run in fresh["runs"].items():
+            for name, value in run.items():
+                kept = stored["runs"][key][name]
+                if name == "min_margin" and not isinstance(value, str) and not isinstance(kept, str):
+                    same &= bool(np.isclose(kept, value, rtol=1e-4, atol=1e-5))  # last-bit noise only
+                else:
+                    same &= kept == value
+        if not same:
+            raise CertMaskError(f"--resume: the per-image record of image {fresh['id']} differs from its "
+                                f"recomputation ({json.dumps(stored)[:200]} ... recomputed "
+                                f"{json.dumps(fresh)[:200]} ...): the results were edited or written with "
+                                f"another model; rerun without --resume")
 
 
 def _part_from_records(records: dict[int, dict], config: RunConfig, masksets: dict) -> _Partial:
@@ -258,7 +399,7 @@ def _part_from_records(records: dict[int, dict], config: RunConfig, masksets: di
             for name in CertificationReport.PER_IMAGE[1:]:
                 values = [row[name] for row in rows]
                 cols[name] = np.array(values, np.float64 if name == "min_margin" else
-                                      bool if isinstance(values[0], bool) else np.int64)
+                                      bool if name in _BOOL_FIELDS else np.int64)
             certificate = CERTIFICATES.get(mode, config.recovery_certificate)
             part.reports[(strategy, k, mode)] = CertificationReport(
                 mode, GUARANTEES[mode], SOUND[mode], **cols, margin_tolerance=config.margin_tolerance,
@@ -315,7 +456,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
                       rank: int = 0, world: int = 1,
                       gather: Callable[[object], list | None] | None = None,
                       show_progress: bool | None = None, per_image_path=None,
-                      resume: bool = False, names=None) -> dict | None:
+                      resume: bool = False, names=None, num_classes: int | None = None) -> dict | None:
     """Certify ``images`` under every (strategy, k, mode) of ``config``.
 
     Parameters
@@ -341,6 +482,10 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
         an uninterrupted run's (certificates do not depend on batch make-up).
     names : sequence of str, optional
         Each image's name (e.g. its path in an image folder), kept in the per-image results.
+    num_classes : int, optional
+        The model's class count: a label outside ``[0, num_classes)`` is refused before anything is
+        certified (the CLI always passes it). Without it the results count the classes up to the
+        largest label or prediction.
 
     Returns
     -------
@@ -355,12 +500,17 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
     if world > 1 and gather is None:
         raise CertMaskError("a sharded run (world > 1) needs a gather function")
     masksets = masksets_of(config, images.shape[2:])
+    labels = np.asarray(labels)
+    if num_classes is not None and (labels.dtype.kind not in "iu" or labels.min() < 0
+                                    or labels.max() >= num_classes):
+        raise CertMaskError(f"labels must be integers in [0, {num_classes}) for a model with {num_classes} "
+                            f"classes, found {labels.dtype} in [{labels.min()}, {labels.max()}]")
     if resume and (world > 1 or per_image_path is None):
         raise CertMaskError("resume needs per_image_path and a single process (world = 1)")
     done = read_per_image(per_image_path) if resume else {}
-    if any(not 0 <= i < len(images) for i in done):
-        raise CertMaskError(f"{str(per_image_path)!r} holds image ids outside [0, {len(images)}): "
-                            f"written for other data")
+    if done:
+        check_records(done, labels, names, config, masksets, num_classes or MAX_LABEL + 1)
+        _spot_check(backend, model, images, labels, done, config, masksets, names)
     streaming = per_image_path is not None and world == 1
     if per_image_path is not None and not resume:
         Path(per_image_path).write_text("")
@@ -418,7 +568,7 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
                          "per_image": per_image})
     return {"patch": list(config.patch), "patches": config.patches, "sizes": config.sizes,
             "images": len(part.indices), "world_size": world,
-            "num_classes": int(max(labels.max(), part.undefended.max()) + 1),
+            "num_classes": num_classes or int(max(labels.max(), part.undefended.max()) + 1),
             "resumed_images": len(done),
             "undefended_accuracy": undefended, "runs": runs,
             "guarantees": {m: GUARANTEES[m] for m in config.modes},
@@ -460,41 +610,53 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUN_FILES = ("results.json", "run.json", PER_IMAGE_FILE := "per_image.jsonl")
+PER_IMAGE_FILE = "per_image.jsonl"
+LOCK_FILE = ".certmask.lock"
+RUN_FILES = ("results.json", "results.md", "run.json", PER_IMAGE_FILE, "accuracy_vs_k.png", "examples.png",
+             "certified_vs_size.png", LOCK_FILE)
+"""What a certify run writes into its output folder (``--overwrite`` removes exactly these)."""
 
 
 def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots: bool = True,
                   maskset: MaskSet | None = None) -> Path:
-    """Write ``results.json``, ``results.md`` and PNGs into ``out_dir``.
+    """Write ``results.json`` and ``results.md``, then the PNG figures, into ``out_dir``.
 
     ``examples.png`` shows ``images[:8]`` under ``maskset`` (default: the first run's set, rebuilt
     from its plan); ``certified_vs_size.png`` appears when the run certified several sizes.
 
-    Each file is written beside its final name and renamed into place, ``results.json`` last, so an
-    interrupted run never leaves a complete-looking ``results.json``. ``out_dir`` may already hold this
-    run's ``run.json`` and ``per_image.jsonl``; a non-empty folder holding none of the run files is
-    refused.
+    Each file is written beside its final name and renamed into place, ``results.json`` last of the
+    results, so an interrupted run never leaves a complete-looking ``results.json``. The figures come
+    after the results: a figure that cannot be drawn is reported on stderr and never loses them.
+    A non-empty folder that holds none of :data:`RUN_FILES` is refused.
     """
     out = Path(out_dir)
-    check_out_dir(out)
+    _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
+    def write_results(tmp: Path) -> None:
         (tmp / "results.md").write_text(results_table(results))
-        if plots:
-            from . import plots as _plots
-            _plots.accuracy_vs_k(results, tmp / "accuracy_vs_k.png")
-            if results.get("sizes"):
-                _plots.certified_vs_size(results, tmp / "certified_vs_size.png")
-            if images is not None:
-                first = results["runs"][0]
-                ms = maskset or make_maskset(PatchThreat(images.shape[2:], results["patch"]), first["k"],
-                                             first["strategy"], mask_size=tuple(first["plan"]["mask_size"]))
-                classes = results.get("classes") or [str(c) for c in range(max(results["num_classes"], 1))]
-                _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
-                                      tmp / "examples.png")
         (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_atomically(out, write, last="results.json")
+
+    def draw(tmp: Path) -> None:
+        from . import plots as _plots
+        _plots.accuracy_vs_k(results, tmp / "accuracy_vs_k.png")
+        if results.get("sizes"):
+            _plots.certified_vs_size(results, tmp / "certified_vs_size.png")
+        if images is not None:
+            first = results["runs"][0]
+            ms = maskset or make_maskset(PatchThreat(images.shape[2:], results["patch"]), first["k"],
+                                         first["strategy"], mask_size=tuple(first["plan"]["mask_size"]))
+            classes = results.get("classes") or [str(c) for c in range(max(results["num_classes"], 1))]
+            _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
+                                  tmp / "examples.png")
+
+    write_atomically(out, write_results, last="results.json")
+    if plots:
+        try:
+            write_atomically(out, draw, last="accuracy_vs_k.png")
+        except Exception as err:  # noqa: BLE001 (a figure is never worth the results: they are written)
+            print(f"certmask: warning: the figures were not drawn ({type(err).__name__}: {err}); "
+                  f"results.json and results.md are written", file=sys.stderr)
     return out
 
 
@@ -510,7 +672,63 @@ def write_atomically(out: Path, write: Callable[[Path], None], last: str) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_out_dir(out: Path) -> None:
-    """CertMaskError when ``out`` is a non-empty folder that no certify run wrote (never overwrite it)."""
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in RUN_FILES):
+def write_json_atomically(path: Path, value) -> None:
+    """``path`` holds either its old content or all of ``value`` as JSON, never a torn file."""
+    path = Path(path)
+    text = json.dumps(value, indent=1) + "\n"
+    write_atomically(path.parent, lambda tmp: (tmp / path.name).write_text(text), last=path.name)
+
+
+def read_json_file(path: Path, what: str):
+    """The JSON value of ``path``; an unreadable or torn file is a CertMaskError naming it."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # UnicodeDecodeError, JSONDecodeError
+        raise CertMaskError(f"cannot read {what} {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def _refuse_foreign(out: Path) -> None:
+    """CertMaskError when ``out`` is a file, or a non-empty folder holding nothing a run writes."""
+    if out.exists() and not out.is_dir():
+        raise CertMaskError(f"--out {str(out)!r} is a file, not a folder")
+    if (out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+            and not any((out / name).exists() for name in RUN_FILES if name != LOCK_FILE)):
         raise CertMaskError(f"{str(out)!r} exists and holds no results.json; not overwriting it")
+
+
+def prepare_out_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``out`` ready for a certify run, refusing what would mix or lose results.
+
+    A folder holding a previous run needs ``resume`` (continue it) or ``overwrite`` (its run files,
+    :data:`RUN_FILES`, are removed; nothing else is touched); a non-empty folder that no run wrote is
+    always refused. Call it while holding :func:`locked_out_dir`.
+    """
+    if resume and overwrite:
+        raise CertMaskError("--resume continues the run in --out and --overwrite replaces it: give one")
+    _refuse_foreign(out)
+    previous = [name for name in RUN_FILES if name != LOCK_FILE and (out / name).exists()]
+    if previous and not resume and not overwrite:
+        raise CertMaskError(f"{str(out)!r} holds a previous run ({', '.join(previous)}): pass --resume to "
+                            f"continue it or --overwrite to replace it, or choose another --out")
+    if overwrite:
+        for name in previous:
+            (out / name).unlink()
+
+
+@contextlib.contextmanager
+def locked_out_dir(out: Path):
+    """Hold an exclusive lock on ``out`` (created if needed) while a run writes into it: a second run
+    on the same folder is refused at once instead of interleaving its results with the first's. A
+    folder that no run wrote is refused before anything is created in it."""
+    _refuse_foreign(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a")  # noqa: SIM115 (closed below)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CertMaskError(f"another certmask run is writing to {str(out)!r}; wait for it to finish "
+                                f"or choose another --out") from None
+        yield out
+    finally:
+        handle.close()  # releases the lock
