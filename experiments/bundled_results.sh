@@ -7,7 +7,7 @@ out=${1:-results/bundled-certify}
 cm=${CERTMASK:-certmask}
 model=${MODEL:-bundled}
 n_k=${N_K:-2000}
-common=(--data fashion-mnist --model "$model" --masks-per-axis 4 --quiet --no-plots)
+common=(--data fashion-mnist --model "$model" --masks-per-axis 4 --quiet --no-plots --overwrite)
 for p in 3 5; do
   [ -f "$out/p$p-k1/results.json" ] || $cm certify "${common[@]}" --patch $p $p --k 1 \
     --mode detection plurality recovery --out "$out/p$p-k1"

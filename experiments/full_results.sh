@@ -9,7 +9,7 @@ cm=${CERTMASK:-certmask}
 n_subset=${N_SUBSET:-500}
 n_recovery=${N_RECOVERY:-100}
 model=${MODEL:-bundled-cutout}  # the documented figures are the first-release model's
-common=(--data fashion-mnist --model "$model" --masks-per-axis 4 --quiet --no-plots --k 1 2 3 4 5 6)
+common=(--data fashion-mnist --model "$model" --masks-per-axis 4 --quiet --no-plots --k 1 2 3 4 5 6 --overwrite)
 oneround=(--mode detection plurality covering_consensus paper)
 $cm certify "${common[@]}" "${oneround[@]}" --patch 3 3 --strategy replicated --out "$out/oneround_p3"
 $cm certify "${common[@]}" "${oneround[@]}" --patch 3 3 --strategy offset --limit "$n_subset" \

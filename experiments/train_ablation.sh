@@ -33,7 +33,7 @@ n_recovery=${N_RECOVERY:-2000}
 for p in 3 5; do
   for name in none cutout "single-p$p" "pairs-p$p" "greedy-p$p"; do
     certify=($CERTMASK certify --model "$OUT/$name/model.pt" --patch $p $p --k 1 --masks-per-axis 4
-             --no-plots --quiet)
+             --no-plots --quiet --overwrite)
     [ -f "$OUT/$name/detection-p$p/results.json" ] || \
       "${certify[@]}" --mode detection $LIMIT_ARGS --out "$OUT/$name/detection-p$p"
     [ -f "$OUT/$name/recovery-p$p/results.json" ] || \

@@ -385,3 +385,10 @@ def test_a_folder_no_run_wrote_is_left_untouched(tmp_path, capsys):
     assert main(RUN + ["--out", str(foreign), "--overwrite"]) == 2
     one_error_line(capsys, "holds no results.json; not overwriting it")
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # not even a lock file
+
+
+def test_a_path_with_a_nul_byte_is_not_found(tmp_path, capsys):
+    """Found by the core's fuzz wall once mask-set files were opened with os.stat (which raises
+    ValueError on a NUL byte, where Path.is_file() said False)."""
+    assert main(["coverage", str(tmp_path / "masks.json\x00"), "--patch", "1"]) == 2
+    one_error_line(capsys, "mask-set file not found")

@@ -104,6 +104,8 @@ def open_regular_file(path: Path, what: str) -> io.BufferedReader:
         raise CertMaskError(f"{what} not found: {str(path)!r}") from None
     except OSError as err:
         raise CertMaskError(f"cannot open {what} {str(path)!r}: {err.strerror or err}") from None
+    except ValueError as err:  # a NUL byte in the path: no file can have that name
+        raise CertMaskError(f"{what} not found: {str(path)!r} ({err})") from None
     try:
         _require_regular(os.fstat(fd).st_mode, path, what)
     except BaseException:
