@@ -204,7 +204,7 @@ def test_malformed_cifar_batches_are_refused_with_one_line(tmp_path):
         "few labels": ({**good, b"labels": [1, 2]}, "labels must be 4 integers, got 2 labels"),
         "bool labels": ({**good, b"labels": [True, False, True, True]}, "got a list holding a bool"),
         "float pixels": ({**good, b"data": [[0.5] * 3072] * 4}, r"integers 0-255, found \['float'\]"),
-        "big pixels": ({**good, b"data": [[256] * 3072] * 4}, r"found \[256, 256\]"),
+        "big pixels": ({**good, b"data": [[256] * 3072 for _ in range(4)]}, r"found \[256, 256\]"),
         "not a dict": ([1, 2, 3], "holds a list, not a dict"),
         "int16 data": ({**good, b"data": np.zeros((4, 3072), np.int16)}, "dtype int16 have no known"),
     }
@@ -656,3 +656,43 @@ def test_fuzz_png_folders(tmp_path_factory, blob, other, image_size):
     (root / "a" / "x.png").write_bytes(blob)
     (root / "b" / "y.png").write_bytes(other)
     loads_or_refuses(root, image_size=image_size)
+
+
+@pytest.mark.parametrize("patch", [
+    # numpy's dtype state marks a float32 as holding Python objects: numpy would read the data as pointers
+    (b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK?t"),
+    # ... or gives it another item size
+    (b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", b"K\x10J\xff\xff\xff\xffK\x00t"),
+    # a structured dtype, whose field offsets a later BUILD could move outside the buffer
+    (b"X\x02\x00\x00\x00f4", b"X\x02\x00\x00\x00V4"),
+])
+def test_cifar_dtype_state_never_reaches_numpy(tmp_path, patch):
+    """Found by an independent review: numpy's dtype __setstate__ (the pickle's BUILD) accepts any
+    flags, sizes and offsets, which turned a crafted batch into reads and writes outside its buffer.
+    The unpickler now hands numpy nothing but a checked plain dtype and exactly sized bytes."""
+    raw = pickle.dumps({b"data": np.zeros((1, 3072), np.float32), b"labels": [0]}, protocol=2)
+    assert raw.count(patch[0]) == 1
+    (tmp_path / "test_batch").write_bytes(raw.replace(*patch))
+    with pytest.raises(CertMaskError, match="CIFAR"):
+        load_cifar(tmp_path)
+
+
+def test_cifar_rows_shared_through_the_memo_are_refused(tmp_path):
+    row = list(range(256)) * 12
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": [row] * 5000, b"labels": [0] * 5000},
+                                                       protocol=2))
+    assert (tmp_path / "test_batch").stat().st_size < 5000 * 3072
+    with pytest.raises(CertMaskError, match="repeats rows to expand in memory"):
+        load_cifar(tmp_path)
+
+
+def test_a_hard_linked_image_is_counted_once(tmp_path):
+    """Found by an independent review: real paths told symbolic links apart, not hard links."""
+    root = tmp_path / "folder"
+    for name in ("0", "1"):
+        (root / name).mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "0" / "a.png")
+    Image.fromarray(np.ones((4, 4), np.uint8)).save(root / "1" / "b.png")
+    os.link(root / "0" / "a.png", root / "1" / "a.png")
+    with pytest.raises(CertMaskError, match="are the same file"):
+        load_image_folder(root)

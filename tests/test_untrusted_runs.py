@@ -392,3 +392,14 @@ def test_a_path_with_a_nul_byte_is_not_found(tmp_path, capsys):
     ValueError on a NUL byte, where Path.is_file() said False)."""
     assert main(["coverage", str(tmp_path / "masks.json\x00"), "--patch", "1"]) == 2
     one_error_line(capsys, "mask-set file not found")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["attack", "--patch", "3", "3", "--limit", "2", "--steps", "0", "--quiet"], "--steps and --stride"),
+    (["attack", "--patch", "3", "3", "--limit", "2", "--stride", "0", "--quiet"], "--steps and --stride"),
+    (["certify", "--patch", "3", "3", "--limit", "2", "--device", "meta", "--quiet"], "holds no data"),
+])
+def test_review_findings_end_in_one_named_error(argv, message, tmp_path, capsys):
+    """Found by an independent review: each ended in a traceback."""
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, message)

@@ -208,7 +208,9 @@ class TorchBackend:
             dev = torch.device(device)
         except (RuntimeError, TypeError, ValueError):
             raise CertMaskError(f"device {device!r} is not a torch device; {machine()}") from None
-        # other device types (xpu, meta, ...) are left to torch
+        if dev.type == "meta":  # shapes only: nothing can be predicted there
+            raise CertMaskError(f"device 'meta' holds no data; {machine()}")
+        # other device types (xpu, ...) are left to torch
         available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(dev.type)
         if available is not None and not available():
             raise CertMaskError(f"{dev.type} is not available on this machine (torch {torch.__version__}): "

@@ -383,6 +383,8 @@ def _check_labels(labels, num_classes: int) -> None:
 
 
 def cmd_attack(args) -> int:
+    if args.steps < 1 or args.stride < 1:
+        raise CertMaskError(f"--steps and --stride must be >= 1, got {args.steps} and {args.stride}")
     backend = _backend(args)
     data = _load_data(args)
     images, labels, source = data.images, data.labels, data.source

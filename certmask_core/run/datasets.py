@@ -583,7 +583,7 @@ def _class_images(root: Path, classes: list[str] | None) -> tuple[list[str], lis
     root_real = os.path.realpath(root)
     class_real: dict[str, str] = {}
     seen_dirs: dict[str, Path] = {}
-    seen_files: dict[str, Path] = {}
+    seen_files: dict[tuple[int, int], Path] = {}
     files = []
     for label, name in enumerate(classes):
         folder = root / name
@@ -597,10 +597,11 @@ def _class_images(root: Path, classes: list[str] | None) -> tuple[list[str], lis
                                     f"({real!r}, {other_real!r}): images would be counted under two labels")
         class_real[name] = real
         for path in _walk_images(folder, root_real, seen_dirs):
-            real_file = os.path.realpath(path)
+            info = os.stat(path)
+            real_file = (info.st_dev, info.st_ino)  # the file itself: symbolic and hard links alike
             if real_file in seen_files:
                 raise CertMaskError(f"images {str(seen_files[real_file])!r} and {str(path)!r} are the same "
-                                    f"file ({real_file!r}): each image must be counted once")
+                                    f"file ({os.path.realpath(path)!r}): each image must be counted once")
             seen_files[real_file] = path
             files.append((label, path))
     return classes, files
@@ -712,36 +713,116 @@ def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | Non
 # --- CIFAR python batches --------------------------------------------------------------------------------
 
 
-def _plain_dtype(spec, *flags) -> np.dtype:
-    # numpy's pickles call dtype(spec, align=False, copy=True)
-    if len(flags) > 2 or not all(type(flag) in (bool, int) and flag in (0, 1) for flag in flags):
-        raise pickle.UnpicklingError(f"dtype flags {flags!r:.60}: numpy's pickles pass (False, True)")
-    dtype = np.dtype(spec, *flags)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError(f"dtype {dtype} holds Python objects")
+class _Pickled:
+    """What numpy's dtype and ``_reconstruct`` return inside a CIFAR batch: their arguments and the
+    BUILD state that follows, never a numpy object. numpy's own ``__setstate__`` would accept any
+    fields, offsets and flags (a float32 marked as holding objects reads its bytes as pointers), so no
+    pickled state reaches numpy before :func:`_numeric_dtype` and :func:`_array_of` have checked it."""
+
+    __slots__ = ("kind", "args", "state")
+
+    def __init__(self, kind: str, args: tuple):
+        self.kind, self.args, self.state = kind, args, None
+
+    def __setstate__(self, state):  # the BUILD opcode
+        self.state = state
+
+
+def _dtype(*args) -> _Pickled:
+    return _Pickled("dtype", args)
+
+
+def _numeric_dtype(pickled) -> np.dtype:
+    """The plain numeric dtype (bool, int, uint, float; any byte order) a pickled dtype names."""
+    if not isinstance(pickled, _Pickled) or pickled.kind != "dtype":
+        raise pickle.UnpicklingError(f"expected a numpy dtype, got {type(pickled).__name__}")
+    spec, *flags = pickled.args or (None,)
+    spec = spec.decode("latin1") if isinstance(spec, bytes) else spec  # a Python 2 str
+    if (not isinstance(spec, str) or len(flags) > 2
+            or not all(type(flag) in (bool, int) and flag in (0, 1) for flag in flags)):
+        raise pickle.UnpicklingError(f"dtype{pickled.args!r:.60}: numpy's pickles pass (name, False, True)")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError as err:
+        raise pickle.UnpicklingError(f"dtype {spec!r:.40}: {err}") from None
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"dtype {spec!r:.40}: only plain numeric dtypes are admitted")
+    state = pickled.state
+    if isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], bytes):
+        state = (state[0], state[1].decode("latin1"), *state[2:])  # a Python 2 str
+    if state is not None:
+        # numpy writes (3, byte order, None, None, None, -1, -1, 0) for a plain dtype; nothing else
+        if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3 or state[1] not in "<>|="
+                or state[2:] != (None, None, None, -1, -1, 0)):
+            raise pickle.UnpicklingError(f"dtype state {state!r:.80} is not a plain dtype's")
+        if state[1] in "<>":
+            dtype = dtype.newbyteorder(state[1])
     return dtype
 
 
-def _reconstruct(subtype, shape, dtype) -> np.ndarray:
-    # numpy pickles make an empty array here and fill it from the state that follows; nothing else is built
+def _array(raw, dtype: np.dtype, shape, fortran: bool) -> np.ndarray:
+    if (not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape)
+            or not isinstance(raw, (bytes, bytearray))):
+        raise pickle.UnpicklingError(f"array of shape {shape!r:.40} from {type(raw).__name__}")
+    if math.prod(shape) * dtype.itemsize != len(raw):
+        raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dtype} from {len(raw)} bytes")
+    return np.frombuffer(bytes(raw), dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _array_of(pickled: _Pickled) -> np.ndarray:
+    """The array a ``_reconstruct`` placeholder and its BUILD state describe, checked."""
+    state = pickled.state
+    if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1 or type(state[3]) is not bool:
+        raise pickle.UnpicklingError(f"array state {state!r:.80} is not a numeric array's")
+    return _array(state[4], _numeric_dtype(state[2]), state[1], state[3])
+
+
+def _reconstruct(subtype, shape, dtype) -> _Pickled:
+    # numpy pickles make an empty array here and fill it from the state that follows (see _array_of)
     if subtype is not _NDARRAY or shape != (0,):
         raise pickle.UnpicklingError(f"_reconstruct({subtype!r:.40}, {shape!r:.40}): numpy's pickles pass "
                                      "(ndarray, (0,))")
-    return np.ndarray((0,), _plain_dtype(dtype))
+    return _Pickled("array", ())
 
 
 def _frombuffer(buf, dtype, shape, order, axis_order=None) -> np.ndarray:
     # what numpy's own _frombuffer does (pickle protocol 5), for plain dtypes only
-    array = np.frombuffer(buf, dtype=_plain_dtype(dtype))
+    array = _array(bytes(buf), _numeric_dtype(dtype), shape, order == "F")
     if order == "K" and axis_order is not None:
-        return array.reshape(shape, order="C").transpose(axis_order)
-    return array.reshape(shape, order=order)
+        return array.transpose(axis_order)
+    return array
 
 
 def _scalar(dtype, data) -> np.generic:
-    if not isinstance(dtype, np.dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+    dtype = _numeric_dtype(dtype)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise pickle.UnpicklingError("a numpy scalar is a plain dtype and its bytes")
-    return np.frombuffer(data, _plain_dtype(dtype))[0]
+    return np.frombuffer(data, dtype)[0]
+
+
+def _materialised(value, where: str, depth: int = 0, done: dict | None = None):
+    """``value`` with every array placeholder made an array; containers deeper than a CIFAR batch's
+    (a dict of lists of rows) are refused, so no later repr() or walk can recurse without bound. A
+    container the pickle shares (its memo) is converted once, so sharing cannot multiply the work."""
+    done = {} if done is None else done
+    if depth > 4:
+        raise CertMaskError(f"{where}: containers nested deeper than a CIFAR batch's")
+    if id(value) in done:
+        return done[id(value)]
+    if isinstance(value, _Pickled):
+        if value.kind != "array":
+            raise CertMaskError(f"{where}: a bare numpy dtype where data belong")
+        out = _array_of(value)
+    elif isinstance(value, dict):
+        if not all(isinstance(key, (bytes, str, int)) for key in value):
+            raise CertMaskError(f"{where}: dict keys must be bytes, str or int")
+        out = {key: _materialised(item, where, depth + 1, done) for key, item in value.items()}
+    elif isinstance(value, (list, tuple)):
+        out = type(value)(_materialised(item, where, depth + 1, done) for item in value)
+    else:
+        return value
+    done[id(value)] = out
+    return out
 
 
 def _latin1(text, encoding="latin1") -> bytes:
@@ -786,7 +867,7 @@ _CIFAR_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     # only as _reconstruct's first argument: calling ndarray itself would allocate any shape
     ("numpy", "ndarray"): _not_callable,
-    ("numpy", "dtype"): _plain_dtype,
+    ("numpy", "dtype"): _dtype,
     ("numpy.core.multiarray", "scalar"): _scalar,
     ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
@@ -870,7 +951,7 @@ def _cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
         _check_decoded(size, where)  # the unpickler holds the whole batch in memory
         raw = bytes(_read_upto(f, size))
         _check_memo(raw, where)
-        batch = _CifarUnpickler(io.BytesIO(raw), where).load()
+        batch = _materialised(_CifarUnpickler(io.BytesIO(raw), where).load(), where)
     if not isinstance(batch, dict):
         raise CertMaskError(f"{where} holds a {type(batch).__name__}, not a dict of data and labels")
     data, labels = batch.get(b"data"), batch.get(b"labels", batch.get(b"fine_labels"))
@@ -878,6 +959,10 @@ def _cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(repr(key)[:40] for key in batch)[:10]
         raise CertMaskError(f"{where} holds keys {keys}; a CIFAR batch needs b'data' and b'labels' "
                             "(CIFAR-10) or b'fine_labels' (CIFAR-100)")
+    if isinstance(data, list) and len(data) * _CIFAR_PIXELS > size:
+        # each stored value takes a byte at least: more rows than that share them through the memo
+        raise CertMaskError(f"{where}: {len(data)} rows of {_CIFAR_PIXELS} values cannot be stored in "
+                            f"{size} bytes; the batch repeats rows to expand in memory")
     images, total = _cifar_rows(data, rows, where)
     if isinstance(labels, np.ndarray) and labels.shape != (total,):
         raise _labels_refused(total, labels.shape, labels.dtype, where)

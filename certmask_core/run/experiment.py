@@ -120,7 +120,10 @@ def read_maskset(path_text: str) -> MaskSet:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise CertMaskError(f"mask-set file {str(path)!r} is not UTF-8 text: {err}") from None
-    return MaskSet.from_json(text)
+    try:
+        return MaskSet.from_json(text)
+    except RecursionError:  # a field nested thousands deep; json.loads itself stops at its own limit
+        raise CertMaskError(f"mask-set file {str(path)!r} nests its fields too deeply") from None
 
 
 def masksets_of(config: RunConfig, image_size) -> dict:
