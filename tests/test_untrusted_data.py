@@ -696,3 +696,12 @@ def test_a_hard_linked_image_is_counted_once(tmp_path):
     os.link(root / "0" / "a.png", root / "1" / "a.png")
     with pytest.raises(CertMaskError, match="are the same file"):
         load_image_folder(root)
+
+
+def test_an_image_past_pillows_warning_limit_is_one_named_error(tmp_path, monkeypatch):
+    """Pillow only warns between its bomb limit and twice that (two lines on stderr, then the decode)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    (tmp_path / "folder" / "0").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "folder" / "0" / "a.png")  # 16 pixels
+    with pytest.raises(CertMaskError, match="DecompressionBombWarning"):
+        load_image_folder(tmp_path / "folder")

@@ -4,6 +4,7 @@ Each test reproduces a way the run layer once gave a silently wrong answer, lost
 runs mix theirs, and pins the refusal (a one-line ``certmask: error:`` with exit status 2) or the
 correct result.
 """
+import hashlib
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ pytest.importorskip("torch")
 from certmask_core.run import experiment  # noqa: E402
 from certmask_core.run.cli import main  # noqa: E402
 from certmask_core.run.datasets import FASHION_MNIST_CLASSES, load_bundled_subset  # noqa: E402
-from certmask_core.run.experiment import LOCK_FILE, locked_out_dir, read_per_image  # noqa: E402
+from certmask_core.run.experiment import LOCK_FILE, SEAL_FILE, locked_out_dir, read_per_image  # noqa: E402
 from tests.strategies import deadline  # noqa: E402
 
 RUN = ["certify", "--data", "fashion-mnist-subset", "--limit", "12", "--patch", "3", "3", "--k", "1", "2",
@@ -51,17 +52,22 @@ def copy_run(finished, tmp_path):
     """A copy of the finished run's record and per-image results, and the arguments to resume it."""
     done, args = finished
     out = tmp_path / "run"
-    out.mkdir()
-    for name in ("run.json", "per_image.jsonl"):
+    out.mkdir(parents=True)
+    for name in ("run.json", "per_image.jsonl", SEAL_FILE):
         (out / name).write_bytes((done / name).read_bytes())
     return out, args + ["--out", str(out), "--resume"]
 
 
-def edit_records(out, edit):
+def edit_records(out, edit, reseal=True):
+    """Edit the per-image records; ``reseal`` rewrites the seal too, as a forger who knows it would."""
     path = out / "per_image.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records = edit(records) or records
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path.write_text(text)
+    if reseal:
+        seal = {"lines": len(records), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        (out / SEAL_FILE).write_text(json.dumps(seal))
 
 
 def test_an_untouched_run_resumes_to_its_own_results(finished, tmp_path):
@@ -117,6 +123,29 @@ def test_resume_refuses_records_that_do_not_add_up(finished, tmp_path, capsys, e
     assert not (out / "results.json").exists()
 
 
+@pytest.mark.parametrize("edit", [_flip_all, _flip_consistently, lambda rs: rs.reverse()])
+def test_an_edit_without_the_seal_is_refused_whatever_it_changes(finished, tmp_path, capsys, edit):
+    out, resume = copy_run(finished, tmp_path)
+    edit_records(out, edit, reseal=False)
+    assert main(resume) == 2
+    one_error_line(capsys, "differs from what the run wrote", SEAL_FILE)
+
+
+def test_lines_after_the_seal_are_recomputed(finished, tmp_path, capsys, monkeypatch):
+    """A kill between a batch's lines and its seal leaves unsealed lines: they are all recomputed,
+    whatever the random sample draws."""
+    out, resume = copy_run(finished, tmp_path)
+    monkeypatch.setattr(experiment, "_RESUME_SPOT_CHECKS", 0)
+    edit_records(out, _flip_consistently, reseal=False)
+    (out / SEAL_FILE).write_text(json.dumps({"lines": 0, "sha256": hashlib.sha256(b"").hexdigest()}))
+    assert main(resume) == 2
+    one_error_line(capsys, "differs from its recomputation")
+    out2, resume2 = copy_run(finished, tmp_path / "again")
+    (out2 / SEAL_FILE).write_text(json.dumps({"lines": 3, "sha256": hashlib.sha256(b"".join(
+        line + b"\n" for line in (out2 / "per_image.jsonl").read_bytes().split(b"\n")[:3])).hexdigest()}))
+    assert main(resume2) == 0
+
+
 def test_sizes_certified_must_be_monotone(finished, tmp_path, capsys):
     def certify_only_the_largest(records):
         for r in records:
@@ -161,7 +190,7 @@ def test_run_json_is_replaced_whole(finished, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         experiment.write_json_atomically(out / "run.json", {"new": 1})
     assert (out / "run.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["per_image.jsonl", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["per_image.jsonl", SEAL_FILE, "run.json"]
 
 
 def test_a_previous_run_needs_resume_or_overwrite(finished, tmp_path, capsys):
@@ -403,3 +432,10 @@ def test_review_findings_end_in_one_named_error(argv, message, tmp_path, capsys)
     """Found by an independent review: each ended in a traceback."""
     assert main(argv + ["--out", str(tmp_path / "out")]) == 2
     one_error_line(capsys, message)
+
+
+def test_a_bad_tolerance_is_refused_before_the_folder_is_touched(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(RUN + ["--margin-tolerance", "nan", "--out", str(out)]) == 2
+    one_error_line(capsys, "margin_tolerance must be a finite number >= 0")
+    assert not out.exists()

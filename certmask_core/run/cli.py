@@ -482,7 +482,6 @@ def cmd_train(args) -> int:
     config = {"epochs": args.epochs, "batch_size": args.train_batch_size, "lr": args.lr,
               "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing, "hflip": args.hflip,
               "seed": args.seed, "augmentation": args.augment, "augmentation_options": options}
-    out.mkdir(parents=True, exist_ok=True)
     record = backend.train(model, images, labels, config, masksets=masksets or None,
                            eval_images=eval_images, eval_labels=eval_labels,
                            eval_maskset=masksets[0] if masksets else None, checkpoint_dir=checkpoints,

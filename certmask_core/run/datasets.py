@@ -29,6 +29,7 @@ import os
 import pickle
 import pickletools
 import stat
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -612,7 +613,9 @@ def _open_image(path: Path):
     from PIL import Image
     Image.init()  # registers the plugins, so that a Pillow built without one is not asked for it
     formats = [name for name in _PIL_FORMATS if name in Image.OPEN]
-    with open_regular_file(path, "image") as f, _decoding(path, "an image"):
+    with open_regular_file(path, "image") as f, _decoding(path, "an image"), warnings.catch_warnings():
+        # Pillow only warns between its bomb limit and twice that; a warning is not one error line
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(f, formats=formats) as image:
             yield image
 

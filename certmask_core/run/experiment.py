@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -82,6 +84,9 @@ class RunConfig:
                                 f"{RECOVERY_CERTIFICATES}")
         if self.mask_size is not None:
             self.masks_per_axis = None
+        tolerance = self.margin_tolerance  # checked here too, so a bad one fails before --out is touched
+        if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < math.inf):
+            raise CertMaskError(f"margin_tolerance must be a finite number >= 0, got {tolerance!r}")
         self.patches = check_patches(self.patches)
         if self.patches > 1 and "paper" in self.modes:
             raise CertMaskError("mode 'paper' is defined for one patch only")
@@ -281,6 +286,37 @@ def read_per_image(path) -> dict[int, dict]:
     return records
 
 
+SEAL_FILE = "per_image.sha256"
+"""Beside ``per_image.jsonl``: how many of its lines the run wrote and their SHA-256, renewed after each
+batch. An edited or reordered line changes the digest (anyone can recompute it: it detects edits, the
+spot check below detects a forger who also rewrites it)."""
+
+
+def _write_seal(per_image_path: Path, digest, lines: int) -> None:
+    write_json_atomically(Path(per_image_path).with_name(SEAL_FILE), {"lines": lines,
+                                                                      "sha256": digest.hexdigest()})
+
+
+def _unsealed_ids(per_image_path: Path) -> tuple[list[int], object, int]:
+    """``(ids after the sealed lines, the digest of the whole file, its line count)``; CertMaskError when
+    the sealed lines were changed or the seal is missing or unreadable. Lines after the sealed ones (a
+    kill between a batch's write and its seal: one batch at most) are unproven and get recomputed."""
+    path = Path(per_image_path)
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")[:-1]
+    seal_path = path.with_name(SEAL_FILE)
+    if not seal_path.is_file():
+        raise CertMaskError(f"--resume: {str(path)!r} has no {SEAL_FILE} beside it, so its records cannot be "
+                            f"told from edited ones; rerun with --overwrite")
+    seal = read_json_file(seal_path, "the per-image seal")
+    sealed = seal.get("lines") if isinstance(seal, dict) else None
+    if type(sealed) is not int or not 0 <= sealed <= len(lines) or seal.get("sha256") != hashlib.sha256(
+            b"".join(line + b"\n" for line in lines[:sealed])).hexdigest():
+        raise CertMaskError(f"--resume: {str(path)!r} differs from what the run wrote ({SEAL_FILE}): its "
+                            f"records were edited; rerun with --overwrite")
+    return [json.loads(line)["id"] for line in lines[sealed:]], hashlib.sha256(raw), len(lines)
+
+
 _BOOL_FIELDS = ("certified", "claim_holds", "below_margin")
 _RESUME_SPOT_CHECKS = 16
 """Resumed records recomputed and compared before a resume is trusted (a forged record is refused)."""
@@ -305,7 +341,7 @@ def check_records(records: dict[int, dict], labels: np.ndarray, names, config: R
     for index, record in records.items():
         def refuse(what: str, index=index):
             raise CertMaskError(f"per-image record of image {index} {what}: the results were edited or "
-                                f"written for other data or settings; rerun without --resume")
+                                f"written for other data or settings; rerun with --overwrite")
 
         if not isinstance(record, dict):
             refuse("is not an object")
@@ -362,11 +398,14 @@ def check_records(records: dict[int, dict], labels: np.ndarray, names, config: R
                     refuse(f"run {key} certifies a patch size but not a smaller one inside it")
 
 
-def _spot_check(backend, model, images, labels, done: dict, config: RunConfig, masksets: dict, names) -> None:
-    """Recompute a random sample of resumed records: a record that differs from its recomputation
-    (certificates do not depend on batch make-up) was not written by this run and is refused."""
-    sample = np.sort(np.random.default_rng().choice(sorted(done), min(_RESUME_SPOT_CHECKS, len(done)),
-                                                    replace=False))
+def _spot_check(backend, model, images, labels, done: dict, config: RunConfig, masksets: dict, names,
+                unsealed=()) -> None:
+    """Recompute the ``unsealed`` records and a random sample of the others: a record that differs from
+    its recomputation (certificates do not depend on batch make-up) was not written by this run and is
+    refused."""
+    sealed = sorted(set(done) - set(unsealed))
+    drawn = np.random.default_rng().choice(sealed, min(_RESUME_SPOT_CHECKS, len(sealed)), replace=False)
+    sample = np.unique(np.concatenate([np.asarray(list(unsealed), np.int64), drawn.astype(np.int64)]))
     part = _certify_shard(backend, model, images, labels, sample, config, masksets, show_progress=False)
     for fresh in per_image_records(sample, labels, part.undefended, part.reports, names, part.sizes):
         stored = done[fresh["id"]]
@@ -383,7 +422,7 @@ def _spot_check(backend, model, images, labels, done: dict, config: RunConfig, m
             raise CertMaskError(f"--resume: the per-image record of image {fresh['id']} differs from its "
                                 f"recomputation ({json.dumps(stored)[:200]} ... recomputed "
                                 f"{json.dumps(fresh)[:200]} ...): the results were edited or written with "
-                                f"another model; rerun without --resume")
+                                f"another model; rerun with --overwrite")
 
 
 def _part_from_records(records: dict[int, dict], config: RunConfig, masksets: dict) -> _Partial:
@@ -511,17 +550,26 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
     if resume and (world > 1 or per_image_path is None):
         raise CertMaskError("resume needs per_image_path and a single process (world = 1)")
     done = read_per_image(per_image_path) if resume else {}
+    digest, sealed = hashlib.sha256(), 0
     if done:
+        unsealed, digest, sealed = _unsealed_ids(per_image_path)
         check_records(done, labels, names, config, masksets, num_classes or MAX_LABEL + 1)
-        _spot_check(backend, model, images, labels, done, config, masksets, names)
+        _spot_check(backend, model, images, labels, done, config, masksets, names, unsealed)
     streaming = per_image_path is not None and world == 1
-    if per_image_path is not None and not resume:
+    if per_image_path is not None and not done:
         Path(per_image_path).write_text("")
+    if streaming:
+        _write_seal(per_image_path, digest, sealed)
     stream = open(per_image_path, "a") if streaming else None  # noqa: SIM115 (closed below)
 
     def write_batch(idx, undefended, reports, sizes):
-        stream.writelines(per_image_lines(idx, labels, undefended, reports, names, sizes))
+        nonlocal sealed
+        text = "".join(per_image_lines(idx, labels, undefended, reports, names, sizes))
+        stream.write(text)
         stream.flush()
+        digest.update(text.encode())
+        sealed += len(idx)
+        _write_seal(per_image_path, digest, sealed)
 
     indices = np.array([i for i in range(rank, len(images), world) if i not in done], np.int64)
     try:
@@ -536,8 +584,10 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
             return None
         part = _merge(parts)
         if per_image_path is not None:
-            Path(per_image_path).write_text("".join(per_image_lines(part.indices, labels, part.undefended,
-                                                                    part.reports, names, part.sizes)))
+            text = "".join(per_image_lines(part.indices, labels, part.undefended, part.reports, names,
+                                           part.sizes))
+            Path(per_image_path).write_text(text)
+            _write_seal(per_image_path, hashlib.sha256(text.encode()), len(part.indices))
     if done:
         seconds = part.seconds
         new = per_image_records(part.indices, labels, part.undefended, part.reports, sizes=part.sizes)
@@ -615,8 +665,8 @@ def results_table(results: dict) -> str:
 
 PER_IMAGE_FILE = "per_image.jsonl"
 LOCK_FILE = ".certmask.lock"
-RUN_FILES = ("results.json", "results.md", "run.json", PER_IMAGE_FILE, "accuracy_vs_k.png", "examples.png",
-             "certified_vs_size.png", LOCK_FILE)
+RUN_FILES = ("results.json", "results.md", "run.json", PER_IMAGE_FILE, SEAL_FILE, "accuracy_vs_k.png",
+             "examples.png", "certified_vs_size.png", LOCK_FILE)
 """What a certify run writes into its output folder (``--overwrite`` removes exactly these)."""
 
 
