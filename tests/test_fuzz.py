@@ -5,8 +5,8 @@ Every call gets what a caller, a file or a command line could hand it: huge and 
 arrays, mismatched shapes, masks outside the image or smaller than the patch. The property is always
 the same: the call EITHER raises :class:`CertMaskError` (the package's one error type) OR returns what
 its twin returns (``coverage_counts_bruteforce``, ``proofs.reference`` or a few lines of plain Python
-below). Any other exception, a crash or a hang (:func:`time_limit`) fails. Where the input is valid by
-the twin's rules the call must succeed: refusing valid input is a bug too.
+below). Any other exception, a crash or a hang (:func:`tests.strategies.deadline`) fails. Where the
+input is valid by the twin's rules the call must succeed: refusing valid input is a bug too.
 
 Default run: the ``fuzz`` profile (about 30 s on 2 CPU cores). Long run: ``pytest -m slow
 tests/test_fuzz.py --hypothesis-show-statistics`` runs each property again under ``fuzz-slow`` with a
@@ -14,12 +14,10 @@ few thousand examples and prints how many each one tried.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import numbers
-import signal
 from collections import Counter
 
 import numpy as np
@@ -57,6 +55,7 @@ from proofs.soundness import covers
 from tests.strategies import (
     any_masksets,
     covering_masksets,
+    deadline,
     hostile_ints,
     hostile_pairs,
     hostile_scalars,
@@ -105,27 +104,11 @@ def _slow_runs_only_when_asked(request):
         pytest.skip("long fuzz run: select it with -m slow")
 
 
-class Hang(Exception):
-    """A call ran past :data:`CALL_LIMIT_S`: a hang is a failure like any other."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float = CALL_LIMIT_S):
-    def alarm(signum, frame):
-        raise Hang(f"the call was still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def attempt(call, *args, **kwargs):
     """``(True, result)``, or ``(False, None)`` when ``call`` raised CertMaskError; anything else fails."""
-    with time_limit():
+    with deadline(CALL_LIMIT_S):
         try:
             return True, call(*args, **kwargs)
         except CertMaskError:
@@ -968,7 +951,7 @@ def run_cli(argv: list[str], capsys, limit: float = CALL_LIMIT_S) -> tuple[int, 
     """
     capsys.readouterr()
     try:
-        with time_limit(limit):
+        with deadline(limit):
             rc = main(argv)
     except SystemExit as exit_:
         assert any(token in argv for token in HELP_TOKENS), f"SystemExit({exit_.code}) for {argv}"
