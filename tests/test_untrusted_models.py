@@ -287,3 +287,85 @@ def test_any_finite_fill_goes_without_a_value_range():
     assert TorchBackend(fill=5, value_range=None).fill.tolist() == [5.0]
     assert TorchBackend(fill=255, value_range=(0, 255)).fill.tolist() == [255.0]
     assert TorchBackend(fill=0, fill_space="normalized", mean=[0.5], std=[0.2]).fill.tolist() == [0.5]
+
+
+# ----------------------------------------------------------------- hand-edited checkpoint values
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory, data):
+    """A two-epoch run's weights and its checkpoint after epoch 1 (an interrupted run)."""
+    folder = tmp_path_factory.mktemp("genuine")
+    whole = tiny()
+    record = run(whole, data, folder)
+    return whole.state_dict(), record, torch.load(folder / "epoch-001.pt", weights_only=True)
+
+
+def _group(state):
+    return state["optimizer"]["param_groups"][0]
+
+
+def _steps_to_nan(state):
+    for entry in state["optimizer"]["state"].values():
+        entry["step"] = torch.tensor(float("nan"))
+
+
+# the reviewer's edits (each a raw traceback or a silently wrong run before), then a few more of the kind
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: _group(s).update(lr="x"), r"optimizer\.param_groups\[0\]\.lr is 'x', not a finite number"),
+    (lambda s: s["schedule"].update(last_epoch=10**9), r"schedule\.last_epoch is 1000000000, not 2 "),
+    (lambda s: s["schedule"].update(total_steps=-5), r"schedule\.total_steps is -5, not 4 "),
+    (lambda s: _group(s).update(betas=[2.0]), r"optimizer\.param_groups\[0\]\.betas is \[2\.0\], not "),
+    (lambda s: s.update(epochs=[{"seconds": 1.0, "loss": "fake"}] * 5),
+     r"epochs is a list of 5 epoch records, not at most 2 "),
+    (lambda s: s.update(epochs=[{"seconds": float("nan")}]),
+     r"epochs\[0\]\.seconds is nan, not a finite number"),
+    (_steps_to_nan, r"optimizer\.state\[0\]\.step is tensor\(nan\), not a whole float tensor scalar in "
+                    r"\[1, 2\]"),
+    (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)),
+     r"generator is a torch\.uint8 tensor of shape \(3,\), not a torch\.uint8 tensor of shape"),
+    (lambda s: s["epochs"][0].update(loss="fake"), r"epochs\[0\]\.loss is 'fake', not a finite number"),
+    (lambda s: s["epochs"][0].update(epoch=2), r"epochs\[0\]\.epoch is 2, not 1 "),
+    (lambda s: _group(s).update(weight_decay=0.1),
+     r"optimizer\.param_groups\[0\]\.weight_decay is 0\.1, not 0\.0005 "),
+    (lambda s: _group(s).update(eps=float("nan")), r"optimizer\.param_groups\[0\]\.eps is nan, not 1e-08 "),
+    (lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(2)),
+     r"optimizer\.state\[0\]\.exp_avg is a torch\.float32 tensor of shape \(2,\), not a finite float tensor "
+     r"of shape \(3, 16\)"),
+    (lambda s: s["optimizer"]["state"][1].update(exp_avg_sq=-torch.ones(3)),
+     r"optimizer\.state\[1\]\.exp_avg_sq is a torch\.float32 tensor of shape \(3,\), not a finite float "
+     r"tensor of shape \(3,\) >= 0"),
+    (lambda s: s.update(torch_rng=s["torch_rng"].float()), r"torch_rng is a torch\.float32 tensor of shape"),
+    (lambda s: s.update(greedy_forward_passes=-1), r"greedy_forward_passes is -1, not an integer >= 0"),
+], ids=["lr_str", "sched_last", "sched_bad", "betas", "epochs_many", "epochs_nan", "step_str", "gen_bad",
+        "loss_str", "epoch_renumbered", "weight_decay", "eps_nan", "exp_avg_shape", "exp_avg_sq_negative",
+        "torch_rng_float", "greedy_passes_negative"])
+def test_a_checkpoint_with_hand_edited_values_is_named_before_training(tmp_path, data, genuine, edit,
+                                                                       message):
+    state = genuine[2]
+    edited = {**state, "optimizer": {"state": {k: dict(v) for k, v in state["optimizer"]["state"].items()},
+                                     "param_groups": [dict(g) for g in state["optimizer"]["param_groups"]]},
+              "schedule": dict(state["schedule"]), "epochs": [dict(e) for e in state["epochs"]]}
+    edit(edited)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(edited, folder / "epoch-001.pt")
+    logged = []
+    with pytest.raises(CertMaskError, match=re.escape(f"cannot resume from '{folder / 'epoch-001.pt'}': ")
+                       + message) as caught:
+        train(tiny(), *data, CONFIG, checkpoint_dir=folder, resume=True, show_progress=False,
+              log=logged.append)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).endswith("delete it or train into a new folder")
+    assert not logged and sorted(p.name for p in folder.iterdir()) == ["epoch-001.pt"]  # nothing trained
+
+
+def test_a_genuine_interrupted_checkpoint_still_resumes_to_identical_weights(tmp_path, data, genuine):
+    weights, record, state = genuine
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(state, folder / "epoch-001.pt")
+    resumed = tiny()
+    torch.manual_seed(99)  # a fresh process: other random state
+    again = run(resumed, data, folder, resume=True)
+    for key, value in weights.items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [e["loss"] for e in again["epochs"]] == [e["loss"] for e in record["epochs"]]

@@ -20,8 +20,10 @@ True
 """
 from __future__ import annotations
 
+import math
 import platform
 import re
+import reprlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -341,6 +343,130 @@ def _read_checkpoint(path: Path) -> dict:
     return state
 
 
+# entries of the optimiser and schedule state that move as training goes (checked on their own below);
+# every other entry follows from the config and torch's defaults, so a genuine checkpoint equals the fresh one
+_PROGRESS = frozenset({"state", "lr", "betas", "last_epoch", "_step_count", "_last_lr"})
+# what an epoch record holds besides "epoch": loss and timings, and the optional evaluation
+_EPOCH_NUMBERS = ("loss", "seconds", "step_seconds",
+                  "clean_accuracy", "single_mask_accuracy", "all_masks_right")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _kind(value):
+    """The type to compare; int and float are one kind (``lr=1`` and ``lr=1.0`` are one config)."""
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
+
+
+def _shown(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return repr(value) if value.numel() == 1 else f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return reprlib.repr(value)
+
+
+def _check_checkpoint(state: dict, opt, sched, config: TrainConfig, steps_per_epoch: int, path: Path) -> None:
+    """CertMaskError naming ``path`` and the field unless ``state`` holds what this run would have written
+    after ``len(state["epochs"])`` epochs.
+
+    ``load_state_dict`` copies the optimiser's and schedule's values unchecked, so a mistyped value
+    (an lr of ``'x'``, a schedule stepped past its end) would fail only as a raw error inside the first
+    training step, and a forged epoch list would end training early with a made-up record. ``opt`` and
+    ``sched`` are the freshly built ones, not yet loaded.
+    """
+    def refuse(field, got, wanted):
+        raise CertMaskError(f"cannot resume from {str(path)!r}: {field} is {got}, not {wanted} as this run "
+                            f"would write it; delete it or train into a new folder")
+
+    def compare(field, value, fresh):
+        """Same structure, keys and kinds as ``fresh``, equal values outside the moving entries."""
+        if _kind(value) != _kind(fresh):
+            kind = _kind(fresh)
+            refuse(field, _shown(value), f"a {kind if kind == 'number' else kind.__name__}")
+        if isinstance(fresh, dict):
+            if value.keys() != fresh.keys():
+                refuse(field, f"a dict of {sorted(map(str, value))}", f"one of {sorted(map(str, fresh))}")
+            for key in fresh.keys() - _PROGRESS:
+                compare(f"{field}.{key}", value[key], fresh[key])
+        elif isinstance(fresh, (list, tuple)):
+            if len(value) != len(fresh):
+                refuse(field, _shown(value), f"{len(fresh)} entries")
+            for i, (v, f) in enumerate(zip(value, fresh)):
+                compare(f"{field}[{i}]", v, f)
+        elif value != fresh:  # also refuses nan
+            refuse(field, _shown(value), _shown(fresh))
+
+    epochs = state["epochs"]
+    if len(epochs) > config.epochs:
+        refuse("epochs", f"a list of {len(epochs)} epoch records", f"at most {config.epochs} (config epochs)")
+    for i, entry in enumerate(epochs):
+        required = ("epoch", *_EPOCH_NUMBERS[:3])
+        for key in [*entry, *(k for k in required if k not in entry)]:  # missing ones last
+            value = entry.get(key)
+            if key == "epoch" and not (type(value) is int and value == i + 1):
+                wanted = str(i + 1)
+            elif key != "epoch" and not (key in entry and _finite(value) and value >= 0):
+                wanted = "a finite number >= 0" if key in _EPOCH_NUMBERS else "absent"
+            else:
+                continue
+            refuse(f"epochs[{i}].{key}", _shown(value) if key in entry else "missing", wanted)
+    done = len(epochs) * steps_per_epoch  # optimiser and schedule steps taken so far
+
+    schedule, fresh = state["schedule"], sched.state_dict()
+    # total_steps, phases, base_lrs: from the config and the number of images (steps per epoch)
+    compare("schedule", schedule, fresh)
+    if type(schedule["last_epoch"]) is not int or schedule["last_epoch"] != done:
+        refuse("schedule.last_epoch", _shown(schedule["last_epoch"]),
+               f"{done} ({len(epochs)} recorded epoch(s) x {steps_per_epoch} steps)")
+    if type(schedule["_step_count"]) is not int or schedule["_step_count"] != done + 1:
+        refuse("schedule._step_count", _shown(schedule["_step_count"]), str(done + 1))
+    last_lr = schedule["_last_lr"]
+    if not (isinstance(last_lr, list) and len(last_lr) == len(fresh["_last_lr"])
+            and all(map(_finite, last_lr))):
+        refuse("schedule._last_lr", _shown(last_lr), f"a list of {len(fresh['_last_lr'])} finite numbers")
+
+    optimizer, fresh = state["optimizer"], opt.state_dict()
+    compare("optimizer", optimizer, fresh)  # eps, weight_decay, amsgrad, max_lr, ..., params
+    for i, (group, fresh_group) in enumerate(zip(optimizer["param_groups"], fresh["param_groups"])):
+        if not (_finite(group["lr"]) and group["lr"] >= 0):  # set by the schedule each step
+            refuse(f"optimizer.param_groups[{i}].lr", _shown(group["lr"]), "a finite number >= 0")
+        betas, beta2 = group["betas"], fresh_group["betas"][1]  # beta1 is the momentum the schedule cycles
+        if not (isinstance(betas, tuple) and len(betas) == 2 and _finite(betas[0]) and 0 <= betas[0] < 1
+                and _finite(betas[1]) and betas[1] == beta2):
+            refuse(f"optimizer.param_groups[{i}].betas", _shown(betas), f"(a momentum in [0, 1), {beta2})")
+    params = [p for group in opt.param_groups for p in group["params"]]
+    moments = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if opt.defaults.get("amsgrad") else ())
+    if not isinstance(optimizer["state"], dict):
+        refuse("optimizer.state", _shown(optimizer["state"]), "a dict")
+    for index, entry in optimizer["state"].items():  # a parameter that never had a gradient has none
+        field = f"optimizer.state[{index!r}]"
+        if type(index) is not int or not 0 <= index < len(params):
+            refuse(field, "present", f"absent (the model has {len(params)} parameters)")
+        if not isinstance(entry, dict) or entry.keys() != {"step", *moments}:
+            refuse(field, _shown(entry), f"a dict of step, {', '.join(moments)}")
+        step = entry["step"]
+        if not (isinstance(step, torch.Tensor) and step.ndim == 0 and step.is_floating_point()
+                and torch.isfinite(step) and step == step.round() and 1 <= step <= done):
+            refuse(f"{field}.step", _shown(step), f"a whole float tensor scalar in [1, {done}]")
+        for name in moments:  # a nan or a negative second moment would poison the weights at once
+            value, shape = entry[name], tuple(params[index].shape)
+            if not (isinstance(value, torch.Tensor) and tuple(value.shape) == shape
+                    and value.is_floating_point() and torch.isfinite(value).all()
+                    and (name == "exp_avg" or (value >= 0).all())):
+                refuse(f"{field}.{name}", _shown(value), f"a finite float tensor of shape {shape}"
+                       + ("" if name == "exp_avg" else " >= 0"))
+
+    # torch only checks the length of a random state, and only when set: check both before anything loads
+    for key, fresh in (("generator", torch.Generator().get_state()), ("torch_rng", torch.get_rng_state())):
+        if state[key].dtype != torch.uint8 or state[key].shape != fresh.shape:
+            refuse(key, _shown(state[key]), f"a torch.uint8 tensor of shape {tuple(fresh.shape)}")
+    passes = state.get("greedy_forward_passes", 0)
+    if type(passes) is not int or passes < 0:
+        refuse("greedy_forward_passes", _shown(passes), "an integer >= 0")
+    # the model's state is left to load_state_dict: buffers may rightly hold -inf (attention masks)
+
+
 def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masksets=None,
           backend: TorchBackend | None = None, eval_images=None, eval_labels=None,
           eval_maskset: MaskSet | None = None, checkpoint_dir=None, resume: bool = False,
@@ -369,8 +495,10 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
         Continue from the latest checkpoint in ``checkpoint_dir`` (the highest ``epoch-NNN.pt``; other
         names are ignored); the result equals an uninterrupted run with the same config. The checkpoint
         is read as data (``torch.load(weights_only=True)``, so it cannot run code); one that cannot be
-        read, lacks what :func:`train` writes, was written under another config or does not fit the
-        model is refused with a :class:`CertMaskError` naming it.
+        read, lacks what :func:`train` writes, holds values this run would not have written (a mistyped
+        learning rate, a schedule or epoch list that disagrees with the config), was written under
+        another config or does not fit the model is refused with a :class:`CertMaskError` naming it
+        and the field.
 
     Returns
     -------
@@ -418,11 +546,14 @@ def train(model: nn.Module, images, labels, config: TrainConfig | dict, *, masks
                 raise CertMaskError(f"{str(latest)!r} was written with config {state['config']}, not "
                                     f"{asdict(config)}; resume with the same settings or a new folder")
             try:
-                model.load_state_dict(state["model"])
+                model.load_state_dict(state["model"])  # first, so that another architecture is named so
+                _check_checkpoint(state, opt, sched, config, steps_per_epoch, latest)
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["schedule"])
                 generator.set_state(state["generator"])
                 torch.set_rng_state(state["torch_rng"])
+            except CertMaskError:
+                raise
             except Exception as err:  # another architecture, or states of the wrong size
                 raise CertMaskError(f"cannot resume from {str(latest)!r}: its state does not fit this model "
                                     f"and config: {err}") from err
