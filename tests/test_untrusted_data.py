@@ -705,3 +705,55 @@ def test_an_image_past_pillows_warning_limit_is_one_named_error(tmp_path, monkey
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "folder" / "0" / "a.png")  # 16 pixels
     with pytest.raises(CertMaskError, match="DecompressionBombWarning"):
         load_image_folder(tmp_path / "folder")
+
+
+def _op_global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _shared_levels(levels, opener, closer):
+    """A container at every level holding the previous level twice, shared through the memo: the file
+    grows by a few bytes a level, its repr (or hash) doubles."""
+    out = opener + b"r\x00\x00\x00\x00" + b"0"  # level 0, LONG_BINPUT 0, POP
+    for i in range(levels):
+        out += b"(" + (b"j" + struct.pack("<I", i)) * 2 + closer + b"r" + struct.pack("<I", i + 1) + b"0"
+    return out + b"j" + struct.pack("<I", levels)  # LONG_BINGET the top level
+
+
+_DTYPE_U1 = _op_global("numpy", "dtype") + b"(X\x02\x00\x00\x00u1\x89\x88tR"  # dtype('u1', False, True)
+_HUGE = b"\x8b" + struct.pack("<I", 20000) + b"\xff" * 19999 + b"\x7f"  # LONG4: a 160,000-bit int
+
+
+@pytest.mark.parametrize("body", [
+    # a shared list DAG as _reconstruct's first argument: its repr (for the message) is 2**40 long
+    _op_global("numpy.core.multiarray", "_reconstruct") + _shared_levels(40, b"]", b"l") + b"(K\x00tN\x87R.",
+    # a shared tuple DAG as a dict key: hashing it takes 2**40 steps
+    b"}(" + _shared_levels(40, b")", b"t") + b"K\x01u.",
+    # ... or inside a frozenset label (sets are not CIFAR's)
+    b"}(C\x04data]C\x06labels(" + _shared_levels(40, b")", b"t") + b"\x91u.",
+    # _frombuffer(400000000, ...): bytes(n) makes n zero bytes from a 100-byte file
+    _op_global("numpy.core.numeric", "_frombuffer") + b"(J\x00\x84\xd7\x17" + _DTYPE_U1
+    + b"(J\x00\x84\xd7\x17tX\x01\x00\x00\x00CtR.",
+    # a shape of 400 shared 160,000-bit integers: their product alone took seconds
+    _op_global("numpy.core.numeric", "_frombuffer") + b"(C\x00" + _DTYPE_U1 + b"(" + _HUGE
+    + b"r\x00\x00\x00\x00" + b"j\x00\x00\x00\x00" * 399 + b"tX\x01\x00\x00\x00CtR.",
+    # a pixel of 2**127 - 1 in a list row: numpy's int64 conversion raised OverflowError
+    b"}(C\x04data]](\x8a\x10" + b"\xff" * 15 + b"\x7f" + b"K\x00" * 3071 + b"eaC\x06labels]K\x00au.",
+], ids=["repr", "hash", "set", "frombuffer", "shape", "pixel"])
+def test_cifar_batches_built_to_amplify_are_refused_at_once(tmp_path, body):
+    """Found by a second independent review: each made a file of a few hundred bytes cost gigabytes,
+    hours or a traceback."""
+    (tmp_path / "test_batch").write_bytes(b"\x80\x02" + body)
+    with deadline(10), pytest.raises(CertMaskError) as caught:
+        load_cifar(tmp_path)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_a_stated_byte_order_is_read_as_numpy_reads_it(tmp_path):
+    raw = pickle.dumps({b"data": np.arange(3072, dtype=">u2").reshape(1, 3072) % 256, b"labels": [3]},
+                       protocol=2)
+    for state_order in (b"=", b"|", b">", b"<"):
+        patched = raw.replace(b"X\x01\x00\x00\x00>", b"X\x01\x00\x00\x00" + state_order, 1)
+        (tmp_path / "test_batch").write_bytes(patched)
+        want = pickle.loads(patched, encoding="bytes")[b"data"].astype(np.float32) / 65535
+        np.testing.assert_array_equal(load_cifar(tmp_path)[0].reshape(1, 3072), want)

@@ -65,6 +65,13 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
+def _brief(value) -> str:
+    """What ``value`` is, for a message, without its repr: a hostile file can make a repr gigabytes
+    long (containers shared through a pickle's memo) or unprintable (an int of 5,000 digits)."""
+    size = f" of {len(value)}" if isinstance(value, (list, tuple, dict, set, frozenset, bytes, str)) else ""
+    return f"{type(value).__name__}{size}"
+
+
 @contextlib.contextmanager
 def _decoding(path: Path, what: str):
     """Turn any failure of a decoder on hostile bytes into a one-line error naming the file.
@@ -241,7 +248,7 @@ def _check_labels(labels, n: int, where: str) -> np.ndarray:
         odd = next((v for v in labels if isinstance(v, (bool, np.bool_))
                     or not isinstance(v, (int, np.integer))), None)
         if odd is not None or len(labels) != n:
-            shown = f"a {type(odd).__name__} ({odd!r:.40})" if odd is not None else f"{len(labels)} values"
+            shown = f"a {_brief(odd)}" if odd is not None else f"{len(labels)} values"
             raise CertMaskError(f"{where}: labels must be {n} integers, got a list holding {shown}")
         values = [int(v) for v in labels]
         low, high = (min(values), max(values)) if values else (0, 0)
@@ -743,13 +750,14 @@ def _numeric_dtype(pickled) -> np.dtype:
     spec = spec.decode("latin1") if isinstance(spec, bytes) else spec  # a Python 2 str
     if (not isinstance(spec, str) or len(flags) > 2
             or not all(type(flag) in (bool, int) and flag in (0, 1) for flag in flags)):
-        raise pickle.UnpicklingError(f"dtype{pickled.args!r:.60}: numpy's pickles pass (name, False, True)")
+        raise pickle.UnpicklingError(f"dtype of {_brief(pickled.args)} arguments: numpy's pickles pass "
+                                     "(name, False, True)")
     try:
         dtype = np.dtype(spec)
     except TypeError as err:
-        raise pickle.UnpicklingError(f"dtype {spec!r:.40}: {err}") from None
+        raise pickle.UnpicklingError(f"dtype {spec[:40]!r}: {err}"[:200]) from None
     if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise pickle.UnpicklingError(f"dtype {spec!r:.40}: only plain numeric dtypes are admitted")
+        raise pickle.UnpicklingError(f"dtype {spec[:40]!r}: only plain numeric dtypes are admitted")
     state = pickled.state
     if isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], bytes):
         state = (state[0], state[1].decode("latin1"), *state[2:])  # a Python 2 str
@@ -757,16 +765,18 @@ def _numeric_dtype(pickled) -> np.dtype:
         # numpy writes (3, byte order, None, None, None, -1, -1, 0) for a plain dtype; nothing else
         if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3 or state[1] not in "<>|="
                 or state[2:] != (None, None, None, -1, -1, 0)):
-            raise pickle.UnpicklingError(f"dtype state {state!r:.80} is not a plain dtype's")
-        if state[1] in "<>":
-            dtype = dtype.newbyteorder(state[1])
+            raise pickle.UnpicklingError(f"dtype state ({_brief(state)}) is not a plain dtype's")
+        # as numpy reads it: the state's byte order wins over the name's, "=" and "|" mean native
+        dtype = dtype.newbyteorder(state[1] if state[1] in "<>" else "=")
     return dtype
 
 
 def _array(raw, dtype: np.dtype, shape, fortran: bool) -> np.ndarray:
-    if (not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape)
+    # dimensions as numpy allows them (at most 64, each below 2**63): the product stays cheap to form
+    if (not isinstance(shape, tuple) or len(shape) > 64
+            or not all(type(n) is int and 0 <= n < 2**63 for n in shape)
             or not isinstance(raw, (bytes, bytearray))):
-        raise pickle.UnpicklingError(f"array of shape {shape!r:.40} from {type(raw).__name__}")
+        raise pickle.UnpicklingError(f"array of shape ({_brief(shape)}) from {_brief(raw)}")
     if math.prod(shape) * dtype.itemsize != len(raw):
         raise pickle.UnpicklingError(f"array of shape {shape} and dtype {dtype} from {len(raw)} bytes")
     return np.frombuffer(bytes(raw), dtype).reshape(shape, order="F" if fortran else "C")
@@ -776,20 +786,23 @@ def _array_of(pickled: _Pickled) -> np.ndarray:
     """The array a ``_reconstruct`` placeholder and its BUILD state describe, checked."""
     state = pickled.state
     if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1 or type(state[3]) is not bool:
-        raise pickle.UnpicklingError(f"array state {state!r:.80} is not a numeric array's")
+        raise pickle.UnpicklingError(f"array state ({_brief(state)}) is not a numeric array's")
     return _array(state[4], _numeric_dtype(state[2]), state[1], state[3])
 
 
 def _reconstruct(subtype, shape, dtype) -> _Pickled:
     # numpy pickles make an empty array here and fill it from the state that follows (see _array_of)
     if subtype is not _NDARRAY or shape != (0,):
-        raise pickle.UnpicklingError(f"_reconstruct({subtype!r:.40}, {shape!r:.40}): numpy's pickles pass "
-                                     "(ndarray, (0,))")
+        raise pickle.UnpicklingError(f"_reconstruct({_brief(subtype)}, {_brief(shape)}): numpy's pickles "
+                                     "pass (ndarray, (0,))")
     return _Pickled("array", ())
 
 
 def _frombuffer(buf, dtype, shape, order, axis_order=None) -> np.ndarray:
-    # what numpy's own _frombuffer does (pickle protocol 5), for plain dtypes only
+    # what numpy's own _frombuffer does (pickle protocol 5), for plain dtypes only; bytes(n) of an int
+    # would make n zero bytes, so only bytes the file holds are admitted
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)):
+        raise pickle.UnpicklingError(f"_frombuffer of a {_brief(buf)}: numpy's pickles pass the bytes")
     array = _array(bytes(buf), _numeric_dtype(dtype), shape, order == "F")
     if order == "K" and axis_order is not None:
         return array.transpose(axis_order)
@@ -817,13 +830,18 @@ def _materialised(value, where: str, depth: int = 0, done: dict | None = None):
             raise CertMaskError(f"{where}: a bare numpy dtype where data belong")
         out = _array_of(value)
     elif isinstance(value, dict):
-        if not all(isinstance(key, (bytes, str, int)) for key in value):
-            raise CertMaskError(f"{where}: dict keys must be bytes, str or int")
+        if not all(isinstance(key, (bytes, str)) or type(key) is int and -2**63 <= key < 2**63
+                   for key in value):
+            raise CertMaskError(f"{where}: dict keys must be bytes, str or 64-bit int")
         out = {key: _materialised(item, where, depth + 1, done) for key, item in value.items()}
     elif isinstance(value, (list, tuple)):
         out = type(value)(_materialised(item, where, depth + 1, done) for item in value)
-    else:
+    elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+        raise CertMaskError(f"{where}: an integer beyond 64 bits")
+    elif isinstance(value, (bytes, str, int, float, type(None), np.ndarray, np.generic)):
         return value
+    else:  # sets, bytearrays, the admitted functions themselves: nothing a CIFAR batch holds
+        raise CertMaskError(f"{where}: a {_brief(value)} where a CIFAR batch holds data")
     done[id(value)] = out
     return out
 
@@ -831,7 +849,7 @@ def _materialised(value, where: str, depth: int = 0, done: dict | None = None):
 def _latin1(text, encoding="latin1") -> bytes:
     # pickle protocols 0-2 store bytes as codecs.encode(text, "latin1"); no other codec is looked up
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r:.40}: only latin1 text is admitted")
+        raise pickle.UnpicklingError(f"_codecs.encode with {_brief(encoding)}: only latin1 text is admitted")
     return text.encode("latin1")
 
 
@@ -883,16 +901,59 @@ _CIFAR_GLOBALS = {key: _Admitted(".".join(key), call) for key, call in _CIFAR_GL
 _NDARRAY = _CIFAR_GLOBALS[("numpy", "ndarray")]
 
 
-class _CifarUnpickler(pickle.Unpickler):
+def _plain_key(key) -> bool:
+    return isinstance(key, (bytes, str)) or type(key) is int and -2**63 <= key < 2**63
+
+
+class _CifarUnpickler(pickle._Unpickler):
     """Admits only what a CIFAR python batch holds: containers, str, bytes, numbers and numpy arrays.
 
     Every global a pickle names goes through :meth:`find_class`; the admitted ones are replaced by
-    functions that build arrays and dtypes (never object dtypes) and nothing else.
+    functions that build arrays and dtypes (never object dtypes) and nothing else. It is the
+    pure-Python unpickler, so that the opcodes which hash what they are given can refuse it first:
+    a tuple shared through the memo at every level hashes in time exponential in the file's length,
+    so dict keys must be bytes, str or 64-bit ints and sets (which CIFAR never holds) are refused.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, where: str):
         super().__init__(file, encoding="bytes")  # Python 2 str (the original batches) as bytes
         self.where = where
+
+    def _refuse(self, what: str):
+        raise CertMaskError(f"{self.where}: {what}; a CIFAR batch holds dicts of bytes or str keys, lists "
+                            "and arrays")
+
+    def _keys(self, keys) -> None:
+        if not all(map(_plain_key, keys)):
+            self._refuse("a dict key that is not bytes, str or a 64-bit int")
+
+    def load_setitem(self):
+        self._keys([self.stack[-2]])
+        super().load_setitem()
+
+    def load_setitems(self):
+        items = self.pop_mark()
+        self._keys(items[::2])
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def load_dict(self):
+        items = self.pop_mark()
+        self._keys(items[::2])
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+
+    def load_set(self):
+        self._refuse("a set")
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_opcode[0]] = load_set
+    del _opcode
 
     def find_class(self, module, name):
         admitted = _CIFAR_GLOBALS.get((module, name))
@@ -959,7 +1020,7 @@ def _cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
         raise CertMaskError(f"{where} holds a {type(batch).__name__}, not a dict of data and labels")
     data, labels = batch.get(b"data"), batch.get(b"labels", batch.get(b"fine_labels"))
     if data is None or labels is None:
-        keys = sorted(repr(key)[:40] for key in batch)[:10]
+        keys = sorted(repr(key)[:40] for key in list(batch)[:10])  # keys are bytes, str or int64
         raise CertMaskError(f"{where} holds keys {keys}; a CIFAR batch needs b'data' and b'labels' "
                             "(CIFAR-10) or b'fine_labels' (CIFAR-100)")
     if isinstance(data, list) and len(data) * _CIFAR_PIXELS > size:
