@@ -439,3 +439,30 @@ def test_a_bad_tolerance_is_refused_before_the_folder_is_touched(tmp_path, capsy
     assert main(RUN + ["--margin-tolerance", "nan", "--out", str(out)]) == 2
     one_error_line(capsys, "margin_tolerance must be a finite number >= 0")
     assert not out.exists()
+
+
+HOSTILE_VALUES = st.sampled_from([None, "x", "", -1, -2**70, 2**70, 1e308, float("nan"), [], {}, True, False,
+                                  [0, 1], {"a": 1}, "inf", 0.5, 3])
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_any_edited_field_is_refused_or_harmless(finished, data):
+    """Property: check_records on a record with any field (at any depth) replaced by a hostile value
+    raises CertMaskError or accepts it; never another exception."""
+    from certmask_core.run.experiment import RunConfig, check_records, masksets_of
+    done, args = finished
+    records = read_per_image(done / "per_image.jsonl")
+    labels = np.array([records[i]["label"] for i in sorted(records)])
+    config = RunConfig((3, 3), (1, 2), ("replicated",), ("detection", "plurality", "recovery", "paper"),
+                       sizes=[2, 3, 4])
+    index = data.draw(st.sampled_from(sorted(records)))
+    record = json.loads(json.dumps(records[index]))
+    target, key = record, data.draw(st.sampled_from(sorted(record)))
+    while isinstance(target[key], dict) and target[key] and data.draw(st.booleans()):
+        target, key = target[key], data.draw(st.sampled_from(sorted(target[key])))
+    target[key] = data.draw(HOSTILE_VALUES)
+    try:
+        check_records({**records, index: record}, labels, None, config, masksets_of(config, (28, 28)), 10)
+    except experiment.CertMaskError as err:
+        assert "\n" not in str(err)
