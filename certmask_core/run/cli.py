@@ -10,6 +10,7 @@ import re
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +337,7 @@ def _classes_arg(values):
         except (OSError, UnicodeDecodeError) as err:
             raise CertMaskError(f"--classes: cannot read {str(path)!r}: {err}") from None
         values = [line.strip() for line in text.splitlines() if line.strip()]
-    twice = sorted({v for v in values if values.count(v) > 1})
+    twice = sorted(name for name, count in Counter(values).items() if count > 1)
     if twice:
         raise CertMaskError(f"--classes names a class twice: {twice}")
     return list(values)
