@@ -12,7 +12,8 @@ and the offending values, never a traceback, a hang or code execution.
   :data:`MAX_DECODED_BYTES` (8 GiB, counted as the float32 images); ``limit`` (``--limit``) reads the first
   images only: npz and idx files are decompressed no further, image folders decode no more images and
   later CIFAR batches are not read.
-- CIFAR batches are pickles: they are read by an unpickler that admits only containers and numpy arrays.
+- CIFAR batches are pickles: they are read by :func:`.restricted_pickle.load_plain_pickle`, which admits
+  only containers, numbers, bytes and numpy arrays of plain dtypes.
 - Image folders read regular files only (a FIFO would block forever), each real file once, with the
   formats PNG, JPEG, BMP, GIF and WebP, under Pillow's decompression-bomb limit.
 
@@ -779,10 +780,9 @@ def _cifar_batch(path: Path, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar(folder: str | os.PathLike, split: str = "test", *, limit: int | None = None):
     """CIFAR-10 or CIFAR-100 python batches (``data_batch_1..5`` / ``test_batch``, or ``train`` / ``test``).
 
-    The batches are pickles, read by a restricted unpickler: it admits dicts, lists, str, bytes, numbers
-    and numpy arrays of plain dtypes (the globals numpy's pickles name: ``_reconstruct``, ``ndarray``,
-    ``dtype``, ``scalar``, ``_frombuffer``, and ``_codecs.encode`` for latin1 text) and refuses any other
-    global by name, so a crafted batch cannot run code. ``data`` is an ``(N, 3072)`` array (scaled by its
+    The batches are pickles, read by :func:`.restricted_pickle.load_plain_pickle`: it admits dicts,
+    lists, str, bytes, numbers and numpy arrays of plain dtypes and refuses any other global by name,
+    so a crafted batch cannot run code. ``data`` is an ``(N, 3072)`` array (scaled by its
     dtype) or a list of rows of integers 0-255; ``labels`` (or ``fine_labels``) holds N integers.
 
     Parameters
