@@ -433,7 +433,8 @@ def cmd_tune(args) -> int:
                    ks=args.k, strategies=args.strategy, modes=args.mode, shape=args.shape,
                    margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                      else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)),
-                   check_images=data.images[n:n + m] if m else None, check_labels=data.labels[n:n + m],
+                   check_images=data.images[n:n + m] if m else None,
+                   check_labels=data.labels[n:n + m] if m else None,
                    show_progress=None if not args.quiet else False)
     results.update({"data": args.data, "data_source": data.source, "model": args.model,
                     "tuning_images": [0, min(n, len(data.images))],
