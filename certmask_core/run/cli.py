@@ -377,20 +377,15 @@ def _load_checked_model(backend, args, images, classes=None):
     return model, num_classes
 
 
-def _check_labels(labels, num_classes: int) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CertMaskError(f"labels lie in [{labels.min()}, {labels.max()}] but the model has {num_classes} "
-                            f"classes: labels must be in [0, {num_classes})")
-
-
 def cmd_attack(args) -> int:
+    from .experiment import check_labels_in_classes
     if args.steps < 1 or args.stride < 1:
         raise CertMaskError(f"--steps and --stride must be >= 1, got {args.steps} and {args.stride}")
     backend = _backend(args)
     data = _load_data(args)
     images, labels, source = data.images, data.labels, data.source
     model, num_classes = _load_checked_model(backend, args, images, data.classes)
-    _check_labels(labels, num_classes)
+    check_labels_in_classes(labels, num_classes)
     results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
                              args.mode, steps=args.steps, stride=args.stride,
                              masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
@@ -412,6 +407,7 @@ def cmd_attack(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from .experiment import check_labels_in_classes
     from .tune import check_tune_out, tune, tune_table, write_tune
     if args.tune_images < 1 or args.check_images < 0:
         raise CertMaskError(f"--tune-images must be >= 1 and --check-images >= 0, got {args.tune_images} and "
@@ -424,7 +420,7 @@ def cmd_tune(args) -> int:
         raise CertMaskError(f"{args.data!r} holds {len(data.images)} images: none left to check on after "
                             f"--tune-images {args.tune_images}")
     model, num_classes = _load_checked_model(backend, args, data.images, data.classes)
-    _check_labels(data.labels, num_classes)
+    check_labels_in_classes(data.labels, num_classes)
     n, m = args.tune_images, args.check_images
     if len(data.images) < n + m:
         print(f"note: {args.data!r} holds {len(data.images)} images: tuning on {min(n, len(data.images))}, "
@@ -448,7 +444,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .experiment import read_maskset
+    from .experiment import check_labels_in_classes, read_maskset
     backend = _backend(args)
     out = Path(args.out)
     checkpoints = out / "checkpoints"
@@ -464,9 +460,9 @@ def cmd_train(args) -> int:
         evaluation = _load_data(args, spec=eval_name, limit=args.eval_limit)
         eval_images, eval_labels, eval_source = evaluation.images, evaluation.labels, evaluation.source
     model, num_classes = _load_checked_model(backend, args, images, data.classes)
-    _check_labels(labels, num_classes)
+    check_labels_in_classes(labels, num_classes)
     if eval_name is not None:
-        _check_labels(eval_labels, num_classes)
+        check_labels_in_classes(eval_labels, num_classes)
     masksets = []
     if args.masks:
         masksets.append(read_maskset(args.masks))

@@ -494,6 +494,14 @@ def _merge(parts: list[_Partial]) -> _Partial:
     return merged
 
 
+def check_labels_in_classes(labels: np.ndarray, num_classes: int) -> None:
+    """CertMaskError unless ``labels`` are integers in ``[0, num_classes)``: a label the model has no
+    class for would count as an error, not as the input it is."""
+    if len(labels) and (labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= num_classes):
+        raise CertMaskError(f"labels must be integers in [0, {num_classes}) for a model with {num_classes} "
+                            f"classes, found {labels.dtype} in [{labels.min()}, {labels.max()}]")
+
+
 def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, config: RunConfig,
                       rank: int = 0, world: int = 1,
                       gather: Callable[[object], list | None] | None = None,
@@ -543,10 +551,8 @@ def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, co
         raise CertMaskError("a sharded run (world > 1) needs a gather function")
     masksets = masksets_of(config, images.shape[2:])
     labels = np.asarray(labels)
-    if num_classes is not None and (labels.dtype.kind not in "iu" or labels.min() < 0
-                                    or labels.max() >= num_classes):
-        raise CertMaskError(f"labels must be integers in [0, {num_classes}) for a model with {num_classes} "
-                            f"classes, found {labels.dtype} in [{labels.min()}, {labels.max()}]")
+    if num_classes is not None:
+        check_labels_in_classes(labels, num_classes)
     if resume and (world > 1 or per_image_path is None):
         raise CertMaskError("resume needs per_image_path and a single process (world = 1)")
     done = read_per_image(per_image_path) if resume else {}
