@@ -540,3 +540,11 @@ def test_tune_without_check_images(tmp_path, capsys):
                  "--budget", "20", "--k", "1", "--strategy", "patchcleanser", "--no-plots", "--quiet",
                  "--out", str(tmp_path / "tune")]) == 0
     assert json.loads((tmp_path / "tune" / "tune.json").read_text())["check_images"] is None
+
+
+def test_a_class_file_too_large_is_refused_not_cut(tmp_path, capsys):
+    """A class list cut at 1 MiB would have named fewer classes than the file does."""
+    listed = tmp_path / "classes.txt"
+    listed.write_text("".join(f"class{i}\n" for i in range(200_000)))
+    assert main(RUN + ["--classes", str(listed), "--out", str(tmp_path / "run")]) == 2
+    one_error_line(capsys, "is larger than 1048576 bytes")

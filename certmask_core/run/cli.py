@@ -326,15 +326,24 @@ def _load_data(args, split: str = "test", spec: str | None = None, limit: int | 
                      image_size=_image_size(args), layout=args.layout, classes=_classes_arg(args.classes))
 
 
+MAX_CLASSES_FILE_BYTES = 1 << 20
+"""Largest ``--classes`` file read (1 MiB: some 50,000 class names)."""
+
+
 def _classes_arg(values):
     """``--classes``: the names in label order, or one text file of one name per line."""
     if not values:
         return None
     if len(values) == 1 and Path(values[0]).is_file():
+        from .datasets import open_regular_file
         path = Path(values[0])
+        with open_regular_file(path, "--classes file") as f:
+            raw = f.read(MAX_CLASSES_FILE_BYTES + 1)  # a class list is small: never read a large file whole
+        if len(raw) > MAX_CLASSES_FILE_BYTES:
+            raise CertMaskError(f"--classes file {str(path)!r} is larger than {MAX_CLASSES_FILE_BYTES} bytes")
         try:
-            text = path.read_bytes()[:1 << 20].decode("utf-8")  # a class list is small: read at most 1 MiB
-        except (OSError, UnicodeDecodeError) as err:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
             raise CertMaskError(f"--classes: cannot read {str(path)!r}: {err}") from None
         values = [line.strip() for line in text.splitlines() if line.strip()]
     twice = sorted(name for name, count in Counter(values).items() if count > 1)
