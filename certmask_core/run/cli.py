@@ -335,16 +335,8 @@ def _classes_arg(values):
     if not values:
         return None
     if len(values) == 1 and Path(values[0]).is_file():
-        from .datasets import open_regular_file
-        path = Path(values[0])
-        with open_regular_file(path, "--classes file") as f:
-            raw = f.read(MAX_CLASSES_FILE_BYTES + 1)  # a class list is small: never read a large file whole
-        if len(raw) > MAX_CLASSES_FILE_BYTES:
-            raise CertMaskError(f"--classes file {str(path)!r} is larger than {MAX_CLASSES_FILE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise CertMaskError(f"--classes: cannot read {str(path)!r}: {err}") from None
+        from .datasets import read_small_text
+        text = read_small_text(Path(values[0]), "--classes file", MAX_CLASSES_FILE_BYTES)
         values = [line.strip() for line in text.splitlines() if line.strip()]
     twice = sorted(name for name, count in Counter(values).items() if count > 1)
     if twice:

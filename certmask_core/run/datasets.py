@@ -115,6 +115,22 @@ def open_regular_file(path: Path, what: str) -> io.BufferedReader:
     return os.fdopen(fd, "rb")
 
 
+def read_small_text(path: Path, what: str, max_bytes: int) -> str:
+    """The UTF-8 text of a regular file that is small by its nature (a mask set, a class list): one
+    larger than ``max_bytes`` is refused, never read whole nor cut short."""
+    with open_regular_file(path, what) as f:
+        try:
+            raw = f.read(max_bytes + 1)
+        except OSError as err:
+            raise CertMaskError(f"cannot read the {what} {str(path)!r}: {err}") from None
+    if len(raw) > max_bytes:
+        raise CertMaskError(f"{what} {str(path)!r} is larger than {max_bytes} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CertMaskError(f"{what} {str(path)!r} is not UTF-8 text: {err}") from None
+
+
 def _read_upto(f, nbytes: int) -> bytearray:
     """Up to ``nbytes`` from ``f``, read in chunks: a header's claim allocates nothing by itself."""
     data = bytearray()

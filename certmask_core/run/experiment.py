@@ -47,7 +47,7 @@ from .datasets import (  # noqa: F401 (DATA_SPECS, Dataset, load_data, load_data
     Dataset,
     load_data,
     load_dataset,
-    open_regular_file,
+    read_small_text,
 )
 from .progress import progress_bar
 
@@ -114,17 +114,7 @@ MAX_MASKSET_FILE_BYTES = 2**29
 def read_maskset(path_text: str) -> MaskSet:
     """A mask set from a JSON file (``certmask plan --json``); any defect is a CertMaskError."""
     path = Path(path_text)
-    with open_regular_file(path, "mask-set file") as f:
-        try:
-            raw = f.read(MAX_MASKSET_FILE_BYTES + 1)
-        except OSError as err:
-            raise CertMaskError(f"cannot read the mask-set file {str(path)!r}: {err}") from None
-    if len(raw) > MAX_MASKSET_FILE_BYTES:
-        raise CertMaskError(f"mask-set file {str(path)!r} is larger than {MAX_MASKSET_FILE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CertMaskError(f"mask-set file {str(path)!r} is not UTF-8 text: {err}") from None
+    text = read_small_text(path, "mask-set file", MAX_MASKSET_FILE_BYTES)
     try:
         return MaskSet.from_json(text)
     except RecursionError:  # a field nested thousands deep; json.loads itself stops at its own limit
