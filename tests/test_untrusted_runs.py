@@ -546,3 +546,12 @@ def test_a_class_file_too_large_is_refused_not_cut(tmp_path, capsys):
     listed.write_text("".join(f"class{i}\n" for i in range(200_000)))
     assert main(RUN + ["--classes", str(listed), "--out", str(tmp_path / "run")]) == 2
     one_error_line(capsys, "is larger than 1048576 bytes")
+
+
+def test_a_learning_rate_beyond_float32_is_refused(tmp_path, capsys):
+    """Found by the fuzz wall: --lr 1e300 overflowed inside torch's optimiser step (a traceback)."""
+    images, labels, _ = load_bundled_subset()
+    np.savez(tmp_path / "train.npz", images=images[:32], labels=labels[:32])
+    assert main(["train", "--data", str(tmp_path / "train.npz"), "--epochs", "1", "--train-batch-size", "16",
+                 "--patch", "5", "5", "--quiet", "--lr", "1e300", "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "lr must be at most 1e+06, got 1e+300")

@@ -218,6 +218,10 @@ class Cutout:
 
 
 # ---------------------------------------------------------------------------------------- training
+MAX_LR = 1e6
+"""Largest learning rate accepted: far beyond any that trains, and its step sizes stay inside float32."""
+
+
 @dataclass
 class TrainConfig:
     """How to train. Everything that changes the weights is here, so a checkpoint can refuse to resume
@@ -245,6 +249,8 @@ class TrainConfig:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (number and np.isfinite(value) and holds(value)):
                 raise CertMaskError(f"{name} must be a finite number {wanted}, got {value!r}")
+        if self.lr > MAX_LR:  # the optimiser computes in float32: 1e300 overflowed inside its step
+            raise CertMaskError(f"lr must be at most {MAX_LR:g}, got {self.lr!r}")
         if self.augmentation not in AUGMENTATIONS:
             raise CertMaskError(f"unknown augmentation {self.augmentation!r}; choose from {AUGMENTATIONS}")
 
