@@ -1,5 +1,7 @@
 """A certify run killed mid-way resumes (--resume) to exactly the results of an uninterrupted run."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ from certmask_core.run.cli import main  # noqa: E402
 from certmask_core.run.experiment import read_per_image  # noqa: E402
 
 ARGS = ["certify", "--data", "fashion-mnist-subset", "--limit", "600", "--patch", "3", "3", "--k", "1", "2",
-        "--sizes", "2-4", "--mode", "detection", "plurality", "paper", "--no-plots", "--quiet"]
+        "--sizes", "2-4", "--mode", "detection", "plurality", "paper", "--no-plots", "--quiet",
+        "--image-batch", "50"]
 
 
 def comparable(results):
@@ -50,6 +53,34 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
     assert record["resumed_images"] == done and record["fingerprint"]["images"] == 600
     assert record["fingerprint"]["model_sha256"] == json.loads((whole / "run.json").read_text())[
         "fingerprint"]["model_sha256"]
+
+
+def test_a_killed_torchrun_run_resumes_to_the_uninterrupted_results(tmp_path):
+    """Two processes (torchrun) killed mid-way; the same command with --resume, in one process, ends with
+    the records and results of one uninterrupted single-process run."""
+    args = ARGS[:ARGS.index("--limit") + 1] + ["300"] + ARGS[ARGS.index("--limit") + 2:]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(args + ["--out", str(whole)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             "2", "-m", "certmask_core.run.cli", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    shards = [killed / f"per_image.rank-{rank}.jsonl" for rank in (0, 1)]
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if all(shard.is_file() and shard.read_bytes().count(b"\n") >= 50 for shard in shards):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # every process of the run, as a lost machine would
+    proc.wait()
+    done = sum(len(read_per_image(shard)) for shard in shards)
+    assert 100 <= done < 300, f"the kill came too late to test resuming ({done} images done)"
+    assert main(args + ["--out", str(killed), "--resume"]) == 0
+    resumed = json.loads((killed / "results.json").read_text())
+    assert resumed["resumed_images"] >= done - 2 * 50  # unsealed lines (one batch per process) are redone
+    assert comparable(resumed) == comparable(json.loads((whole / "results.json").read_text()))
+    assert read_per_image(killed / "per_image.jsonl") == read_per_image(whole / "per_image.jsonl")
+    assert not list(killed.glob("per_image.rank-*"))
 
 
 def test_resume_refuses_other_settings_and_foreign_folders(tmp_path, capsys):

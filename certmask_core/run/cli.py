@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -33,12 +34,12 @@ def _pair_arg(values, name):
     return (values[0], values[-1])
 
 
-def _size_arg(values, name: str, ndim: int):
+def _size_arg(values, name: str, ndim: int, of: str = "the --image"):
     """One int (every axis) or one int per axis of an ``ndim``-axis input."""
     if values is None:
         return None
     if len(values) not in (1, ndim):
-        raise CertMaskError(f"{name} takes one integer or {ndim} (one per axis of the --image), got {values}")
+        raise CertMaskError(f"{name} takes one integer or {ndim} (one per axis of {of}), got {values}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -46,31 +47,34 @@ MAX_SIZES = 4096
 """Most patch sizes one ``--sizes`` may list (every square up to 4,096 pixels on a side)."""
 
 
-def _sizes_arg(tokens):
-    """``--sizes`` tokens -> (ph, pw) pairs: ``N`` (a square), ``A-B`` (squares A..B), ``HxW``."""
+def _sizes_arg(tokens, ndim: int = 2):
+    """``--sizes`` tokens -> patch sizes of ``ndim`` axes: ``N`` (a square, a cube: N on every axis),
+    ``A-B`` (those of A..B), ``HxW`` (one value per axis, e.g. ``4x3x3`` for clips)."""
     if tokens is None:
         return None
     sizes = []
     for token in (t for text in tokens for t in text.replace(",", " ").split()):
         try:
             if "x" in token:
-                h, w = token.split("x")
-                sizes.append((int(h), int(w)))
+                size = tuple(int(side) for side in token.split("x"))
+                if len(size) != ndim:
+                    raise CertMaskError(f"--sizes: {token!r} has {len(size)} sides; the data have {ndim} axes")
+                sizes.append(size)
             elif "-" in token:
                 low, high = (int(v) for v in token.split("-"))
                 if low > high:
                     raise ValueError
                 sizes.append(range(low, high + 1))  # expanded below, once its length is known
             else:
-                sizes.append((int(token), int(token)))
+                sizes.append((int(token),) * ndim)
         except ValueError:
             raise CertMaskError(f"--sizes: cannot read {token!r}; give N (a square), A-B (squares A to B) "
-                                f"or HxW") from None
+                                f"or HxW (one side per axis)") from None
     count = sum(len(size) if isinstance(size, range) else 1 for size in sizes)
     if count > MAX_SIZES:
         raise CertMaskError(f"--sizes lists {count} patch sizes; at most {MAX_SIZES} in one run")
-    return [pair for size in sizes
-            for pair in ([(side, side) for side in size] if isinstance(size, range) else [size])]
+    return [one for size in sizes
+            for one in ([(side,) * ndim for side in size] if isinstance(size, range) else [size])]
 
 
 DEFAULT_MAX_MASK_FRACTION = 0.10
@@ -214,68 +218,72 @@ def _sha256(*arrays) -> str:
     return digest.hexdigest()
 
 
-def _run_record(args, backend, model, images, labels, source, config, masksets, classes=None) -> dict:
+def _run_record(args, backend, model, run, source: str) -> dict:
     """run.json: what was certified, with what, where; ``fingerprint`` decides whether --resume may
     continue a run."""
     import platform
     from dataclasses import asdict
 
     from .experiment import family_plan
+    config, data = run.config, run.data
     fingerprint = {
         "model": args.model, "weights": args.weights, "model_sha256": backend.model_fingerprint(model),
-        "data": args.data, "data_sha256": _sha256(images, labels), "images": len(images),
-        "classes": classes,
-        "config": json.loads(json.dumps(asdict(config))),
+        "data": args.data, "data_sha256": data.fingerprint(), "images": len(data),
+        "classes": data.classes,
+        # the image batch changes no result (certificates do not depend on batch make-up)
+        "config": json.loads(json.dumps({k: v for k, v in asdict(config).items() if k != "image_batch"})),
         "masks": [{"strategy": s, "k": k, "num_masks": len(base_set(ms)),
                    "sha256": _sha256(base_set(ms).rectangles(), getattr(ms, "members", np.zeros(0)))}
-                  for (s, k), ms in masksets.items()]}
-    H, W = images.shape[2:]
-    threat = PatchThreat((H, W), config.patch)
+                  for (s, k), ms in run.masksets.items()]}
+    threat = PatchThreat(run.spatial, config.patch)
     return {"command": args.command_line, "certmask": __version__, "backend": args.backend,
             "backend_versions": backend.versions(), "python": platform.python_version(),
             "device": args.device, "data_source": source,
             "seed": None,  # certification draws nothing at random: the same inputs give the same results
             "patch": list(config.patch),
-            "patch_percent_of_image": 100.0 * config.patch[0] * config.patch[1] / (H * W),
-            "mask_layouts": [family_plan(ms, threat) for ms in masksets.values()], "fingerprint": fingerprint,
+            "patch_percent_of_image": 100.0 * math.prod(config.patch) / math.prod(run.spatial),
+            "image_batch": run.image_batch,
+            "mask_layouts": [family_plan(ms, threat) for ms in run.masksets.values()], "fingerprint": fingerprint,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def cmd_certify(args) -> int:
     from .experiment import (
         PER_IMAGE_FILE,
+        CertificationRun,
         RunConfig,
         locked_out_dir,
-        masksets_of,
         prepare_out_dir,
         read_json_file,
         results_table,
-        run_certification,
         write_json_atomically,
         write_outputs,
     )
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise CertMaskError("--resume continues the run in --out and --overwrite replaces it: give one")
-    sizes = _sizes_arg(args.sizes)
     backend = _backend(args)
-    data = _load_data(args)
-    images, labels, source = data.images, data.labels, data.source
-    model, num_classes = _load_checked_model(backend, args, images, data.classes)
-    config = RunConfig(tuple(args.patch), args.k,
+    data = _open_data(args)
+    sample = data.read(np.arange(1))
+    model, num_classes = _load_checked_model(backend, args, sample, data.classes)
+    ndim = sample.ndim - 2
+    patch = _size_arg(args.patch, "--patch", ndim, "the data")
+    config = RunConfig(patch if isinstance(patch, tuple) else (patch,) * ndim, args.k,
                        args.strategy if args.strategy is not None else [] if args.masks else ["replicated"],
-                       args.mode, masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
-                       mask_size=_pair_arg(args.mask, "--mask"),
+                       args.mode, masks_per_axis=_size_arg(args.masks_per_axis, "--masks-per-axis", ndim,
+                                                           "the data"),
+                       mask_size=_size_arg(args.mask, "--mask", ndim, "the data"),
                        recovery_certificate=args.recovery_certificate, mask_files=args.masks or (),
-                       patches=args.patches, sizes=sizes,
+                       patches=args.patches, sizes=_sizes_arg(args.sizes, ndim), image_batch=args.image_batch,
                        margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                          else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)))
-    masksets = masksets_of(config, images.shape[2:])
     rank, world, gather, close = (0, 1, None, lambda: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
         rank, world, gather, close = backend.init_distributed()
-    record = _run_record(args, backend, model, images, labels, source, config, masksets, data.classes)
-    # rank 0 alone writes --out; it holds the folder's lock for the whole run
+    run = CertificationRun(backend, model, data, config, num_classes=num_classes, rank=rank, world=world,
+                           gather=gather)
+    record = _run_record(args, backend, model, run, data.source)
+    # rank 0 alone prepares --out and writes its shared files; it holds the folder's lock for the whole run
     with locked_out_dir(out) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             prepare_out_dir(out, resume=args.resume, overwrite=args.overwrite)
@@ -295,10 +303,8 @@ def cmd_certify(args) -> int:
             (out / "results.json").unlink(missing_ok=True)  # it appears only when the run is complete
             write_json_atomically(previous, record)
         start = time.perf_counter()
-        results = run_certification(backend, model, images, labels, config, rank, world, gather,
-                                    show_progress=None if not args.quiet else False,
-                                    per_image_path=out / PER_IMAGE_FILE if rank == 0 else None,
-                                    resume=args.resume, names=data.ids, num_classes=num_classes)
+        results = run.run(out / PER_IMAGE_FILE, resume=args.resume,
+                          show_progress=None if not args.quiet else False)
         close()  # on an error the rank exits instead, and torchrun stops the others
         if results is None:
             return 0
@@ -306,17 +312,26 @@ def cmd_certify(args) -> int:
                        "seconds": round(time.perf_counter() - start, 2),
                        "resumed_images": results["resumed_images"]})
         write_json_atomically(out / "run.json", record)
-        results.update({"data": args.data, "data_source": source, "model": args.model,
+        results.update({"data": args.data, "data_source": data.source, "model": args.model,
                         "device": args.device, "backend": args.backend, "classes": data.classes,
                         "image_names": data.ids})
-        write_outputs(results, out, images, plots=not args.no_plots,
-                      maskset=base_set(next(iter(masksets.values()))))
-    print(f"data: {source}")
+        write_outputs(results, out, data.read(np.arange(min(8, len(data)))), plots=not args.no_plots,
+                      maskset=base_set(next(iter(run.masksets.values()))))
+    print(f"data: {data.source}")
     print(results_table(results), end="")
     print(f"wrote {out}/results.json, results.md, run.json, {PER_IMAGE_FILE}"
-          + ("" if args.no_plots else ", accuracy_vs_k.png, examples.png")
+          + ("" if args.no_plots else ", accuracy_vs_k.png" + (", examples.png" if ndim == 2 else ""))
           + (", certified_vs_size.png" if config.sizes and not args.no_plots else ""))
     return 0
+
+
+def _open_data(args):
+    """The data of ``--data`` as a stream (decoded batch by batch), as the command's options read it."""
+    from .experiment import ArrayData  # TEMPORARY until sources.open_data lands
+    data = _load_data(args)
+    source = ArrayData(data.images, data.labels, data.ids)
+    source.classes, source.source = data.classes, data.source
+    return source
 
 
 def _load_data(args, split: str = "test", spec: str | None = None, limit: int | None = None):
@@ -501,15 +516,16 @@ def cmd_train(args) -> int:
 
 def _add_model_args(p):
     _add_data_model_args(p, split="test")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"),
-                   help="patch size in pixels (height, width)")
+    p.add_argument("--patch", type=int, nargs="+", required=True, metavar="P",
+                   help="patch size in pixels, one per axis of the data (PH PW for images, PT PH PW for "
+                        "clips, PL for signals; one value: every axis)")
     p.add_argument("--k", type=int, nargs="+", default=[1], help="coverage folds: one mask set per k")
     p.add_argument("--strategy", nargs="+", default=["replicated"], choices=STRATEGIES,
                    help="mask-set constructions to compare")
     p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N",
-                   help="masks per axis of the 1-fold grid (one value, or rows and columns)")
-    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"),
-                   help="mask size instead of --masks-per-axis")
+                   help="masks per axis of the 1-fold grid (one value for every axis, or one per axis)")
+    p.add_argument("--mask", type=int, nargs="+", metavar="M",
+                   help="mask size instead of --masks-per-axis (one value for every axis, or one per axis)")
     _add_backend_args(p)
 
 
@@ -640,8 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certify against M patches of --patch size: each set's groups of M masks are "
                         "hidden together (M=2: every pair of masks; T15)")
     p.add_argument("--sizes", nargs="+", metavar="SIZE",
-                   help="also certify these patch sizes from the same predictions (T14): N (a square), "
-                        "A-B (squares A to B) or HxW, e.g. '--sizes 1-7 2x5 5x2'; results.json gets "
+                   help="also certify these patch sizes from the same predictions (T14): N (a square; "
+                        "N on every axis), A-B (squares A to B) or HxW (one side per axis), e.g. '--sizes 1-7 2x5 5x2'; results.json gets "
                         "certified accuracy per size and each image's largest certified square")
     p.add_argument("--out", default="results/certify",
                    help="folder for results.json, results.md, run.json, per_image.jsonl and the plots")
@@ -652,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the previous run in --out (its results, run.json, per_image.jsonl and "
                         "figures; nothing else is touched). Without it or --resume such a folder is refused")
+    p.add_argument("--image-batch", type=int, metavar="N",
+                   help="images certified together (default: enough that their masked inputs fill the "
+                        "backend's batch several times over, at most 64 MiB of pixels)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=cmd_certify, strategy=None)
 

@@ -1,0 +1,155 @@
+"""The files of a certify run: the results table, results and figures written atomically, the output
+folder's lock and its preparation for a fresh, resumed or overwritten run."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..constructions import make_maskset
+from ..errors import CertMaskError
+from ..geometry import MaskSet, PatchThreat
+from .files import read_json_file, write_atomically, write_json_atomically  # noqa: F401 (re-exported)
+from .records import SEAL_FILE, SHARD_GLOB
+
+
+def shape_text(shape) -> str:
+    """``(4, 3, 3)`` as ``4x3x3``."""
+    return "x".join(str(side) for side in shape)
+
+
+def results_table(results: dict) -> str:
+    """Human-readable Markdown table of a results dict."""
+    several = f" ({results['patches']} patches)" if results.get("patches", 1) > 1 else ""
+    lines = [f"patch {shape_text(results['patch'])}{several}, {results['images']} images, "
+             f"undefended accuracy {results['undefended_accuracy']:.4f}", "",
+             "| strategy | k | masks | bound | mode | certificate | clean acc | certified acc | alert rate | "
+             "passes/img | img/s | guarantee |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        cert = r.get("certified_accuracy")
+        cert_text = f"{cert:.4f}" if cert is not None else \
+            f"{r['claimed_certified_accuracy_UNSOUND']:.4f} (UNSOUND claim)"
+        lines.append(f"| {r['strategy']} | {r['k']} | {r['plan']['num_masks']} | "
+                     f"{r['plan']['lower_bound']} | {r['mode']} | {r['certificate']} | "
+                     f"{r['clean_accuracy']:.4f} | "
+                     f"{cert_text} | {r['alert_rate']:.4f} | "
+                     f"{r['certificate_passes_per_image']:.1f} | "
+                     f"{'-' if r['images_per_second'] is None else format(r['images_per_second'], '.1f')} | "
+                     f"{r['guarantee']} |")
+    if results.get("sizes"):
+        sizes = [shape_text(size) for size in results["sizes"]]
+        patch = shape_text(results["patch"])
+        lines += ["", "Certified accuracy by patch size (T14: one set of predictions; plurality and "
+                  f"covering_consensus as deployed for the {patch} patch; `-`: the set does not cover that "
+                  "size, or that deployment cannot answer for it)", "",
+                  "| strategy | k | mode | passes/img | " + " | ".join(sizes) + " |",
+                  "|---|---|---|---|" + "---|" * len(sizes)]
+        for r in results["runs"]:
+            if "sizes" in r:
+                cells = [f"{s['certified_accuracy']:.4f}" if s["certifiable"] else "-" for s in r["sizes"]]
+                lines.append(f"| {r['strategy']} | {r['k']} | {r['mode']} | "
+                             f"{r['sizes_passes_per_image']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PER_IMAGE_FILE = "per_image.jsonl"
+LOCK_FILE = ".certmask.lock"
+RUN_FILES = ("results.json", "results.md", "run.json", PER_IMAGE_FILE, SEAL_FILE, "accuracy_vs_k.png",
+             "examples.png", "certified_vs_size.png", LOCK_FILE)
+"""What a certify run writes into its output folder (``--overwrite`` removes exactly these)."""
+
+
+def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots: bool = True,
+                  maskset: MaskSet | None = None) -> Path:
+    """Write ``results.json`` and ``results.md``, then the PNG figures, into ``out_dir``.
+
+    ``examples.png`` shows ``images[:8]`` (2-D images only) under ``maskset`` (default: the first run's set, rebuilt
+    from its plan); ``certified_vs_size.png`` appears when the run certified several sizes.
+
+    Each file is written beside its final name and renamed into place, ``results.json`` last of the
+    results, so an interrupted run never leaves a complete-looking ``results.json``. The figures come
+    after the results: a figure that cannot be drawn is reported on stderr and never loses them.
+    A non-empty folder that holds none of :data:`RUN_FILES` is refused.
+    """
+    out = Path(out_dir)
+    _refuse_foreign(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_results(tmp: Path) -> None:
+        (tmp / "results.md").write_text(results_table(results))
+        (tmp / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    def draw(tmp: Path) -> None:
+        from . import plots as _plots
+        _plots.accuracy_vs_k(results, tmp / "accuracy_vs_k.png")
+        if results.get("sizes"):
+            _plots.certified_vs_size(results, tmp / "certified_vs_size.png")
+        if images is not None and images.ndim == 4:  # pictures of 2-D images; clips and signals have none
+            first = results["runs"][0]
+            ms = maskset or make_maskset(PatchThreat(images.shape[2:], results["patch"]), first["k"],
+                                         first["strategy"], mask_size=tuple(first["plan"]["mask_size"]))
+            classes = results.get("classes") or [str(c) for c in range(max(results["num_classes"], 1))]
+            _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
+                                  tmp / "examples.png")
+
+    write_atomically(out, write_results, last="results.json")
+    if plots:
+        try:
+            write_atomically(out, draw, last="accuracy_vs_k.png")
+        except Exception as err:  # noqa: BLE001 (a figure is never worth the results: they are written)
+            print(f"certmask: warning: the figures were not drawn ({type(err).__name__}: {err}); "
+                  f"results.json and results.md are written", file=sys.stderr)
+    return out
+
+
+def _refuse_foreign(out: Path) -> None:
+    """CertMaskError when ``out`` is a file, or a non-empty folder holding nothing a run writes."""
+    if out.exists() and not out.is_dir():
+        raise CertMaskError(f"--out {str(out)!r} is a file, not a folder")
+    if (out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+            and not any((out / name).exists() for name in RUN_FILES if name != LOCK_FILE)
+            and not any(out.glob(SHARD_GLOB))):
+        raise CertMaskError(f"{str(out)!r} exists and holds no results.json; not overwriting it")
+
+
+def prepare_out_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``out`` ready for a certify run, refusing what would mix or lose results.
+
+    A folder holding a previous run needs ``resume`` (continue it) or ``overwrite`` (its run files,
+    :data:`RUN_FILES`, are removed; nothing else is touched); a non-empty folder that no run wrote is
+    always refused. Call it while holding :func:`locked_out_dir`.
+    """
+    if resume and overwrite:
+        raise CertMaskError("--resume continues the run in --out and --overwrite replaces it: give one")
+    _refuse_foreign(out)
+    previous = [name for name in RUN_FILES if name != LOCK_FILE and (out / name).exists()]
+    previous += sorted(path.name for path in out.glob(SHARD_GLOB))  # per-process files of a sharded run
+    if previous and not resume and not overwrite:
+        raise CertMaskError(f"{str(out)!r} holds a previous run ({', '.join(previous)}): pass --resume to "
+                            f"continue it or --overwrite to replace it, or choose another --out")
+    if overwrite:
+        for name in previous:
+            (out / name).unlink()
+
+
+@contextlib.contextmanager
+def locked_out_dir(out: Path):
+    """Hold an exclusive lock on ``out`` (created if needed) while a run writes into it: a second run
+    on the same folder is refused at once instead of interleaving its results with the first's. A
+    folder that no run wrote is refused before anything is created in it."""
+    _refuse_foreign(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a")  # noqa: SIM115 (closed below)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CertMaskError(f"another certmask run is writing to {str(out)!r}; wait for it to finish "
+                                f"or choose another --out") from None
+        yield out
+    finally:
+        handle.close()  # releases the lock
