@@ -149,7 +149,7 @@ def as_labels(predictions, n_masks: int | None = None, num_classes: int | None =
     return _predictions(predictions, n_masks, num_classes, what)[0]
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _largest_run(values, count):  # pragma: no cover - compiled
     """``(label, size, tied)`` of the most frequent value in ``values[:count]`` (label -1 when empty)."""
     votes = np.sort(values[:count])
@@ -167,7 +167,7 @@ def _largest_run(values, count):  # pragma: no cover - compiled
     return best, best_count, tied
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _plurality_kernel(labels, ptr, idx):  # pragma: no cover - compiled
     """``plurality`` on every row: the class that is the strict plurality of the one-mask
     predictions inside every minimal covering set (members ``idx[ptr[s]:ptr[s + 1]]``), else -1."""
@@ -191,7 +191,7 @@ def _plurality_kernel(labels, ptr, idx):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _plurality_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - compiled
     """T12 on every row: inside every minimal set, the sure votes for ``y`` outnumber the sure votes
     of any other class plus every unsure prediction (which may turn into that class)."""
@@ -217,7 +217,7 @@ def _plurality_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - c
     return out
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _blocked(labels, y, members, fixed):  # pragma: no cover - compiled
     """No class ``c != y`` can hold every fixed mask of ``members`` (so, with the masks outside
     ``fixed`` voting ``c``, ``c`` cannot take this whole covering set): some fixed member votes ``y``
@@ -235,7 +235,7 @@ def _blocked(labels, y, members, fixed):  # pragma: no cover - compiled
     return False
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _consensus_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - compiled
     """T13 on every row, with every unsure prediction free (the attacker's).
 
@@ -282,7 +282,7 @@ def _consensus_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - c
     return out
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _one_round_kernel(labels, sets, paper, k):  # pragma: no cover - compiled
     """``covering_consensus`` (``paper=False``) or ``paper`` on every row of ``labels``.
 

@@ -47,7 +47,7 @@ def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
 
 
 # no cache=True: concurrent ranks of a distributed run race on numba's cache files (numba#10128)
-@numba.njit
+@numba.njit(cache=True)
 def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
     """Counts on a ``P_h x P_w`` grid; each window is clipped to the grid first, so no input, however
     hostile, can index outside the arrays (tests run this code with numba's bounds checking on)."""
@@ -70,7 +70,7 @@ def _difference_array_counts(windows, P_h, P_w):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _box_difference_counts(lows, highs, extent):  # pragma: no cover - compiled
     """Counts of ``d``-dimensional inclusive boxes on a grid of ``extent`` positions per axis, as a
     flat ``prod (extent + 1)`` array (the last row of every axis is scratch): +-1 at the ``2^d``
@@ -393,7 +393,7 @@ def _unique_rows(bits: np.ndarray) -> np.ndarray:
     return np.unique(view).view(bits.dtype).reshape(-1, bits.shape[1])
 
 
-@numba.njit
+@numba.njit(cache=True)
 def _minimal_flags(bits, popcounts):  # pragma: no cover - compiled
     """Flags of the rows containing no other row; ``bits`` sorted by ``popcounts`` ascending.
 

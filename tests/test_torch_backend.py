@@ -47,6 +47,25 @@ def test_masked_predictions_match_the_dense_reference(setup):
     np.testing.assert_allclose(cl, ref, rtol=1e-5, atol=1e-5)
 
 
+class Flatten(torch.nn.Module):
+    """Its logits are its input: the masked inputs themselves, compared bit for bit."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+@pytest.mark.parametrize("batch_size", [7, 18, 64, 4096])  # rows of part of an image, whole images
+def test_masked_inputs_equal_numpy_where_bit_for_bit(batch_size):
+    rng = np.random.default_rng(1)
+    images = rng.random((5, 3, 9, 11)).astype(np.float32)
+    ms = make_maskset(PatchThreat((9, 11), (2, 3)), 2, "offset", masks_per_axis=3)
+    fill = np.array([0.25, 0.5, 1.0], np.float32)
+    got = TorchBackend(batch_size=batch_size, fill=fill.tolist()).masked_predictions(
+        Flatten(), images, ms, return_logits=True)
+    want = np.where(ms.dense()[None, :, None], fill[None, None, :, None, None], images[:, None])
+    assert np.array_equal(got, want.reshape(5, len(ms), -1))
+
+
 def test_fill_in_normalized_space(setup):
     model, images, ms = setup
     backend = TorchBackend(fill=1.0, fill_space="normalized", mean=[0.25], std=[0.5])

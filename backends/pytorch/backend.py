@@ -533,15 +533,17 @@ class TorchBackend:
         return logits.float()
 
     def _chunked_logits(self, model, x: torch.Tensor, count: int,
-                        make_batch: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+                        make_batch: Callable[[int, int], torch.Tensor], align: int = 1) -> torch.Tensor:
         """``(count, K)`` float32 logits of ``make_batch(start, stop)`` over ``range(count)``.
 
-        Runs in eval mode, in chunks of :meth:`effective_batch` inputs, halving the chunk on
-        out-of-memory errors. ``(0, 0)`` when ``count`` is 0.
+        Runs in eval mode, in chunks of :meth:`effective_batch` inputs (rounded down to a multiple of
+        ``align`` when at least that large), halving the chunk on out-of-memory errors. ``(0, 0)``
+        when ``count`` is 0.
         """
         out: list[torch.Tensor] = []
         with eval_mode(model):
             step = self._effective_batch(model, x) if count else 1
+            step = step // align * align if step >= align else step
             start = 0
             while start < count:
                 stop = min(count, start + step)
@@ -599,13 +601,20 @@ class TorchBackend:
         x = self.prepare_images(model, images, maskset)
         B, n = len(x), len(maskset)
         hidden = self.hidden_pixels(maskset)
+        # whole images per chunk: every mask of an image at once is a broadcast multiply-add (x * keep +
+        # fill where hidden), several times faster than gathering rows; it equals torch.where(hidden,
+        # fill, x) exactly for the finite pixels prepare_images admits (x * 1 = x, x * 0 + fill = fill)
+        keep = (~hidden).to(x.dtype)
+        filled = hidden.to(x.dtype) * self.fill.to(x.device, x.dtype).view((-1,) + (1,) * maskset.ndim)
         flat_index = torch.arange(B * n, device=self.device)
 
         def make_batch(a, b):
+            if a % n == 0 and b % n == 0:
+                return torch.addcmul(filled, x[a // n:b // n, None], keep).flatten(0, 1)
             idx = flat_index[a:b]
             return self.masked_inputs(x[idx // n], hidden[idx % n], maskset.ndim)
 
-        logits = self._chunked_logits(model, x, B * n, make_batch)
+        logits = self._chunked_logits(model, x, B * n, make_batch, align=n)
         return self._output(logits.view(B, n, logits.shape[-1]), return_logits)
 
     def _pair_logits(self, model, x: torch.Tensor, hidden: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
