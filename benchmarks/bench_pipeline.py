@@ -133,7 +133,8 @@ def decode_overlap(folder: Path, count: int) -> dict:
     config = RunConfig((32, 32), (1,), ("replicated",), ("detection",))
     backend, model = TorchBackend(), cheap_rgb_model()
     run = CertificationRun(backend, model, data, config, num_classes=10)
-    batches = [np.arange(s, min(s + run.image_batch, len(data))) for s in range(0, len(data), run.image_batch)]
+    step = run.image_batch
+    batches = [np.arange(s, min(s + step, len(data))) for s in range(0, len(data), step)]
     start = time.perf_counter()
     images = np.concatenate([x for _, x in prefetch(data, batches)])
     decode = time.perf_counter() - start
@@ -162,11 +163,11 @@ def main(argv=None) -> int:
     from certmask_core.run.datasets import load_data
     torch.set_num_threads(args.threads)
     data = load_data("fashion-mnist", limit=args.images)
+    few_images, few_labels = data.images[:args.images // 4], data.labels[:args.images // 4]
     out = {"threads": args.threads, "host_ceiling": [
         host_ceiling(data.images, data.labels, ("detection", "plurality", "covering_consensus")),
-        host_ceiling(data.images[:args.images // 4], data.labels[:args.images // 4], ("recovery",), ks=(1, 2)),
-        host_ceiling(data.images[:args.images // 4], data.labels[:args.images // 4], ("recovery",), "all_pairs",
-                     ks=(1, 2))]}
+        host_ceiling(few_images, few_labels, ("recovery",), ks=(1, 2)),
+        host_ceiling(few_images, few_labels, ("recovery",), "all_pairs", ks=(1, 2))]}
     if args.folder_images:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "images"

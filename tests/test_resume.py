@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,23 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
         "fingerprint"]["model_sha256"]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 def test_a_killed_torchrun_run_resumes_to_the_uninterrupted_results(tmp_path):
     """Two processes (torchrun) killed mid-way; the same command with --resume, in one process, ends with
     the records and results of one uninterrupted single-process run."""
@@ -62,16 +80,18 @@ def test_a_killed_torchrun_run_resumes_to_the_uninterrupted_results(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(args + ["--out", str(whole)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                             "2", "-m", "certmask_core.run.cli", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", "-m", "certmask_core.run.cli", *args, "--out",
+                             str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     shards = [killed / f"per_image.rank-{rank}.jsonl" for rank in (0, 1)]
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if all(shard.is_file() and shard.read_bytes().count(b"\n") >= 50 for shard in shards):
             break
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # every process of the run, as a lost machine would
+    for pid in [proc.pid, *descendants(proc.pid)]:  # every process of the run, as a lost machine would
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     done = sum(len(read_per_image(shard)) for shard in shards)
     assert 100 <= done < 300, f"the kill came too late to test resuming ({done} images done)"

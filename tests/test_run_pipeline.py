@@ -162,9 +162,9 @@ def run_sharded(world, images, labels, model, config, path, resume=False, kill_a
 
     def rank_main(rank):
         try:
-            run = CertificationRun(CountingBackend(kill_after, batch_size=64), model, ArrayData(images, labels),
-                                   config, num_classes=4, rank=rank, world=world,
-                                   gather=gathers.for_rank(rank))
+            backend = CountingBackend(kill_after, batch_size=64)
+            run = CertificationRun(backend, model, ArrayData(images, labels), config, num_classes=4,
+                                   rank=rank, world=world, gather=gathers.for_rank(rank))
             results[rank] = run.run(path, resume=resume, show_progress=False)
         except Exception as err:  # noqa: BLE001 (reported below)
             errors.append(err)

@@ -26,14 +26,6 @@ from ..multipatch import base_set
 from ..planning import default_strategy, plan_layouts
 
 
-def _pair_arg(values, name):
-    if values is None:
-        return None
-    if len(values) not in (1, 2):
-        raise CertMaskError(f"{name} takes one or two integers, got {values}")
-    return (values[0], values[-1])
-
-
 def _size_arg(values, name: str, ndim: int, of: str = "the --image"):
     """One int (every axis) or one int per axis of an ``ndim``-axis input."""
     if values is None:
@@ -47,6 +39,12 @@ MAX_SIZES = 4096
 """Most patch sizes one ``--sizes`` may list (every square up to 4,096 pixels on a side)."""
 
 
+def _patch_arg(values, name: str, ndim: int) -> tuple[int, ...]:
+    """``--patch``-like values for data of ``ndim`` axes: one per axis, or one for every axis."""
+    size = _size_arg(values, name, ndim, "the data")
+    return size if isinstance(size, tuple) else (size,) * ndim
+
+
 def _sizes_arg(tokens, ndim: int = 2):
     """``--sizes`` tokens -> patch sizes of ``ndim`` axes: ``N`` (a square, a cube: N on every axis),
     ``A-B`` (those of A..B), ``HxW`` (one value per axis, e.g. ``4x3x3`` for clips)."""
@@ -58,7 +56,8 @@ def _sizes_arg(tokens, ndim: int = 2):
             if "x" in token:
                 size = tuple(int(side) for side in token.split("x"))
                 if len(size) != ndim:
-                    raise CertMaskError(f"--sizes: {token!r} has {len(size)} sides; the data have {ndim} axes")
+                    raise CertMaskError(f"--sizes: {token!r} has {len(size)} sides; the data have {ndim} "
+                                        f"axes")
                 sizes.append(size)
             elif "-" in token:
                 low, high = (int(v) for v in token.split("-"))
@@ -243,7 +242,8 @@ def _run_record(args, backend, model, run, source: str) -> dict:
             "patch": list(config.patch),
             "patch_percent_of_image": 100.0 * math.prod(config.patch) / math.prod(run.spatial),
             "image_batch": run.image_batch,
-            "mask_layouts": [family_plan(ms, threat) for ms in run.masksets.values()], "fingerprint": fingerprint,
+            "mask_layouts": [family_plan(ms, threat) for ms in run.masksets.values()],
+            "fingerprint": fingerprint,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -267,8 +267,7 @@ def cmd_certify(args) -> int:
     sample = data.read(np.arange(1))
     model, num_classes = _load_checked_model(backend, args, sample, data.classes)
     ndim = sample.ndim - 2
-    patch = _size_arg(args.patch, "--patch", ndim, "the data")
-    config = RunConfig(patch if isinstance(patch, tuple) else (patch,) * ndim, args.k,
+    config = RunConfig(_patch_arg(args.patch, "--patch", ndim), args.k,
                        args.strategy if args.strategy is not None else [] if args.masks else ["replicated"],
                        args.mode, masks_per_axis=_size_arg(args.masks_per_axis, "--masks-per-axis", ndim,
                                                            "the data"),
@@ -402,13 +401,16 @@ def cmd_attack(args) -> int:
     images, labels, source = data.images, data.labels, data.source
     model, num_classes = _load_checked_model(backend, args, images, data.classes)
     check_labels_in_classes(labels, num_classes)
-    results = backend.attack(model, images, labels, tuple(args.patch), args.k[0], args.strategy[0],
-                             args.mode, steps=args.steps, stride=args.stride,
-                             masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"),
-                             mask_size=_pair_arg(args.mask, "--mask"), out_dir=args.out,
+    ndim = images.ndim - 2
+    results = backend.attack(model, images, labels, _patch_arg(args.patch, "--patch", ndim), args.k[0],
+                             args.strategy[0], args.mode, steps=args.steps, stride=args.stride,
+                             masks_per_axis=_size_arg(args.masks_per_axis, "--masks-per-axis", ndim,
+                                                      "the data"),
+                             mask_size=_size_arg(args.mask, "--mask", ndim, "the data"), out_dir=args.out,
                              show_progress=None if not args.quiet else False,
                              attack_all=args.attack_all, patches=args.patches,
-                             true_patch=tuple(args.true_patch) if args.true_patch else None)
+                             true_patch=_patch_arg(args.true_patch, "--true-patch", ndim) if args.true_patch
+                             else None)
     results.update({"data_source": source, "model": args.model})
     print(f"data: {source}")
     for key in ("mode", "guarantee", "images", "num_masks", "patches", "num_groups", "clean_accuracy",
@@ -441,7 +443,8 @@ def cmd_tune(args) -> int:
     if len(data.images) < n + m:
         print(f"note: {args.data!r} holds {len(data.images)} images: tuning on {min(n, len(data.images))}, "
               f"checking on {max(len(data.images) - n, 0)}", file=sys.stderr)
-    results = tune(backend, model, data.images[:n], data.labels[:n], tuple(args.patch), args.budget,
+    patch = _patch_arg(args.patch, "--patch", data.images.ndim - 2)
+    results = tune(backend, model, data.images[:n], data.labels[:n], patch, args.budget,
                    ks=args.k, strategies=args.strategy, modes=args.mode, shape=args.shape,
                    margin_tolerance=(args.margin_tolerance if args.margin_tolerance is not None
                                      else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)),
@@ -482,10 +485,13 @@ def cmd_train(args) -> int:
     masksets = []
     if args.masks:
         masksets.append(read_maskset(args.masks))
+    ndim = images.ndim - 2
     for patch in args.patch or []:
-        threat = PatchThreat(images.shape[2:], tuple(patch))
-        masksets += [make_maskset(threat, k, args.strategy, mask_size=_pair_arg(args.mask, "--mask"),
-                                  masks_per_axis=_pair_arg(args.masks_per_axis, "--masks-per-axis"))
+        threat = PatchThreat(images.shape[2:], _patch_arg(patch, "--patch", ndim))
+        masksets += [make_maskset(threat, k, args.strategy,
+                                  mask_size=_size_arg(args.mask, "--mask", ndim, "the data"),
+                                  masks_per_axis=_size_arg(args.masks_per_axis, "--masks-per-axis", ndim,
+                                                           "the data"))
                      for k in args.k]
     if args.augment in ("maskset", "greedy") and not masksets:
         raise CertMaskError(f"--augment {args.augment} needs the masks to train for: --patch PH PW "
@@ -657,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "hidden together (M=2: every pair of masks; T15)")
     p.add_argument("--sizes", nargs="+", metavar="SIZE",
                    help="also certify these patch sizes from the same predictions (T14): N (a square; "
-                        "N on every axis), A-B (squares A to B) or HxW (one side per axis), e.g. '--sizes 1-7 2x5 5x2'; results.json gets "
+                        "N on every axis), A-B (squares A to B) or HxW (one side per axis), e.g. "
+                        "'--sizes 1-7 2x5 5x2'; results.json gets "
                         "certified accuracy per size and each image's largest certified square")
     p.add_argument("--out", default="results/certify",
                    help="folder for results.json, results.md, run.json, per_image.jsonl and the plots")
@@ -684,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", type=int, default=1, choices=[1, 2],
                    help="attack with this many patches of --patch size (2: the defence hides every pair of "
                         "masks)")
-    p.add_argument("--true-patch", type=int, nargs=2, metavar=("PH", "PW"),
+    p.add_argument("--true-patch", type=int, nargs="+", metavar="P",
                    help="misestimated size: the set is planned for --patch, the attacker uses this larger "
                         "patch; an image counts as certified only where the set covers this size")
     p.add_argument("--out", default="results/attack", help="folder for attack.json and attack.png")
@@ -697,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "cheapest within one standard error of the best) and certify it on the next "
                        "--check-images images.")
     _add_data_model_args(p, split="test")
-    p.add_argument("--patch", type=int, nargs=2, required=True, metavar=("PH", "PW"), help="patch size")
+    p.add_argument("--patch", type=int, nargs="+", required=True, metavar="P",
+                   help="patch size, one per axis of the data (one value: every axis)")
     p.add_argument("--budget", type=int, default=150,
                    help="forward passes per image a setting may cost (recovery: its worst case n + n(n-1)/2)")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="coverage folds to try")
@@ -725,13 +733,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", default="maskset", choices=["none", "cutout", "maskset", "greedy"],
                    help="none; cutout (one random square); maskset (nothing, one mask or a pair of masks "
                         "of the certification set); greedy (the highest-loss mask or pair of a sample)")
-    p.add_argument("--patch", type=int, nargs=2, action="append", metavar=("PH", "PW"),
-                   help="patch to train for (repeatable: the masks of every patch and k are used)")
+    p.add_argument("--patch", type=int, nargs="+", action="append", metavar="P",
+                   help="patch to train for, one size per axis of the data (one value: every axis; "
+                        "repeatable: the masks of every patch and k are used)")
     p.add_argument("--k", type=int, nargs="+", default=[1], help="coverage folds to train for")
     p.add_argument("--strategy", default="replicated", choices=STRATEGIES, help="mask-set construction")
     p.add_argument("--masks-per-axis", type=int, nargs="+", default=[4], metavar="N",
                    help="masks per axis of the 1-fold grid")
-    p.add_argument("--mask", type=int, nargs=2, metavar=("MH", "MW"), help="mask size instead")
+    p.add_argument("--mask", type=int, nargs="+", metavar="M",
+                   help="mask size instead (one value for every axis, or one per axis)")
     p.add_argument("--masks", metavar="MASKS.json", help="also train for this mask-set file")
     p.add_argument("--p-none", type=float, default=0.2, help="share of images left clean (maskset, greedy)")
     p.add_argument("--p-single", type=float, default=0.4, help="share of images under one mask (maskset)")

@@ -41,6 +41,7 @@ from .datasets import (  # noqa: F401 (DATA_SPECS, Dataset, load_data, load_data
     load_dataset,
     read_small_text,
 )
+from .files import read_json_file, write_atomically, write_json_atomically  # noqa: F401 (re-exported)
 from .outputs import (  # noqa: F401 (re-exported: the run layer's API)
     LOCK_FILE,
     PER_IMAGE_FILE,
@@ -51,7 +52,6 @@ from .outputs import (  # noqa: F401 (re-exported: the run layer's API)
     shape_text,
     write_outputs,
 )
-from .files import read_json_file, write_atomically, write_json_atomically  # noqa: F401 (re-exported)
 from .progress import progress_bar
 from .records import (  # noqa: F401 (re-exported: the run layer's API)
     SEAL_FILE,
@@ -116,10 +116,11 @@ class RunConfig:
             self.masks_per_axis = None
         for name in ("masks_per_axis", "mask_size"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (int, np.integer)) and len(value) != len(self.patch):
+            one_for_all = value is None or isinstance(value, (int, np.integer))
+            if not one_for_all and len(value) != len(self.patch):
                 raise CertMaskError(f"{name} {tuple(value)} has {len(value)} values; the patch "
-                                    f"{shape_text(self.patch)} has {len(self.patch)} axes (give one per axis, "
-                                    f"or one for every axis)")
+                                    f"{shape_text(self.patch)} has {len(self.patch)} axes (give one per "
+                                    f"axis, or one for every axis)")
         batch = self.image_batch
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer))
                                   or batch < 1):
@@ -170,8 +171,8 @@ def masksets_of(config: RunConfig, image_size) -> dict:
         ms = MaskSet(ms.image_size, ms.origins, ms.sizes, threat=threat if ms.image_size == threat.image_size
                      else None)
         if ms.image_size != threat.image_size:
-            raise CertMaskError(f"{path}: the mask set is for {shape_text(ms.image_size)} images, the data are "
-                                f"{shape_text(threat.image_size)}")
+            raise CertMaskError(f"{path}: the mask set is for {shape_text(ms.image_size)} images, the data "
+                                f"are {shape_text(threat.image_size)}")
         low, _, position = coverage_extremes(ms, threat)
         if low == 0:
             raise CertMaskError(f"{path}: no mask covers the {shape_text(config.patch)} patch at "
@@ -345,7 +346,8 @@ class CertificationRun:
                 first[key] = self.backend.masked_predictions(self.model, images, ms, return_logits=True)
         return indices, images, undefended, first, time.perf_counter() - t0
 
-    def _decide(self, part: PartialResults, batch: tuple, chunks: dict, size_chunks: dict) -> tuple[dict, dict]:
+    def _decide(self, part: PartialResults, batch: tuple, chunks: dict, size_chunks: dict
+                ) -> tuple[dict, dict]:
         """Every mode and k of one batch whose first round is done; returns its reports."""
         config, backend = self.config, self.backend
         indices, images, _, first_rounds, first_seconds = batch
@@ -354,8 +356,10 @@ class CertificationRun:
         for (strategy, k), ms in self.masksets.items():
             first = first_rounds[_family_key(ms)]
             # one cache per set: the defence, the certificate and every patch size share pair answers
-            cache = (PairCache(backend.pair_predictor(self.model, images, ms, return_logits=True), len(indices))
-                     if "recovery" in config.modes else None)
+            cache = None
+            if "recovery" in config.modes:
+                predictor = backend.pair_predictor(self.model, images, ms, return_logits=True)
+                cache = PairCache(predictor, len(indices))
             for mode in config.modes:
                 t0 = time.perf_counter()
                 kwargs = {"margin_tolerance": config.margin_tolerance}
@@ -476,7 +480,8 @@ class CertificationRun:
         return done
 
     # ------------------------------------------------------------------ the run
-    def run(self, per_image_path=None, resume: bool = False, show_progress: bool | None = None) -> dict | None:
+    def run(self, per_image_path=None, resume: bool = False, show_progress: bool | None = None
+            ) -> dict | None:
         """Certify every image not already certified; the JSON-ready results on rank 0, None elsewhere.
 
         Parameters
@@ -535,7 +540,8 @@ class CertificationRun:
         new_images = len(part.indices)
         if done:
             seconds = part.seconds
-            new = per_image_records(part.indices, self.labels, part.undefended, part.reports, sizes=part.sizes)
+            new = per_image_records(part.indices, self.labels, part.undefended, part.reports,
+                                    sizes=part.sizes)
             part = part_from_records({**done, **{r["id"]: r for r in new}}, self.config, self.masksets)
             part.seconds = seconds
         return self._results(part, new_images, len(done))

@@ -67,8 +67,8 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
                   maskset: MaskSet | None = None) -> Path:
     """Write ``results.json`` and ``results.md``, then the PNG figures, into ``out_dir``.
 
-    ``examples.png`` shows ``images[:8]`` (2-D images only) under ``maskset`` (default: the first run's set, rebuilt
-    from its plan); ``certified_vs_size.png`` appears when the run certified several sizes.
+    ``examples.png`` shows ``images[:8]`` (2-D images only) under ``maskset`` (default: the first run's
+    set, rebuilt from its plan); ``certified_vs_size.png`` appears when the run certified several sizes.
 
     Each file is written beside its final name and renamed into place, ``results.json`` last of the
     results, so an interrupted run never leaves a complete-looking ``results.json``. The figures come

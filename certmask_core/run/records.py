@@ -261,7 +261,8 @@ def check_records(records: dict[int, dict], labels: np.ndarray, names, config: R
 def part_from_records(records: dict[int, dict], config: RunConfig, masksets: dict) -> PartialResults:
     """The per-image results of ``records`` as certification reports (inverse of per_image_records)."""
     order = sorted(records)
-    part = PartialResults(np.array(order, np.int64), np.array([records[i]["undefended"] for i in order], np.int64))
+    part = PartialResults(np.array(order, np.int64),
+                          np.array([records[i]["undefended"] for i in order], np.int64))
     for (strategy, k), ms in masksets.items():
         for mode in config.modes:
             key = run_key(strategy, k, mode)
@@ -301,7 +302,8 @@ def concat_size_reports(reports: list[SizeReport], order: np.ndarray | None = No
     return dataclasses.replace(r0, **cols)
 
 
-def concat_reports(reports: list[CertificationReport], order: np.ndarray | None = None) -> CertificationReport:
+def concat_reports(reports: list[CertificationReport], order: np.ndarray | None = None
+                   ) -> CertificationReport:
     """One report holding the images of ``reports`` in turn, optionally reordered by ``order``."""
     r0 = reports[0]
     cols = {name: np.concatenate([getattr(r, name) for r in reports]) for name in r0.PER_IMAGE}

@@ -21,7 +21,8 @@ from ..errors import CertMaskError
 from ..geometry import PatchThreat
 from ..planning import _distinct_list, pareto_front, tune_candidates
 from ..sizes import PairCache
-from .experiment import write_atomically
+from .files import write_atomically
+from .outputs import shape_text
 from .progress import progress_bar
 
 SOUND_MODES = tuple(mode for mode, sound in SOUND.items() if sound)
@@ -70,9 +71,10 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
         Has ``masked_predictions``, ``pair_predictor`` and ``predict`` (e.g. ``TorchBackend``).
     model
         What the backend runs.
-    images : ndarray, shape (N, C, H, W)
-        The held-out tuning slice; labels : ndarray, shape (N,).
-    patch : (ph, pw)
+    images : ndarray, shape (N, C, *spatial)
+        The held-out tuning slice (images, clips or signals); labels : ndarray, shape (N,).
+    patch : tuple of int
+        One size per spatial axis.
     budget : int
         Forward passes per image a setting may cost: ``n`` masks for one round, ``n + n (n - 1) / 2``
         (the worst case) for ``recovery``.
@@ -169,8 +171,8 @@ def _checked_data(images, labels, name: str):
         images, labels = np.asarray(images), np.asarray(labels)
     except (TypeError, ValueError) as err:
         raise CertMaskError(f"{name} and their labels must be arrays: {err}") from None
-    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
-        raise CertMaskError(f"{name} must be a non-empty (N, C, H, W) array with N labels, got shapes "
+    if images.ndim < 3 or labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
+        raise CertMaskError(f"{name} must be a non-empty (N, C, *spatial) array with N labels, got shapes "
                             f"{images.shape} and {labels.shape}")
     return images, labels
 
@@ -199,13 +201,13 @@ def _check(backend, model, images, labels, sets, candidates, chosen, margin_tole
 
 
 def _name(c: dict) -> str:
-    return f"{c['strategy']} k={c['k']} {c['mask_size'][0]}x{c['mask_size'][1]} ({c['num_masks']} masks)"
+    return f"{c['strategy']} k={c['k']} {shape_text(c['mask_size'])} ({c['num_masks']} masks)"
 
 
 def tune_table(results: dict) -> str:
     """The fronts, recommendations and check as Markdown."""
-    (ph, pw), (H, W) = results["patch"], results["image_size"]
-    lines = [f"tune: patch {ph}x{pw} on {H}x{W}, {results['images']} tuning images, budget "
+    lines = [f"tune: patch {shape_text(results['patch'])} on {shape_text(results['image_size'])}, "
+             f"{results['images']} tuning images, budget "
              f"{results['budget']} passes/image; {len(results['candidates'])} candidates, "
              f"{results['unique_masks']} distinct masks evaluated for {results['candidate_masks']} candidate "
              f"masks; recovery pairs evaluated {results['pairs_evaluated']} of {results['pairs_asked']} "
