@@ -368,7 +368,7 @@ def test_review_tune_refuses_hostile_backends_and_data():
         (lambda: tune(_ShortBackend(images.shape[1:]), None, images, labels, (2, 2), 20, ks=(1,)),
          r"masked_predictions returned shape \(3, \d+, 3\), not logits \(3, \d+, K\)"),
         (lambda: tune(backend, None, images, None, (2, 2), 20),
-         r"non-empty \(N, C, H, W\) array with N labels"),
+         r"non-empty \(N, C, \*spatial\) array with N labels"),
         (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images), "go together"),
         (lambda: tune(backend, None, images, labels, (2, 2), 20, check_images=images[:0],
                       check_labels=labels[:0]), r"check_images must be a non-empty"),

@@ -538,7 +538,7 @@ def loads_or_refuses(spec, **kwargs):
             assert "\n" not in str(err)
             return None
     n = len(data.labels)
-    assert n >= 1 and data.images.ndim == 4 and len(data.images) == n and data.labels.shape == (n,)
+    assert n >= 1 and data.images.ndim >= 3 and len(data.images) == n and data.labels.shape == (n,)
     assert data.images.dtype == np.float32 and data.labels.dtype == np.int64
     assert np.isfinite(data.images).all() and data.images.min() >= 0 and data.images.max() <= 1
     assert data.labels.min() >= 0 and data.labels.max() <= 2**31 - 1

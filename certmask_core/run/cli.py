@@ -24,6 +24,7 @@ from ..errors import CertMaskError
 from ..geometry import STRATEGIES, PatchThreat, _shape
 from ..multipatch import base_set
 from ..planning import default_strategy, plan_layouts
+from .datasets import LAYOUTS
 
 
 def _size_arg(values, name: str, ndim: int, of: str = "the --image"):
@@ -326,11 +327,9 @@ def cmd_certify(args) -> int:
 
 def _open_data(args):
     """The data of ``--data`` as a stream (decoded batch by batch), as the command's options read it."""
-    from .experiment import ArrayData  # TEMPORARY until sources.open_data lands
-    data = _load_data(args)
-    source = ArrayData(data.images, data.labels, data.ids)
-    source.classes, source.source = data.classes, data.source
-    return source
+    from .sources import open_data
+    return open_data(args.data, args.data_root, args.limit, image_size=_image_size(args), layout=args.layout,
+                     classes=_classes_arg(args.classes))
 
 
 def _load_data(args, split: str = "test", spec: str | None = None, limit: int | None = None):
@@ -558,9 +557,11 @@ def _add_data_model_args(p, split: str) -> None:
                         "archive): loading them runs what the file holds, so give this only for files "
                         "whose origin you trust. State dicts and the bundled models never need it; a "
                         "'package.module:factory' spec imports and calls the code you name")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"],
-                   help="axis order of an .npz's 4-D 'images' when its shape leaves it open (e.g. "
-                        "(N, 3, 32, 3)); the reader refuses to guess")
+    p.add_argument("--layout", choices=LAYOUTS,
+                   help="axis order of an .npz's 'images' (N items, C channels, T frames, L samples): "
+                        "needed where the shape leaves it open, e.g. (N, 3, 32, 3), which the reader "
+                        "refuses to guess, and to read a 3-D array as signals (NCL, NLC) or a 4-D one as "
+                        "grayscale clips (NTHW); a 3-D array is grayscale images (NHW) by default")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names in the model's label order (or one text file, one name per line): an "
                         "image folder's subfolder NAME holds class NAME; without it the sorted subfolder "

@@ -1,6 +1,11 @@
-"""Offline real data: Fashion-MNIST (the Debian package or the subset bundled in the wheel), ``.npz`` files,
-image folders, idx files and CIFAR python batches, each read as ``(N, C, H, W)`` float32 images in ``[0, 1]``
-and int64 labels.
+"""Offline real data: Fashion-MNIST (the Debian package or the subset bundled in the wheel), moving
+Fashion-MNIST clips, ``.npz`` files, image folders, idx files and CIFAR python batches, each read as
+``(N, C, *spatial)`` float32 items in ``[0, 1]`` (``(N, C, H, W)`` images, ``(N, C, T, H, W)`` clips,
+``(N, C, L)`` signals) and int64 labels.
+
+:func:`load_data` decodes a whole data set into memory; :func:`certmask_core.run.sources.open_data` opens
+the same data as a source whose labels are known at once and whose pixels are decoded per batch. The two
+share every reader below, so a source's batches equal the in-memory arrays byte for byte.
 
 Every file is read as hostile data: a malformed one gets a one-line :class:`CertMaskError` naming the file
 and the offending values, never a traceback, a hang or code execution.
@@ -8,10 +13,10 @@ and the offending values, never a traceback, a hang or code execution.
 - Pixel values are scaled by their stored type's range, never by a guess: uint8 / 255, uint16 / 65535,
   floating point must be finite and already lie in ``[0, 1]``; other types are refused.
 - Labels must be integers in ``[0, 2**31 - 1]``, one per image.
-- Sizes are checked against the headers before anything is allocated, and one call decodes at most
-  :data:`MAX_DECODED_BYTES` (8 GiB, counted as the float32 images); ``limit`` (``--limit``) reads the first
-  images only: npz and idx files are decompressed no further, image folders decode no more images and
-  later CIFAR batches are not read.
+- Sizes are checked against the headers before anything is allocated, and one call (one read of a
+  source) decodes at most :data:`MAX_DECODED_BYTES` (8 GiB, counted as the float32 images); ``limit``
+  (``--limit``) reads the first images only: npz and idx files are decompressed no further, image folders
+  decode no more images and later CIFAR batches are not read.
 - CIFAR batches are pickles: they are read by :func:`.restricted_pickle.load_plain_pickle`, which admits
   only containers, numbers, bytes and numpy arrays of plain dtypes.
 - Image folders read regular files only (a FIFO would block forever), each real file once, with the
@@ -28,6 +33,8 @@ import math
 import operator
 import os
 import stat
+import sys
+import threading
 import warnings
 import zipfile
 from collections import Counter
@@ -52,8 +59,11 @@ MAX_DECODED_BYTES = 8 * 2**30
 is larger). Beyond it the call is refused before allocating; ``limit`` reads the first images only."""
 MAX_LABEL = 2**31 - 1
 """Labels lie in ``[0, MAX_LABEL]``: class indices that fit int32, whatever the backend."""
-LAYOUTS = ("NCHW", "NHWC")
-"""The layouts a caller may state for 4-D ``.npz`` images (``layout=``, ``--layout``)."""
+LAYOUTS = ("NHW", "NCHW", "NHWC", "NCL", "NLC", "NTHW", "NCTHW", "NTHWC")
+"""The layouts a caller may state for ``.npz`` arrays (``layout=``, ``--layout``): each letter names an
+axis (N items, C channels, H and W image sides, T frames, L signal length). Without one, a 3-D array is
+grayscale images ``NHW`` and a 4-D (5-D) array is ``NCHW`` or ``NHWC`` (``NCTHW`` or ``NTHWC``) where
+only one of axis 1 and the last axis could hold 1, 3 or 4 channels."""
 _CHUNK = 1 << 24  # bytes per read: memory follows the data found, not a header's claim
 
 
@@ -167,7 +177,9 @@ def _check_limit(limit) -> int | None:
 
 def _check_layout(layout) -> str | None:
     if layout is not None and layout not in LAYOUTS:
-        raise CertMaskError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+        raise CertMaskError(f"layout must be 'NCHW' or 'NHWC', got {layout!r:.40} (those are for images; "
+                            "'NHW', 'NCL' and 'NLC' name 3-D arrays, 'NTHW' grayscale clips, 'NCTHW' and "
+                            "'NTHWC' clips)")
     return layout
 
 
@@ -196,7 +208,8 @@ def _pixel_range(dtype: np.dtype, where: str) -> int | None:
                         "uint16 (0-65535) or floating point in [0, 1]")
 
 
-def _to_unit_interval(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
+def _to_unit_interval(array: np.ndarray, where: str, items: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, str]:
     """Pixels scaled by their stored dtype's range: the one rule every reader applies.
 
     Parameters
@@ -206,6 +219,8 @@ def _to_unit_interval(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
         ``[0, 1]``: it is checked, never clipped). Any other dtype is refused.
     where : str
         Names the data in error messages.
+    items : ndarray, shape (len(array),), optional
+        The item number of each row of ``array`` (a batch of a larger data set), for messages.
 
     Returns
     -------
@@ -222,6 +237,8 @@ def _to_unit_interval(array: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     if not finite.all():
         bad = int(array.size - np.count_nonzero(finite))
         first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite.reshape(-1))), array.shape))
+        if items is not None:
+            first = (int(items[first[0]]),) + first[1:]
         seen = (f"finite values in [{float(array[finite].min())}, {float(array[finite].max())}]"
                 if bad < array.size else "no finite values")
         raise CertMaskError(f"{where}: float images must be finite and lie in [0, 1]: {bad} non-finite "
@@ -276,30 +293,38 @@ def _check_labels(labels, n: int, where: str) -> np.ndarray:
 # --- idx files -------------------------------------------------------------------------------------------
 
 
+def idx_header(f, path: Path, plain_size: int | None) -> tuple[tuple[int, ...], np.dtype]:
+    """``(declared shape, dtype)`` from the header at the start of idx stream ``f`` (left after it, at
+    ``4 + 4 * len(shape)`` bytes); ``plain_size``, the size of an uncompressed file, is checked against
+    the declared data before any is read."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise CertMaskError(f"{str(path)!r} is not an idx file (magic bytes {magic!r})")
+    ndim = magic[3]
+    if not 1 <= ndim <= 4:
+        raise CertMaskError(f"{str(path)!r}: idx header declares {ndim} dimensions; 1 to 4 are read")
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise CertMaskError(f"{str(path)!r}: idx header cut short ({4 + len(dims)} bytes)")
+    shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    declared = math.prod(shape) * dtype.itemsize
+    if plain_size is not None and plain_size - 4 - 4 * ndim != declared:
+        # a plain file's size is known: a header that claims more (or less) is refused unread
+        found = (plain_size - 4 - 4 * ndim) // dtype.itemsize
+        raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {found} values")
+    return shape, dtype
+
+
 def _read_idx(path: Path, limit: int | None = None, check=None) -> tuple[np.ndarray, tuple[int, ...]]:
     """``(first rows, declared shape)`` of an idx file; ``check(shape, dtype)`` runs before reading data."""
     path = Path(path)
     gz = path.suffix == ".gz"
     with open_regular_file(path, "idx file") as raw, _decoding(path, "an idx file"):
-        size = os.fstat(raw.fileno()).st_size
         f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-        magic = f.read(4)
-        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
-            raise CertMaskError(f"{str(path)!r} is not an idx file (magic bytes {magic!r})")
-        ndim = magic[3]
-        if not 1 <= ndim <= 4:
-            raise CertMaskError(f"{str(path)!r}: idx header declares {ndim} dimensions; 1 to 4 are read")
-        dims = f.read(4 * ndim)
-        if len(dims) < 4 * ndim:
-            raise CertMaskError(f"{str(path)!r}: idx header cut short ({4 + len(dims)} bytes)")
-        shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
-        dtype = np.dtype(_IDX_DTYPES[magic[2]])
+        shape, dtype = idx_header(f, path, None if gz else os.fstat(raw.fileno()).st_size)
         row = math.prod(shape[1:]) * dtype.itemsize
         declared = shape[0] * row
-        if not gz and size - 4 - 4 * ndim != declared:
-            # a plain file's size is known: a header that claims more (or less) is refused unread
-            found = (size - 4 - 4 * ndim) // dtype.itemsize
-            raise CertMaskError(f"{str(path)!r}: header says shape {shape}, found {found} values")
         if check is not None:
             check(shape, dtype)
         rows = shape[0] if limit is None else min(limit, shape[0])
@@ -335,18 +360,25 @@ def bundled_subset_path() -> Path:
     return Path(__file__).with_name("data") / _SUBSET
 
 
-def _idx_pair(images_file: Path, labels_file: Path, limit: int | None, where: str):
-    """Images and labels of two idx files, their counts compared (headers) before the images are read."""
+def idx_labels(labels_file: Path, limit: int | None, where: str):
+    """``(first labels as stored, check(shape, dtype))``: the labels of an idx pair, and the test that the
+    images' header must pass (3-D, one image per label, a known pixel range) before they are read."""
     labels, label_shape = _read_idx(labels_file, limit)
     if len(label_shape) != 1:
         raise _labels_refused(label_shape[0], label_shape, labels.dtype, where)
 
-    def check(shape, dtype):
+    def check(shape, dtype, images_file):
         if len(shape) != 3 or shape[0] != label_shape[0] or 0 in shape[1:]:
             raise CertMaskError(f"{where}: idx images of shape {shape} and {label_shape[0]} labels")
         _pixel_range(dtype, f"{str(images_file)!r}")
 
-    images, _ = _read_idx(images_file, limit, check)
+    return labels, check
+
+
+def _idx_pair(images_file: Path, labels_file: Path, limit: int | None, where: str):
+    """Images and labels of two idx files, their counts compared (headers) before the images are read."""
+    labels, check = idx_labels(labels_file, limit, where)
+    images, _ = _read_idx(images_file, limit, lambda shape, dtype: check(shape, dtype, images_file))
     return images, _check_labels(labels, len(images), f"{str(labels_file)!r}")
 
 
@@ -374,27 +406,41 @@ def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = Non
     source : str
         Where the data came from (printed by the CLI so that results name their data).
     """
+    limit = _check_limit(limit)
+    files = fashion_mnist_files(split, root, allow_subset)
+    if files is not None:
+        images_file, labels_file, folder = files
+        images, labels = _idx_pair(images_file, labels_file, limit, str(folder))
+        return images, labels, str(folder)
+    images, labels, source = load_bundled_subset()
+    return images[:limit], labels[:limit], source
+
+
+def fashion_mnist_files(split: str, root: str | os.PathLike | None = None, allow_subset: bool = True
+                        ) -> tuple[Path, Path, Path] | None:
+    """``(images file, labels file, folder)`` of Fashion-MNIST's ``split``, or None where the bundled
+    subset stands in (see :func:`load_fashion_mnist`)."""
     if split not in ("test", "train"):
         raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
-    limit = _check_limit(limit)
     prefix = "t10k" if split == "test" else "train"
     folder = Path(root) if root is not None else FASHION_MNIST_ROOT
     images_file = folder / f"{prefix}-images-idx3-ubyte.gz"
     if os.path.lexists(images_file):
-        images, labels = _idx_pair(images_file, folder / f"{prefix}-labels-idx1-ubyte.gz", limit, str(folder))
-        return images, labels, str(folder)
+        return images_file, folder / f"{prefix}-labels-idx1-ubyte.gz", folder
     if root is not None or not allow_subset or split != "test":
         raise CertMaskError(f"Fashion-MNIST {split} files not found in {str(folder)!r} "
                             "(install the Debian package dataset-fashion-mnist)")
-    images, labels, source = load_bundled_subset()
-    return images[:limit], labels[:limit], source
+    return None
+
+
+BUNDLED_SUBSET_SOURCE = "bundled subset (1,000 test images)"
 
 
 def load_bundled_subset() -> tuple[np.ndarray, np.ndarray, str]:
     """The first 1,000 Fashion-MNIST test images, shipped in the package: ``(images, labels, source)``."""
     # the package's own file, not user data: numpy's reader (without pickles) is enough
     with np.load(bundled_subset_path(), allow_pickle=False) as z:
-        return z["images"], z["labels"].astype(np.int64), "bundled subset (1,000 test images)"
+        return z["images"], z["labels"].astype(np.int64), BUNDLED_SUBSET_SOURCE
 
 
 # --- .npz ------------------------------------------------------------------------------------------------
@@ -434,83 +480,92 @@ def _npz_rows(member, rows: int, where: str) -> np.ndarray:
     return array.reshape(shape[::-1]).transpose()[:rows] if fortran else array.reshape((rows,) + shape[1:])
 
 
+_LAYOUT_ORDER = {layout: (len(layout), layout.find("C")) for layout in LAYOUTS}
+"""Each layout's rank and the position of its channel axis (-1: no channel axis, one channel)."""
+_LAYOUT_SHAPES = "(N, H, W), (N, C, H, W) or (N, H, W, C) images, (N, C, T, H, W) or (N, T, H, W, C) clips"
+
+
 def _layout_of(shape: tuple[int, ...], layout: str | None, where: str) -> str:
-    """The layout of stored images from their shape (or as stated), refusing shapes that could be either."""
+    """The layout of stored items from their shape (or as stated), refusing shapes that could be either.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The stored array's shape, ``N`` first.
+    layout : str, optional
+        One of :data:`LAYOUTS`, as the caller stated it; it must have the array's rank.
+    where : str
+        Names the data in error messages.
+
+    Returns
+    -------
+    str
+        A 3-D array is ``NHW`` unless stated; a 4-D or 5-D array is channels-first or channels-last
+        where only one of axis 1 and the last axis could hold 1, 3 or 4 channels, else it must be stated.
+    """
+    if layout is not None:
+        if _LAYOUT_ORDER[layout][0] != len(shape):
+            raise CertMaskError(f"{where}: layout {layout} names {_LAYOUT_ORDER[layout][0]}-D arrays, but "
+                                f"the array has shape {shape}")
+        return layout
     if len(shape) == 3:
         return "NHW"
-    if len(shape) != 4:
-        raise CertMaskError(f"{where}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got shape "
-                            f"{shape}")
-    if layout is not None:
-        return layout
-    first, last = shape[1] in (1, 3, 4), shape[3] in (1, 3, 4)
+    if len(shape) not in (4, 5):
+        raise CertMaskError(f"{where}: items must be {_LAYOUT_SHAPES} (or with layout= 'NCL' / 'NLC' "
+                            f"signals (N, C, L) / (N, L, C), 'NTHW' clips), got shape {shape}")
+    first, last = shape[1] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    channels_first, channels_last = ("NCHW", "NHWC") if len(shape) == 4 else ("NCTHW", "NTHWC")
     if first != last:
-        return "NCHW" if first else "NHWC"
-    either = ("both axis 1 and axis 3 could hold the channels" if first
-              else "neither axis 1 nor axis 3 holds 1, 3 or 4 channels")
-    raise CertMaskError(f"{where}: images of shape {shape} are ambiguous ({either}); pass --layout NCHW or "
-                        "--layout NHWC (layout= in Python)")
+        return channels_first if first else channels_last
+    either = (f"both axis 1 and axis {len(shape) - 1} could hold the channels" if first
+              else f"neither axis 1 nor axis {len(shape) - 1} holds 1, 3 or 4 channels")
+    also = "; grayscale clips (N, T, H, W): --layout NTHW" if len(shape) == 4 else ""
+    raise CertMaskError(f"{where}: {'images' if len(shape) == 4 else 'clips'} of shape {shape} are ambiguous "
+                        f"({either}); pass --layout {channels_first} or --layout {channels_last} (layout= in "
+                        f"Python){also}")
+
+
+def channels_first(items: np.ndarray, layout: str) -> np.ndarray:
+    """Stored items of ``layout`` as a C-ordered ``(N, C, *spatial)`` array (a view where possible)."""
+    rank, channel = _LAYOUT_ORDER[layout]
+    if channel < 0:
+        return np.ascontiguousarray(items[:, None])
+    if channel == 1:
+        return np.ascontiguousarray(items)
+    return np.ascontiguousarray(items.transpose(0, rank - 1, *range(1, rank - 1)))
 
 
 def load_npz(path: str | os.PathLike, *, limit: int | None = None, layout: str | None = None
              ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Images and labels from an ``.npz`` holding arrays ``images`` and ``labels``.
+    """Items and labels from an ``.npz`` holding arrays ``images`` (or ``clips``) and ``labels``.
 
-    ``images`` may be ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``: a 4-D array is read as NHWC
-    when only its last axis could hold channels (1, 3 or 4 of them) and as NCHW when only its second
-    could; otherwise ``layout`` must say which. Pixels are scaled by their dtype (uint8 / 255,
-    uint16 / 65535, floating point must be finite and lie in ``[0, 1]``; other dtypes are refused);
-    labels must be N integers in ``[0, MAX_LABEL]``. The members are read with zipfile and numpy's
-    header parser: plain numbers only (no pickles, objects or structured dtypes), each header's byte
-    count checked against the member's size before anything is allocated.
+    ``images`` may be ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` images, ``(N, C, T, H, W)`` or
+    ``(N, T, H, W, C)`` clips, or with ``layout`` any of :data:`LAYOUTS`: a 4-D (5-D) array is read as
+    channels-last when only its last axis could hold channels (1, 3 or 4 of them) and as channels-first
+    when only its second could; otherwise ``layout`` must say which. Pixels are scaled by their dtype
+    (uint8 / 255, uint16 / 65535, floating point must be finite and lie in ``[0, 1]``; other dtypes are
+    refused); labels must be N integers in ``[0, MAX_LABEL]``. The members are read with zipfile and
+    numpy's header parser: plain numbers only (no pickles, objects or structured dtypes), each header's
+    byte count checked against the member's size before anything is allocated.
 
     Parameters
     ----------
     path : path
     limit : int, optional
-        Read (and decompress) the first ``limit`` images and labels only.
-    layout : {"NCHW", "NHWC"}, optional
-        The layout of 4-D images, when the shape cannot tell.
+        Read (and decompress) the first ``limit`` items and labels only.
+    layout : str, optional
+        One of :data:`LAYOUTS`, when the shape cannot tell (or is not images).
 
     Returns
     -------
-    images : ndarray, shape (N, C, H, W), float32 in [0, 1]
+    images : ndarray, shape (N, C, *spatial), float32 in [0, 1]
     labels : ndarray, shape (N,), int64
     source : str
         States the layout and the scaling applied.
     """
-    path, limit, stated = Path(path), _check_limit(limit), _check_layout(layout)
-    where = f"{str(path)!r}"
-    with open_regular_file(path, "data file") as raw, _decoding(path, "an .npz file"):
-        if raw.read(6) == b"\x93NUMPY":
-            raise CertMaskError(f"{where} is a .npy file (one array) named .npz; save images and labels "
-                                "together with np.savez(path, images=..., labels=...)")
-        raw.seek(0)
-        with zipfile.ZipFile(raw) as zf, contextlib.ExitStack() as stack:
-            files = [name[:-4] for name in zf.namelist() if name.endswith(".npy")]
-            if "images" not in files or "labels" not in files:
-                raise CertMaskError(f"{where} holds {files[:20]}; it needs arrays 'images' and 'labels'")
-            images_member = _npz_member(zf, "images", path, stack)
-            labels_member = _npz_member(zf, "labels", path, stack)
-            shape, label_shape, label_dtype = images_member[1], labels_member[1], labels_member[3]
-            found = _layout_of(shape, stated, where)
-            n = shape[0]
-            if 0 in shape[1:]:
-                raise CertMaskError(f"{where}: images of shape {shape} hold no pixels")
-            if label_shape != (n,) or label_dtype.kind not in "iu":
-                raise _labels_refused(n, label_shape, label_dtype, where)
-            _pixel_range(images_member[3], where)
-            rows = n if limit is None else min(limit, n)
-            images = _npz_rows(images_member, rows, f"{where}: array 'images'")
-            labels = _npz_rows(labels_member, rows, f"{where}: array 'labels'")
-    images, scale = _to_unit_interval(images, where)
-    if found == "NHW":
-        images = images[:, None]
-    elif found == "NHWC":
-        images = images.transpose(0, 3, 1, 2)
-    return (np.ascontiguousarray(images), _check_labels(labels, rows, where),
-            f"{path} ({found}{' as stated' if stated and found != 'NHW' else ''}, {scale}, "
-            f"{images.shape[1]} channel(s))")
+    from .sources import open_npz
+    with open_npz(path, _check_limit(limit), _check_layout(layout)) as data:
+        return data.read(np.arange(len(data))), data.labels, data.source
 
 
 # --- image folders ---------------------------------------------------------------------------------------
@@ -624,14 +679,57 @@ def _class_images(root: Path, classes: list[str] | None) -> tuple[list[str], lis
     return classes, files
 
 
+class _BombWarningsRaise:
+    """While any image is decoded, Pillow's DecompressionBombWarning is raised as an error.
+
+    Pillow only warns between its bomb limit and twice that; a warning is not one error line. Where
+    warning filters are process-wide (unless Python runs with context-aware warnings, 3.14 and later),
+    ``warnings.catch_warnings`` in several decoding threads at once would have each restore the filters
+    it saw on entry, undoing the others' filter or leaving it installed for good: one installation is
+    shared, counted, and removed when the last decoder leaves. Where filters belong to each thread, each
+    decoder installs its own.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._installed = None
+
+    @contextlib.contextmanager
+    def __call__(self, category):
+        if getattr(sys.flags, "context_aware_warnings", False):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", category)
+                yield
+            return
+        with self._lock:
+            if self._users == 0:
+                self._installed = warnings.catch_warnings()
+                self._installed.__enter__()
+                warnings.simplefilter("error", category)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._installed.__exit__(None, None, None)
+                    self._installed = None
+
+
+_bomb_warnings_raise = _BombWarningsRaise()
+
+
 @contextlib.contextmanager
 def _open_image(path: Path):
+    """``path`` opened by Pillow (header read, pixels decoded on first use); any failure inside the
+    block, decoding included, is a one-line CertMaskError naming the file. Safe in several threads."""
     from PIL import Image
     Image.init()  # registers the plugins, so that a Pillow built without one is not asked for it
     formats = [name for name in _PIL_FORMATS if name in Image.OPEN]
-    with open_regular_file(path, "image") as f, _decoding(path, "an image"), warnings.catch_warnings():
-        # Pillow only warns between its bomb limit and twice that; a warning is not one error line
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with open_regular_file(path, "image") as f, _decoding(path, "an image"), \
+            _bomb_warnings_raise(Image.DecompressionBombWarning):
         with Image.open(f, formats=formats) as image:
             yield image
 
@@ -697,36 +795,10 @@ def load_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | Non
         Each image's path relative to ``root``.
     classes : list of str
     """
-    try:
-        import PIL.Image  # noqa: F401
-    except ImportError:
-        raise CertMaskError("reading an image folder needs Pillow: pip install 'certmask[images]'") from None
-    root, image_size = Path(root), _check_image_size(image_size)
-    classes, limit = _check_class_names(classes), _check_limit(limit)
-    classes, files = _class_images(root, classes)
-    if not files:
-        raise CertMaskError(f"{str(root)!r} holds no class subfolders with images "
-                            f"({', '.join(IMAGE_SUFFIXES)})")
-    files = files[:limit]
-    images = first = None
-    for i, (_, path) in enumerate(files):
-        with _open_image(path) as image:
-            family = _image_family(image, path)
-            shape = (3 if family == "RGB" else 1,) + (image_size or (image.height, image.width))
-            if first is None:
-                # every image must share this shape: the whole output is known from the first header
-                _check_decoded(len(files) * math.prod(shape) * 4, f"{str(root)!r} ({len(files)} images of "
-                                                                  f"{shape})")
-                images, first = np.empty((len(files),) + shape, np.float32), (path, shape)
-            elif shape[0] != first[1][0]:
-                raise CertMaskError(f"{str(root)!r} mixes grayscale and RGB images ({str(first[0])!r}, "
-                                    f"{str(path)!r}); convert them to one mode")
-            elif shape != first[1]:
-                raise CertMaskError(f"{str(root)!r} holds images of sizes {first[1][1:]} ({str(first[0])!r}) "
-                                    f"and {shape[1:]} ({str(path)!r}); pass --image-size H W")
-            images[i] = _decode_image(image, family, image_size, path)
-    return (images, np.array([label for label, _ in files], np.int64),
-            [str(path.relative_to(root)) for _, path in files], classes)
+    from .sources import open_image_folder
+    with open_image_folder(root, _check_image_size(image_size), _check_class_names(classes),
+                           _check_limit(limit)) as data:
+        return data.read(np.arange(len(data))), data.labels, data.ids, data.classes
 
 
 # --- CIFAR python batches --------------------------------------------------------------------------------
@@ -814,24 +886,16 @@ def load_cifar(folder: str | os.PathLike, split: str = "test", *, limit: int | N
     labels : ndarray, shape (N,), int64
     source : str
     """
-    limit = _check_limit(limit)
-    folder = Path(folder)
+    from .sources import open_cifar
+    with open_cifar(folder, split, _check_limit(limit)) as data:
+        return data.read(np.arange(len(data))), data.labels, data.source
+
+
+def cifar_batch_names(folder: Path, split: str) -> list[str]:
+    """The batch files of ``split``: CIFAR-10's ``test_batch`` / ``data_batch_1..5``, else CIFAR-100's
+    ``test`` / ``train``."""
     names = (["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)])
-    if not os.path.lexists(folder / names[0]):
-        names = [split]  # CIFAR-100 layout
-    images, labels, count = [], [], 0
-    for name in names:
-        rows = None if limit is None else limit - count
-        batch_images, batch_labels = _cifar_batch(folder / name, rows)
-        images.append(batch_images)
-        labels.append(batch_labels)
-        count += len(batch_images)
-        _check_decoded(count * _CIFAR_PIXELS * 4, f"CIFAR batches in {str(folder)!r}")
-        if limit is not None and count >= limit:
-            break
-    parts = [_to_unit_interval(batch, f"CIFAR batch in {str(folder)!r}")[0] for batch in images]
-    return (np.concatenate(parts).reshape(-1, 3, 32, 32), np.concatenate(labels),
-            f"{folder} (CIFAR python batches, {split})")
+    return names if os.path.lexists(folder / names[0]) else [split]
 
 
 def load_idx_folder(folder: str | os.PathLike, split: str = "test", *, limit: int | None = None):
@@ -852,7 +916,13 @@ def load_idx_folder(folder: str | os.PathLike, split: str = "test", *, limit: in
     labels : ndarray, shape (N,), int64
     source : str
     """
-    folder, limit = Path(folder), _check_limit(limit)
+    from .sources import open_idx_folder
+    with open_idx_folder(folder, split, _check_limit(limit)) as data:
+        return data.read(np.arange(len(data))), data.labels, data.source
+
+
+def idx_files(folder: Path, split: str) -> tuple[Path, Path]:
+    """``(images file, labels file)`` of ``split`` in an idx folder (the first of each, sorted)."""
     prefix = "t10k" if split == "test" else "train"
     found = {}
     for kind, ndim in (("images", 3), ("labels", 1)):
@@ -860,13 +930,13 @@ def load_idx_folder(folder: str | os.PathLike, split: str = "test", *, limit: in
         if not candidates:
             raise CertMaskError(f"no {prefix}-{kind}-idx{ndim}-ubyte[.gz] file in {str(folder)!r}")
         found[kind] = candidates[0]
-    images, labels = _idx_pair(found["images"], found["labels"], limit, f"{str(folder)!r}")
-    images, scale = _to_unit_interval(images, f"{str(found['images'])!r}")
-    return images[:, None], labels, f"{folder} (idx files, {split}, {scale})"
+    return found["images"], found["labels"]
 
 
 def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """``(N, C, H, W)`` float images in [0, 1] resized to ``image_size`` (H, W), bilinear (Pillow).
+
+    Each plane is resized on its own, so a batch's result equals the rows of the whole set's.
 
     Sides above :data:`~certmask_core.geometry.MAX_SIDE`, or an output above :data:`MAX_DECODED_BYTES`,
     are refused before allocating.
@@ -890,19 +960,22 @@ def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray
 class Dataset:
     """Images to certify or train on, each with an id that the results keep."""
 
-    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    images: np.ndarray  # (N, C, *spatial) float32 in [0, 1]
     labels: np.ndarray  # (N,) int64
     source: str
     ids: list | None = None  # per image: relative path (image folders); None means the index
     classes: list | None = None  # class names, when the data names them
 
 
-DATA_SPECS = ("fashion-mnist", "fashion-mnist-subset", "FILE.npz", "image folder (class subfolders)",
-              "folder of idx files", "folder of CIFAR-10/100 python batches")
+DATA_SPECS = ("fashion-mnist", "fashion-mnist-subset", "fashion-mnist-clips", "FILE.npz",
+              "image folder (class subfolders)", "folder of idx files",
+              "folder of CIFAR-10/100 python batches")
 
 
-def _data_kind(spec: str, path: Path) -> str:
-    if spec in ("fashion-mnist", "fashion-mnist-subset"):
+def data_kind(spec: str, path: Path) -> str:
+    """Which reader a data spec names: one of the named data sets, ``"npz"``, ``"cifar"``, ``"idx"`` or
+    ``"folder"``."""
+    if spec in ("fashion-mnist", "fashion-mnist-subset", "fashion-mnist-clips"):
         return spec
     if spec.endswith(".npz"):
         return "npz"  # the reader says whether it is missing, a directory or not a regular file
@@ -919,75 +992,42 @@ def _data_kind(spec: str, path: Path) -> str:
 def load_data(spec: str, root: str | None = None, limit: int | None = None, split: str = "test",
               image_size: tuple[int, int] | None = None, *, layout: str | None = None,
               classes: Sequence[str] | None = None) -> Dataset:
-    """Load a data spec: one of :data:`DATA_SPECS`.
+    """Load a data spec, one of :data:`DATA_SPECS`, into memory.
 
     A folder is read as CIFAR python batches when it holds ``test_batch``/``data_batch_1`` (CIFAR-10)
     or ``test``/``train`` files (CIFAR-100), as idx files when it holds ``*-idx3-ubyte*``, and
-    otherwise as class subfolders of PNG/JPEG images (Pillow).
+    otherwise as class subfolders of PNG/JPEG images (Pillow). ``fashion-mnist-clips`` are the moving
+    Fashion-MNIST clips of :mod:`certmask_core.run.video`, ``(N, 1, 16, 28, 28)``.
+
+    This reads every item of :func:`certmask_core.run.sources.open_data` (which takes the same
+    arguments) in one batch: the arrays equal any source batch's byte for byte.
 
     Parameters
     ----------
     spec : str
     root : path, optional
-        Fashion-MNIST's folder (``spec="fashion-mnist"``).
+        Fashion-MNIST's folder (``fashion-mnist``, ``fashion-mnist-clips``).
     limit : int, optional
-        The first ``limit`` images; readers that can skip the rest do (npz, idx, CIFAR, image folders).
+        The first ``limit`` items; readers that can skip the rest do (npz, idx, CIFAR, image folders).
     split : {"test", "train"}
         The test or train part, where the data has both.
     image_size : (int, int), optional
         Resize every image to (H, W), bilinear (Pillow); sides at most
-        :data:`~certmask_core.geometry.MAX_SIDE`.
-    layout : {"NCHW", "NHWC"}, optional
-        The layout of 4-D ``.npz`` images, required where the shape cannot tell.
+        :data:`~certmask_core.geometry.MAX_SIDE`. Items with other than two spatial axes are refused.
+    layout : str, optional
+        The layout of ``.npz`` arrays (one of :data:`LAYOUTS`), required where the shape cannot tell.
     classes : sequence of str, optional
         An image folder's class names in label order (see :func:`load_image_folder`).
 
     Returns
     -------
     Dataset
-        At most :data:`MAX_DECODED_BYTES` of float32 images.
+        ``images`` of shape (N, C, *spatial), at most :data:`MAX_DECODED_BYTES` of float32.
     """
-    limit = _check_limit(limit)
-    if split not in ("test", "train"):
-        raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
-    image_size, layout = _check_image_size(image_size), _check_layout(layout)
-    classes = _check_class_names(classes)
-    path = Path(spec)
-    kind = _data_kind(spec, path)
-    if layout is not None and kind != "npz":
-        raise CertMaskError(f"layout applies to .npz data only, not {spec!r}")
-    if classes is not None and kind != "folder":
-        raise CertMaskError(f"classes apply to image folders only, not {spec!r}")
-    ids = names = None
-    resized = False
-    if kind == "fashion-mnist":
-        images, labels, source = load_fashion_mnist(split, root=root, limit=limit)
-        images, names = _to_unit_interval(images, source)[0][:, None], list(FASHION_MNIST_CLASSES)
-    elif kind == "fashion-mnist-subset":
-        if split != "test":
-            raise CertMaskError(f"the bundled subset holds test images only, not split {split!r}")
-        images, labels, source = load_bundled_subset()
-        images, labels = images[:limit], labels[:limit]
-        images, names = _to_unit_interval(images, source)[0][:, None], list(FASHION_MNIST_CLASSES)
-    elif kind == "npz":
-        images, labels, source = load_npz(spec, limit=limit, layout=layout)
-    elif kind == "cifar":
-        images, labels, source = load_cifar(path, split, limit=limit)
-    elif kind == "idx":
-        images, labels, source = load_idx_folder(path, split, limit=limit)
-    else:
-        images, labels, ids, names = load_image_folder(path, image_size, classes=classes, limit=limit)
-        source, resized = f"{path} (image folder, {len(names)} classes)", True
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-        ids = ids[:limit] if ids is not None else None
-    if len(images) == 0:
-        raise CertMaskError(f"data {spec!r} from {source} is empty")
-    if image_size is not None and not resized and tuple(images.shape[2:]) != tuple(image_size):
-        images = resize_images(images, image_size)
-    if image_size is not None:
-        source += f", resized to {image_size[0]}x{image_size[1]}"
-    return Dataset(images, labels, source, ids, names)
+    from .sources import open_data
+    with open_data(spec, root, limit, split, image_size, layout=layout, classes=classes) as data:
+        images = data.read(np.arange(len(data)))
+    return Dataset(images, data.labels, data.source, data.ids, data.classes)
 
 
 def load_dataset(name: str, root: str | None = None, limit: int | None = None, split: str = "test",

@@ -53,6 +53,7 @@ from .outputs import (  # noqa: F401 (re-exported: the run layer's API)
     write_outputs,
 )
 from .progress import progress_bar
+from .sources import prefetch
 from .records import (  # noqa: F401 (re-exported: the run layer's API)
     SEAL_FILE,
     SHARD_GLOB,
@@ -251,11 +252,6 @@ def auto_image_batch(effective_batch: int, num_masks: int, item_shape) -> int:
     wanted = math.ceil(max(PASSES_PER_BATCH, 8 * effective_batch) / max(1, num_masks))
     fits = BATCH_PIXEL_BYTES // (4 * math.prod(item_shape))
     return max(1, min(wanted, fits))
-
-
-def prefetch(data, batches, depth=2):  # TEMPORARY until sources.prefetch lands
-    for idx in batches:
-        yield idx, data.read(idx)
 
 
 def _family_key(family) -> tuple:

@@ -1,4 +1,4 @@
-"""A real video task without a video data set: Fashion-MNIST items moving on a path (issue 14).
+"""A real video task without a video data set: Fashion-MNIST items moving on a path.
 
 Each clip shows one Fashion-MNIST item, shrunk to ``item x item`` pixels, travelling in a straight
 line across a black ``size x size`` canvas for ``frames`` frames; its label is the item's class. The
@@ -8,7 +8,9 @@ are made from test images only and clips of the train split from train images on
 appears in a training clip.
 
 Run: ``python -m certmask_core.run.video --split test --out fmnist_clips_test.npz`` (arrays ``clips``
-``(N, 1, T, H, W)`` uint8, ``labels``, ``source_index``, and the parameters).
+``(N, 1, T, H, W)`` uint8, ``labels``, ``source_index``, and the parameters), or read the data spec
+``fashion-mnist-clips`` (:func:`certmask_core.run.sources.open_data`), which builds the clips of each
+batch as it is read.
 """
 from __future__ import annotations
 
@@ -65,17 +67,47 @@ def moving_clips(images: np.ndarray, indices, frames: int = 16, size: int = 28, 
     >>> clips.shape, clips.dtype, bool((clips.reshape(2, 4, -1).max(-1) == 255).all())
     ((2, 1, 4, 28, 28), dtype('uint8'), True)
     """
-    for name, value, low in (("frames", frames, 1), ("size", size, 1), ("item", item, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise CertMaskError(f"{name} must be an integer >= {low}, got {value!r}")
-    if item > size:
-        raise CertMaskError(f"item {item} is larger than the canvas {size}")
+    _check_clip_parameters(frames, size, item)
     images = np.asarray(images)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if images.ndim != 3 or (len(indices) and (indices.min() < 0 or indices.max() >= len(images))):
         raise CertMaskError(f"images must be (M, h, w) and indices in [0, M), got shape {images.shape} and "
                             f"indices from {indices.min(initial=0)} to {indices.max(initial=0)}")
-    items = np.rint(shrink(images[indices], item)).clip(0, 255).astype(np.uint8)
+    return moving_clips_of(images[indices], indices, frames, size, item, seed)
+
+
+def _check_clip_parameters(frames, size, item) -> None:
+    for name, value, low in (("frames", frames, 1), ("size", size, 1), ("item", item, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise CertMaskError(f"{name} must be an integer >= {low}, got {value!r}")
+    if item > size:
+        raise CertMaskError(f"item {item} is larger than the canvas {size}")
+
+
+def moving_clips_of(selected: np.ndarray, indices, frames: int = 16, size: int = 28, item: int = 20,
+                    seed: int = 0) -> np.ndarray:
+    """The clips of :func:`moving_clips` from the images already selected: ``selected[j]`` is image
+    ``indices[j]``, whose index seeds its path. A data source reads only the images of a batch and
+    makes their clips, equal to the rows of the whole set's.
+
+    Parameters
+    ----------
+    selected : ndarray, shape (n, h, w)
+        uint8 images.
+    indices : array of int, shape (n,)
+        Their positions in the data set.
+
+    Returns
+    -------
+    ndarray, shape (n, 1, frames, size, size), uint8
+    """
+    _check_clip_parameters(frames, size, item)
+    selected = np.asarray(selected)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if selected.ndim != 3 or len(selected) != len(indices):
+        raise CertMaskError(f"selected images must be (n, h, w), one per index, got shape {selected.shape} "
+                            f"for {len(indices)} indices")
+    items = np.rint(shrink(selected, item)).clip(0, 255).astype(np.uint8)
     paths = clip_paths(indices, frames, size - item, seed)
     clips = np.zeros((len(indices), 1, frames, size, size), dtype=np.uint8)
     for row in range(len(indices)):
