@@ -206,3 +206,42 @@ def test_a_killed_sharded_run_resumes_to_the_single_process_results(tmp_path, re
     assert comparable(results) == comparable(single)
     assert read_per_image(path) == read_per_image(tmp_path / "single" / "per_image.jsonl")
     assert not list(path.parent.glob(SHARD_GLOB))
+
+
+def signal_model():
+    """``module:factory`` model for the CLI tests: 3-channel signals of any length, 4 classes."""
+    return TinyNet(3, 1)
+
+
+@pytest.fixture(scope="module")
+def signals_npz(tmp_path_factory):
+    images, labels, _ = dataset((3, 40), n=12)
+    path = tmp_path_factory.mktemp("signals") / "signals.npz"
+    np.savez(path, images=images.transpose(0, 2, 1), labels=labels)  # (N, L, C): layout NLC
+    return path, images, labels
+
+
+def test_the_cli_certifies_tunes_attacks_and_trains_on_signals(tmp_path, signals_npz, monkeypatch, capsys):
+    from certmask_core.run.cli import main
+    path, images, labels = signals_npz
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent.parent))
+    common = ["--data", str(path), "--layout", "NLC", "--model", "tests.test_run_pipeline:signal_model",
+              "--quiet", "--no-plots"]
+    assert main(["certify", *common, "--patch", "5", "--masks-per-axis", "4", "--k", "1", "2",
+                 "--mode", "detection", "recovery", "--sizes", "3-6", "--out", str(tmp_path / "c")]) == 0
+    results = __import__("json").loads((tmp_path / "c" / "results.json").read_text())
+    config = RunConfig((5,), (1, 2), ("replicated",), ("detection", "recovery"), masks_per_axis=4)
+    assert as_runs(results) == direct(TorchBackend(), signal_model(), images, labels, config)
+    assert results["sizes"] == [[3], [4], [5], [6]]
+    assert main(["tune", *common, "--patch", "5", "--budget", "40", "--k", "1", "2", "--tune-images", "8",
+                 "--check-images", "4", "--out", str(tmp_path / "t")]) == 0
+    assert "tune: patch 5 on 40" in (tmp_path / "t" / "tune.md").read_text()
+    assert main(["attack", *common[:-1], "--patch", "5", "--masks-per-axis", "4", "--steps", "2",
+                 "--stride", "8", "--limit", "3", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "attack.json").is_file() and not (tmp_path / "a" / "attack.png").exists()
+    assert main(["train", *common[:-1], "--patch", "5", "--masks-per-axis", "4", "--epochs", "1",
+                 "--train-batch-size", "4", "--augment", "maskset", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(["certify", *common, "--patch", "5", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--patch takes one integer or 1 (one per axis of the data), got [5, 5]" in capsys.readouterr().err

@@ -419,7 +419,7 @@ def cmd_attack(args) -> int:
                 "claim_broken_UNSOUND", "undefended_clean_accuracy", "undefended_robust_accuracy"):
         if key in results:
             print(f"{key:28s} {results[key]}")
-    print(f"wrote {args.out}/attack.json, attack.png")
+    print(f"wrote {args.out}/attack.json" + (", attack.png" if ndim == 2 else ""))
     return 0
 
 
