@@ -119,3 +119,27 @@ def test_resume_refuses_other_settings_and_foreign_folders(tmp_path, capsys):
     bad.write_text('{"id": 1}\nnot json\n')
     with pytest.raises(CertMaskError, match="line 2 is not a per-image record"):
         read_per_image(bad)
+
+
+def test_resume_refuses_data_edited_in_place(tmp_path):
+    """The run's fingerprint covers the data's bytes: an edit that keeps the file's size is seen."""
+    import numpy as np
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (30, 28, 28), np.uint8), labels=rng.integers(0, 10, 30))
+    args = ["certify", "--data", str(data), "--patch", "3", "3", "--quiet", "--no-plots",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    with np.load(data) as stored:
+        images, labels = stored["images"].copy(), stored["labels"]
+    images[3] = 255 - images[3]
+    np.savez(data, images=images, labels=labels)
+    assert main(args + ["--resume"]) == 2
+
+
+def test_what_a_killed_run_leaves_besides_its_files_does_not_block_the_next(tmp_path):
+    out = tmp_path / "run"
+    (out / ".partial-abc").mkdir(parents=True)  # killed inside an atomic write
+    (out / ".certmask.lock").write_text("")
+    short = ARGS[:ARGS.index("--limit") + 1] + ["20"] + ARGS[ARGS.index("--limit") + 2:]
+    assert main(short + ["--out", str(out)]) == 0

@@ -245,3 +245,49 @@ def test_the_cli_certifies_tunes_attacks_and_trains_on_signals(tmp_path, signals
     capsys.readouterr()
     assert main(["certify", *common, "--patch", "5", "5", "--out", str(tmp_path / "bad")]) == 2
     assert "--patch takes one integer or 1 (one per axis of the data), got [5, 5]" in capsys.readouterr().err
+
+
+def test_a_process_left_without_images_merges(tmp_path):
+    images, labels, model = dataset((1, 12, 12), n=2)
+    config = RunConfig((3, 3), (1,), ("replicated",), ("detection",), masks_per_axis=3, image_batch=1)
+    (tmp_path / "run").mkdir()
+    results, errors = run_sharded(3, images, labels, model, config, tmp_path / "run" / "per_image.jsonl")
+    assert not errors and results["images"] == 2
+    assert len(read_per_image(tmp_path / "run" / "per_image.jsonl")) == 2
+
+
+def test_a_model_in_training_mode_is_certified_in_eval_mode_and_given_back_as_it_was():
+    images, labels, _ = dataset((1, 12, 12), n=30)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 10 * 10, 4))
+    config = RunConfig((3, 3), (1, 2), ("replicated",), ("detection", "recovery"), masks_per_axis=3,
+                       image_batch=5)
+    reference = run_certification(TorchBackend(), model.eval(), images, labels, config)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    again = run_certification(TorchBackend(), model, images, labels, config)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # no BatchNorm update
+    assert [r["per_image"] for r in again["runs"]] == [r["per_image"] for r in reference["runs"]]
+
+
+def test_record_files_that_are_links_or_fifos_are_refused(tmp_path):
+    import os
+
+    from certmask_core import CertMaskError
+    images, labels, model = dataset((1, 12, 12), n=6)
+    config = RunConfig((3, 3), (1,), ("replicated",), ("detection",), masks_per_axis=3)
+    path = tmp_path / "per_image.jsonl"
+    run_certification(TorchBackend(), model, images, labels, config, per_image_path=path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not a record, and no newline at its end")
+    path.unlink()
+    path.symlink_to(victim)
+    with pytest.raises(CertMaskError, match="is a symbolic link"):
+        run_certification(TorchBackend(), model, images, labels, config, per_image_path=path, resume=True)
+    assert victim.read_text() == "not a record, and no newline at its end"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(CertMaskError, match="not a regular file"):
+        run_certification(TorchBackend(), model, images, labels, config, per_image_path=path, resume=True)

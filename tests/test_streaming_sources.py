@@ -417,9 +417,9 @@ def test_a_file_cut_short_after_opening_is_an_error_not_a_crash(tmp_path):
     with open_data(str(tmp_path / "x.npz")) as data:
         with open(tmp_path / "x.npz", "r+b") as f:
             f.truncate(2000)
-        assert data.read([0]).shape == (1, 1, 8, 8)
-        with pytest.raises(CertMaskError, match="cut short since it was opened"):
-            data.read([49])
+        for index in (0, 49):  # rows still there or not: the file is not what was opened
+            with pytest.raises(CertMaskError, match="changed while certmask was reading it|cut short"):
+                data.read([index])
 
 
 def test_a_cifar_batch_changed_after_opening_is_refused(tmp_path):
@@ -427,9 +427,8 @@ def test_a_cifar_batch_changed_after_opening_is_refused(tmp_path):
     folder = write_cifar(tmp_path / "c", [f"data_batch_{i}" for i in range(1, 6)], 2, rng)
     with open_data(str(folder), split="train") as data:
         write_cifar(tmp_path / "c", ["data_batch_5"], 2, np.random.default_rng(5))
-        data.read([0, 3])  # the first two files stay decoded
-        with pytest.raises(CertMaskError, match=r"CIFAR batch '.*data_batch_5' changed since the data was"):
-            data.read([9])
+        with pytest.raises(CertMaskError, match=r"data_batch_5' changed while certmask was reading it"):
+            data.read([0, 3])  # from files that did not change: the data as a whole did
 
 
 # --- fingerprints ----------------------------------------------------------------------------------------

@@ -203,3 +203,18 @@ def test_nan_model_and_bad_options_are_named(setup):
         load_model("/nonexistent/weights.pt")
     with pytest.raises(CertMaskError, match="unknown backend 'jax'"):
         get_backend("jax")
+
+
+@pytest.mark.parametrize("factor_bytes", [0, 1 << 40])  # broadcast bool masks, or float factors
+def test_both_whole_image_paths_equal_numpy_where_also_for_negative_zero(factor_bytes, monkeypatch):
+    from certmask_backends.pytorch import backend as torch_backend
+    monkeypatch.setattr(torch_backend, "MASK_FACTOR_BYTES", factor_bytes)
+    images = np.random.default_rng(2).random((4, 2, 6, 7)).astype(np.float32)
+    images[:, :, ::2] = -0.0  # read as 0.0 by every path
+    ms = make_maskset(PatchThreat((6, 7), (2, 2)), 1, "patchcleanser", masks_per_axis=2)
+    got = TorchBackend(batch_size=64, fill=[0.5, 1.0]).masked_predictions(Flatten(), images, ms,
+                                                                         return_logits=True)
+    want = np.where(ms.dense()[None, :, None], np.array([0.5, 1.0], np.float32)[None, None, :, None, None],
+                    images[:, None] + np.float32(0.0))
+    assert np.array_equal(got, want.reshape(4, len(ms), -1))
+    assert not np.signbit(got).any()

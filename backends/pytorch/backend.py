@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,6 +26,9 @@ from torch import nn
 from certmask_core import CertMaskError, MaskSet
 from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 from certmask_core.multipatch import MaskGroups
+
+MASK_FACTOR_BYTES = 1 << 26
+"""Most bytes of float mask factors :meth:`TorchBackend.masked_predictions` precomputes (64 MiB)."""
 
 
 def _names(ndim: int) -> str:
@@ -57,22 +61,42 @@ def _modules(model) -> list[nn.Module]:
     return list(model.modules()) if isinstance(model, nn.Module) else []
 
 
+_EVAL_LOCK = threading.Lock()
+_EVAL_HOLDERS: dict[int, tuple[int, list]] = {}  # id(model) -> (entries, saved flags)
+
+
 @contextmanager
 def eval_mode(model) -> Iterator[None]:
     """Run ``model`` in eval mode, then restore every submodule's own ``training`` flag.
 
     ``model.train(flag)`` would set one flag on the whole tree, so a model whose submodules had mixed
-    flags (a frozen BatchNorm inside a training network) is restored flag by flag.
+    flags (a frozen BatchNorm inside a training network) is restored flag by flag. Reentrant and
+    thread-safe: the first entry saves the flags and the last exit restores them, so threads that
+    run the same model at once (a certification's first round beside its pair passes) never see it
+    in training mode.
     """
     modules = _modules(model)
-    flags = [m.training for m in modules]
-    if modules:
-        model.eval()  # through eval(), so that a model overriding train() keeps its own rules
+    if not modules:
+        yield
+        return
+    key = id(model)
+    with _EVAL_LOCK:
+        entries, flags = _EVAL_HOLDERS.get(key, (0, None))
+        if entries == 0:
+            flags = [m.training for m in modules]
+            model.eval()  # through eval(), so that a model overriding train() keeps its own rules
+        _EVAL_HOLDERS[key] = (entries + 1, flags)
     try:
         yield
     finally:
-        for module, flag in zip(modules, flags):
-            module.training = flag
+        with _EVAL_LOCK:
+            entries, flags = _EVAL_HOLDERS[key]
+            if entries == 1:
+                del _EVAL_HOLDERS[key]
+                for module, flag in zip(modules, flags):
+                    module.training = flag
+            else:
+                _EVAL_HOLDERS[key] = (entries - 1, flags)
 
 
 def model_dtype(model) -> torch.dtype:
@@ -385,7 +409,8 @@ class TorchBackend:
         if maskset is not None:
             self._check_geometry(shape, maskset)
         self._check_values(x)
-        return x.to(self.device, model_dtype(model))
+        # + 0.0 reads -0.0 as 0.0: every masking path then gives the same bits (see masked_predictions)
+        return x.to(self.device, model_dtype(model)) + 0.0
 
     def _check_geometry(self, shape: tuple, maskset: MaskSet) -> None:
         size = maskset.image_size
@@ -550,8 +575,11 @@ class TorchBackend:
                 try:
                     logits = self._forward(model, make_batch(start, stop))
                 except (RuntimeError, MemoryError) as err:
-                    if not _is_oom(err) or step == 1:
+                    if not _is_oom(err):
                         raise
+                    if step == 1:
+                        raise CertMaskError(f"out of memory on {self.device} running the model on one input "
+                                            f"of shape {tuple(x.shape[1:])}: {str(err)[:200]}") from err
                     step = max(1, step // 2)
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -601,16 +629,24 @@ class TorchBackend:
         x = self.prepare_images(model, images, maskset)
         B, n = len(x), len(maskset)
         hidden = self.hidden_pixels(maskset)
-        # whole images per chunk: every mask of an image at once is a broadcast multiply-add (x * keep +
-        # fill where hidden), several times faster than gathering rows; it equals torch.where(hidden,
-        # fill, x) exactly for the finite pixels prepare_images admits (x * 1 = x, x * 0 + fill = fill)
-        keep = (~hidden).to(x.dtype)
-        filled = hidden.to(x.dtype) * self.fill.to(x.device, x.dtype).view((-1,) + (1,) * maskset.ndim)
+        fill = self.fill.to(x.device, x.dtype).view((-1,) + (1,) * maskset.ndim)
         flat_index = torch.arange(B * n, device=self.device)
+        # A chunk of whole images takes every mask at once by broadcasting, no row gather. With the
+        # masks as float factors it is one multiply-add (x * keep + fill where hidden), the fastest;
+        # those factors cost 4 (C + 1) bytes per mask pixel, so a large family broadcasts the bool
+        # masks instead. Both equal torch.where(hidden, fill, x) exactly: prepare_images gives finite
+        # pixels with -0.0 read as 0.0, so x * 1 + 0 = x and x * 0 + fill = fill.
+        factors = n * (len(self.fill) + 1) * math.prod(maskset.image_size) * x.element_size()
+        if factors <= MASK_FACTOR_BYTES:
+            keep = (~hidden).to(x.dtype)
+            filled = hidden.to(x.dtype) * fill
 
         def make_batch(a, b):
             if a % n == 0 and b % n == 0:
-                return torch.addcmul(filled, x[a // n:b // n, None], keep).flatten(0, 1)
+                images = x[a // n:b // n, None]
+                if factors <= MASK_FACTOR_BYTES:
+                    return torch.addcmul(filled, images, keep).flatten(0, 1)
+                return torch.where(hidden, fill, images).flatten(0, 1)
             idx = flat_index[a:b]
             return self.masked_inputs(x[idx // n], hidden[idx % n], maskset.ndim)
 

@@ -53,7 +53,6 @@ from .outputs import (  # noqa: F401 (re-exported: the run layer's API)
     write_outputs,
 )
 from .progress import progress_bar
-from .sources import prefetch
 from .records import (  # noqa: F401 (re-exported: the run layer's API)
     SEAL_FILE,
     SHARD_GLOB,
@@ -71,6 +70,7 @@ from .records import (  # noqa: F401 (re-exported: the run layer's API)
     run_key,
     shard_path,
 )
+from .sources import prefetch
 
 
 @dataclass
@@ -470,9 +470,8 @@ class CertificationRun:
             main = SealedRecords(per_image_path)
             main.append([json_line(from_shards[index]) for index in sorted(from_shards)])
             main.close()
-        for shard in shards:
-            shard.unlink()
-            shard.with_suffix(".sha256").unlink(missing_ok=True)
+        for leftover in per_image_path.parent.glob(SHARD_GLOB):  # gathered shards, and orphan seals
+            leftover.unlink()
         return done
 
     # ------------------------------------------------------------------ the run
@@ -529,10 +528,8 @@ class CertificationRun:
                 main.append(per_image_lines(part.indices, self.labels, part.undefended, part.reports,
                                             self.names, part.sizes))
                 main.close()
-                for other in range(world):
-                    shard_path(path, other).unlink(missing_ok=True)
-                    seal = shard_path(path, other).with_suffix(".sha256")
-                    seal.unlink(missing_ok=True)
+                for shard in path.parent.glob(SHARD_GLOB):
+                    shard.unlink()
         new_images = len(part.indices)
         if done:
             seconds = part.seconds

@@ -110,7 +110,9 @@ def _refuse_foreign(out: Path) -> None:
     """CertMaskError when ``out`` is a file, or a non-empty folder holding nothing a run writes."""
     if out.exists() and not out.is_dir():
         raise CertMaskError(f"--out {str(out)!r} is a file, not a folder")
-    if (out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
+    # what a killed run can leave besides its files: its lock and half-written files being renamed in
+    leftovers = (LOCK_FILE, ".partial-", f".{PER_IMAGE_FILE}.partial", ".per_image.rank-")
+    if (out.is_dir() and any(not p.name.startswith(leftovers) for p in out.iterdir())
             and not any((out / name).exists() for name in RUN_FILES if name != LOCK_FILE)
             and not any(out.glob(SHARD_GLOB))):
         raise CertMaskError(f"{str(out)!r} exists and holds no results.json; not overwriting it")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +16,7 @@ import numpy as np
 from ..certification import CERTIFICATES, GUARANTEES, NO_VOTE, SOUND, CertificationReport
 from ..errors import CertMaskError
 from ..sizes import SizeReport, certify_sizes
+from .datasets import open_regular_file
 from .files import read_json_file, write_json_atomically
 
 if TYPE_CHECKING:
@@ -70,6 +73,34 @@ def per_image_records(indices, labels, undefended, reports: dict, names=None, si
     return records
 
 
+def _refuse_other_than_a_file(path: Path) -> None:
+    """CertMaskError when ``path`` exists as a link, a FIFO, a folder, ...: a run's files are its own
+    regular files, never followed elsewhere (an edited folder could make a run truncate another file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise CertMaskError(f"{str(path)!r} is {kind}; a run's record files must be regular files it wrote: "
+                            f"rerun with --overwrite or choose another --out")
+
+
+def read_run_file(path: Path) -> bytes:
+    """The bytes of one of a run's own files (regular, not a link)."""
+    _refuse_other_than_a_file(path)
+    with open_regular_file(path, "run file") as f:
+        return f.read()
+
+
+def write_run_file(path: Path, data: bytes) -> None:
+    """Replace one of a run's files whole (a link there is replaced, never followed)."""
+    _refuse_other_than_a_file(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def read_per_image(path) -> dict[int, dict]:
     """The complete lines of a ``per_image.jsonl`` by image id.
 
@@ -78,12 +109,12 @@ def read_per_image(path) -> dict[int, dict]:
     CertMaskError. What the records say is checked by :func:`check_records`.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
-    raw = path.read_bytes()
+    raw = read_run_file(path)
     keep = raw[:raw.rfind(b"\n") + 1]
     if len(keep) != len(raw):
-        path.write_bytes(keep)
+        write_run_file(path, keep)
     records = {}
     for number, line in enumerate(keep.split(b"\n")[:-1], 1):
         try:
@@ -131,23 +162,26 @@ class SealedRecords:
     def __init__(self, path: Path, keep: list[str] | None = None):
         self.path = Path(path)
         if keep is None:
-            raw = self.path.read_bytes()
+            raw = read_run_file(self.path)
             self.digest, self.lines = hashlib.sha256(raw), raw.count(b"\n")
+            self._seal()
         else:
-            text = "".join(keep)
-            self.path.write_text(text)
-            self.digest, self.lines = hashlib.sha256(text.encode()), len(keep)
-        self._seal()
-        self.stream = open(self.path, "a")  # noqa: SIM115 (closed by close())
+            text = "".join(keep).encode()
+            self.digest, self.lines = hashlib.sha256(text), len(keep)
+            # the seal first: a kill between the two leaves sealed lines of a file not yet written
+            # (the lines found are then recomputed), never a file without its seal
+            self._seal()
+            write_run_file(self.path, text)
+        self.stream = open(self.path, "ab")  # noqa: SIM115 (closed by close())
 
     def _seal(self) -> None:
         write_json_atomically(seal_path(self.path), {"lines": self.lines, "sha256": self.digest.hexdigest()})
 
     def append(self, lines: list[str]) -> None:
-        text = "".join(lines)
+        text = "".join(lines).encode()
         self.stream.write(text)
         self.stream.flush()
-        self.digest.update(text.encode())
+        self.digest.update(text)
         self.lines += len(lines)
         self._seal()
 
@@ -164,11 +198,12 @@ def read_sealed(path: Path) -> tuple[dict[int, dict], list[int]]:
     """
     path = Path(path)
     records = read_per_image(path)  # drops a torn last line
-    lines = path.read_bytes().split(b"\n")[:-1]
+    lines = read_run_file(path).split(b"\n")[:-1]
     seal = seal_path(path)
     if not seal.is_file():
         raise CertMaskError(f"--resume: {str(path)!r} has no {seal.name} beside it, so its records cannot be "
                             f"told from edited ones; rerun with --overwrite")
+    _refuse_other_than_a_file(seal)
     stored = read_json_file(seal, "the per-image seal")
     sealed = stored.get("lines") if isinstance(stored, dict) else None
     if type(sealed) is not int or not 0 <= sealed <= len(lines) or stored.get("sha256") != hashlib.sha256(
@@ -320,10 +355,11 @@ def merge_parts(parts: list[PartialResults]) -> PartialResults:
     if len(np.unique(indices)) != len(indices):
         raise CertMaskError("shards overlap: an image was certified by two processes")
     merged = PartialResults(indices[order], np.concatenate([p.undefended for p in parts])[order])
-    for key in parts[0].reports:
+    parts = [p for p in parts if len(p.indices)]  # a process left without images has no reports
+    for key in parts[0].reports if parts else ():
         merged.reports[key] = concat_reports([p.reports[key] for p in parts], order)
         # wall time of a sharded run is the slowest shard's
         merged.seconds[key] = max(p.seconds[key] for p in parts)
-    for key in parts[0].sizes:
+    for key in parts[0].sizes if parts else ():
         merged.sizes[key] = concat_size_reports([p.sizes[key] for p in parts], order)
     return merged

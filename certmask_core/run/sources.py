@@ -108,6 +108,15 @@ def _runs(order: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(order[a]), int(order[a]) + b - a, a) for a, b in zip(starts, stops)]
 
 
+def _stamp(path: Path) -> tuple | None:
+    """What tells a file apart from its edited or replaced self: device, inode, size and both times."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class DataSource:
     """Data whose labels, names and shapes are known when opened and whose pixels are decoded per batch.
 
@@ -140,7 +149,8 @@ class DataSource:
                  files: Sequence[Path] = (), closing: Sequence = (), bytes_per_item: int | None = None):
         self.labels, self.source, self.item_shape = labels, source, tuple(int(v) for v in item_shape)
         self.ids, self.classes = ids, classes
-        self._files = list(files)  # named with their sizes by fingerprint()
+        self._files = list(files)  # hashed by fingerprint(), checked unchanged by every read
+        self._stamps = {path: _stamp(path) for path in self._files}
         self._closing = list(closing)  # closed (last first) with the source
         self._native_shape = self.item_shape  # before resizing
         self._resize_to: tuple[int, int] | None = None
@@ -189,29 +199,39 @@ class DataSource:
         order, back = _sorted_unique(indices)
         with self._reading():
             items = self._decode(order)
+        self._check_unchanged(self._files_of(order))
         if self._resize_to is not None:
             items = resize_images(items, self._resize_to)
         return items if back is None else items[back]
 
     def fingerprint(self) -> str:
-        """SHA-256 (hex) of what identifies the data, without decoding a pixel.
-
-        It covers the labels, ids, classes, item shape, source and the name and current size of every
-        file the source reads. A pixel edit that keeps every file's size is not seen by it: it tells
-        data sets apart, it does not prove their pixels unchanged.
-        """
-        files = []
-        for path in self._files:
-            try:
-                files.append([str(path), os.stat(path).st_size])
-            except OSError as err:
-                raise CertMaskError(f"cannot fingerprint {str(path)!r}: {err.strerror or err}") from None
+        """SHA-256 (hex) of the data: labels, ids, classes, item shape, source and the bytes of every
+        file the source reads (streamed, never held whole). A file changed since the source was opened
+        is a CertMaskError here and at every read (see :meth:`read`)."""
         described = json.dumps({"source": self.source, "items": len(self), "classes": self.classes,
-                                "item_shape": list(self.item_shape), "ids": self.ids, "files": files},
-                               sort_keys=True)
+                                "item_shape": list(self.item_shape), "ids": self.ids,
+                                "files": [str(path) for path in self._files]}, sort_keys=True)
         digest = hashlib.sha256(described.encode("utf-8", "surrogatepass"))
         digest.update(np.ascontiguousarray(self.labels, "<i8").tobytes())
+        for path in self._files:
+            with _datasets.open_regular_file(path, "data file") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+            self._check_unchanged([path])
         return digest.hexdigest()
+
+    def _files_of(self, order: np.ndarray) -> list[Path]:
+        """The files a read of the items ``order`` decodes from (every file, unless a kind knows)."""
+        return self._files
+
+    def _check_unchanged(self, paths) -> None:
+        """CertMaskError when a file was replaced, rewritten or touched since the source was opened:
+        items read before and after would come from different data."""
+        for path in paths:
+            if _stamp(path) != self._stamps[path]:
+                raise CertMaskError(f"{str(path)!r} changed while certmask was reading it (size, time or "
+                                    f"file differ from when the data were opened); rerun on data that "
+                                    f"stay put")
 
     def close(self) -> None:
         """Release the files, once the reads in progress have finished; later reads are refused."""
@@ -843,6 +863,9 @@ class _ImageFolderSource(DataSource):
                                         "--image-size H W")
                 out[j] = _datasets._decode_image(image, family, self._image_size, path)
         return out
+
+    def _files_of(self, order: np.ndarray) -> list[Path]:
+        return [self._paths[i] for i in order.tolist()]
 
 
 def open_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | None = None,
