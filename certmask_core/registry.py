@@ -10,7 +10,9 @@ from importlib import metadata
 from .errors import CertMaskError
 
 ENTRY_POINT_GROUP = "certmask.backends"
-_BUILTIN = {"torch": "certmask_backends.pytorch:TorchBackend"}
+_BUILTIN = {"torch": "certmask_backends.pytorch:TorchBackend",
+            "numpy": "certmask_core.array_backend:NumpyBackend",
+            "onnx": "certmask_backends.onnx:OnnxBackend"}
 _REGISTERED: dict[str, object] = {}
 
 

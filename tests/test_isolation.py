@@ -27,7 +27,8 @@ def test_no_bare_backends_package_is_installed():
 PURE_CORE = ("certmask_core", "certmask_core.geometry", "certmask_core.constructions",
              "certmask_core.coverage", "certmask_core.certification", "certmask_core.double_masking",
              "certmask_core.registry", "certmask_core.errors", "certmask_core.multipatch",
-             "certmask_core.sizes", "certmask_core.planning")
+             "certmask_core.sizes", "certmask_core.planning", "certmask_core.contract",
+             "certmask_core.array_backend")
 
 
 def test_the_pure_core_never_imports_the_run_layer():

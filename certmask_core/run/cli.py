@@ -200,15 +200,47 @@ def cmd_coverage(args) -> int:
     return 0 if report["k_fold"] else 1
 
 
-def _backend(args):
+TORCH_ONLY_OPTIONS = {"--autocast": ("autocast", "none"), "--channels-last": ("channels_last", False),
+                      "--memory-budget-mb": ("memory_budget_mb", None)}
+"""Options only the torch backend takes: given to another backend they are refused by name."""
+
+
+def _backend_name(args) -> str:
+    """``--backend``, or (not given) ``onnx`` for a ``.onnx`` model and ``torch`` otherwise."""
+    if args.backend is not None:
+        return args.backend
+    return "onnx" if str(getattr(args, "model", "")).lower().endswith(".onnx") else "torch"
+
+
+def _backend(args, needs: str | None = None):
+    """The backend of the command's options; ``needs`` names a capability only some backends have
+    (``attack``, ``train``: the torch backend's gradients)."""
     from ..registry import get_backend
-    autocast = {"none": None, "bf16": "bfloat16", "fp16": "float16"}[args.autocast]
-    options = {"device": args.device, "batch_size": args.batch_size, "fill": args.fill,
-               "memory_budget_mb": args.memory_budget_mb, "channels_last": args.channels_last}
-    if autocast:
-        import importlib
-        options["autocast_dtype"] = getattr(importlib.import_module("torch"), autocast)
-    return get_backend(args.backend, **options)
+    name = _backend_name(args)
+    args.backend = name  # recorded in run.json and results.json
+    options = {"batch_size": args.batch_size, "fill": args.fill}
+    if name == "torch":
+        autocast = {"none": None, "bf16": "bfloat16", "fp16": "float16"}[args.autocast]
+        options.update(device=args.device, memory_budget_mb=args.memory_budget_mb,
+                       channels_last=args.channels_last)
+        if autocast:
+            import importlib
+            options["autocast_dtype"] = getattr(importlib.import_module("torch"), autocast)
+    else:
+        given = [flag for flag, (dest, default) in TORCH_ONLY_OPTIONS.items()
+                 if getattr(args, dest) != default]
+        if given:
+            raise CertMaskError(f"{', '.join(given)} applies to the torch backend only, not --backend {name}")
+        if name == "onnx":
+            options["device"] = args.device
+        elif args.device != "cpu":
+            raise CertMaskError(f"--device applies to the torch and onnx backends, not --backend {name} "
+                                f"(a plain callable runs where its own code puts it)")
+    backend = get_backend(name, **options)
+    if needs is not None and not callable(getattr(backend, needs, None)):
+        raise CertMaskError(f"{needs} needs the torch backend (gradients through the model); --backend "
+                            f"{name} has none")
+    return backend
 
 
 def _sha256(*arrays) -> str:
@@ -279,6 +311,9 @@ def cmd_certify(args) -> int:
                                          else getattr(backend, "margin_tolerance", DEFAULT_MARGIN_TOLERANCE)))
     rank, world, gather, close = (0, 1, None, lambda: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        if not callable(getattr(backend, "init_distributed", None)):
+            raise CertMaskError(f"a sharded run (torchrun) needs the torch backend's process group; "
+                                f"--backend {args.backend} has none")
         rank, world, gather, close = backend.init_distributed()
     run = CertificationRun(backend, model, data, config, num_classes=num_classes, rank=rank, world=world,
                            gather=gather)
@@ -395,7 +430,7 @@ def cmd_attack(args) -> int:
     from .experiment import check_labels_in_classes
     if args.steps < 1 or args.stride < 1:
         raise CertMaskError(f"--steps and --stride must be >= 1, got {args.steps} and {args.stride}")
-    backend = _backend(args)
+    backend = _backend(args, needs="attack")
     data = _load_data(args)
     images, labels, source = data.images, data.labels, data.source
     model, num_classes = _load_checked_model(backend, args, images, data.classes)
@@ -463,7 +498,7 @@ def cmd_tune(args) -> int:
 
 def cmd_train(args) -> int:
     from .experiment import check_labels_in_classes, read_maskset
-    backend = _backend(args)
+    backend = _backend(args, needs="train")
     out = Path(args.out)
     checkpoints = out / "checkpoints"
     if not args.resume and checkpoints.is_dir() and any(re.fullmatch(r"epoch-\d+\.pt", p.name)
@@ -577,8 +612,11 @@ def _add_data_model_args(p, split: str) -> None:
 
 
 def _add_backend_args(p) -> None:
-    p.add_argument("--backend", default="torch", help="backend name (entry point group certmask.backends)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    p.add_argument("--backend", help="torch (default), numpy (any callable 'package.module:factory' model: "
+                                      "JAX, TensorFlow, scikit-learn), onnx (default for a .onnx --model; "
+                                      "onnxruntime), or one registered under the entry point group "
+                                      "certmask.backends")
+    p.add_argument("--device", default="cpu", help="device, e.g. cpu, cuda, cuda:1 (torch and onnx backends)")
     p.add_argument("--batch-size", type=int, default=512, help="masked images per forward pass")
     p.add_argument("--memory-budget-mb", type=float, help="also cap the batch to fit this much memory")
     p.add_argument("--fill", type=float, default=0.0, help="mask fill in pixel space")
