@@ -1,7 +1,11 @@
 """PatchCleanser's double-masking defence and its two certificates (theorems T8 and T11).
 
 Pair predictions are asked for many images at once: every round gathers the requests of all the
-images still undecided into one call of the pair predictor, so a backend sees full batches.
+images still undecided into one call of the pair predictor, so a backend sees full batches. The
+decisions of a round are taken for all those images together, in array operations (no Python loop
+over images or pairs), so that the host keeps up with a fast model. Each function has a slow twin in
+:mod:`proofs.reference` that decides one image at a time; the twins ask the same pairs in the same
+order and return the same results.
 
 A pair predictor is a callable ``pair_predictor(image_index, pairs)`` answering one image
 (:data:`certmask_core.certification.PairPredictor`). It may also offer
@@ -47,16 +51,32 @@ def all_pairs(n: int) -> np.ndarray:
     return np.stack([i, j], axis=1)
 
 
-def _row_pairs(i: int, others: np.ndarray) -> np.ndarray:
-    return np.stack([np.full(len(others), i), others], axis=1)
+def _group_starts(images: np.ndarray) -> np.ndarray:
+    """Where each run of equal values begins in the sorted ``images``."""
+    starts = np.ones(len(images), dtype=bool)
+    np.not_equal(images[1:], images[:-1], out=starts[1:])
+    return np.flatnonzero(starts)
 
 
-def _majority(row: np.ndarray, no_vote: int, alert: int) -> int:
-    votes = row[row != no_vote]
-    if not len(votes):
-        return alert
-    classes, counts = np.unique(votes, return_counts=True)
-    return int(classes[counts.argmax()])
+def majorities(first: np.ndarray, no_vote: int, alert: int) -> np.ndarray:
+    """First-round majority of every row: the most frequent label, ties to the smallest, ``no_vote``
+    votes for none; ``alert`` for a row without a vote."""
+    B, n = first.shape
+    if n == 0:
+        return np.full(B, alert, dtype=np.int64)
+    votes = np.sort(first, axis=1)
+    position = np.broadcast_to(np.arange(n), (B, n))
+    starts = np.ones((B, n), dtype=bool)
+    starts[:, 1:] = votes[:, 1:] != votes[:, :-1]
+    ends = np.ones((B, n), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    # every entry learns the first and last position of its run of equal labels
+    run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    run_end = np.minimum.accumulate(np.where(ends, position, n)[:, ::-1], axis=1)[:, ::-1]
+    count = np.where(votes == no_vote, 0, run_end - run_start + 1)
+    best = count.argmax(1)  # the first longest run: the smallest of the tied labels (sorted)
+    rows = np.arange(B)
+    return np.where(count[rows, best] > 0, votes[rows, best], alert).astype(np.int64)
 
 
 def patchcleanser_defence(first: np.ndarray, ask, no_vote: int, alert: int
@@ -66,32 +86,33 @@ def patchcleanser_defence(first: np.ndarray, ask, no_vote: int, alert: int
     First round: the majority (ties to the smallest class; NO_VOTE votes for none). If every mask
     agrees with it, output it. Otherwise try the disagreeing masks in index order: the first whose
     every two-mask prediction equals its own one-mask prediction is output; else the majority.
-    ``ask(image_indices, pairs)`` returns the pair labels.
+    ``ask(image_indices, pairs)`` returns the pair labels. Each round asks, for every image still
+    trying, the ``n - 1`` pairs of its next disagreeing mask, images in index order.
+
+    Slow twin: :func:`proofs.reference.patchcleanser_defence_reference` (same output, same pairs
+    asked in the same order, same passes).
     """
     B, n = first.shape
-    output = np.array([_majority(row, no_vote, alert) for row in first], dtype=np.int64)
+    output = majorities(first, no_vote, alert)
     passes = np.zeros(B, dtype=np.int64)
-    queues = {b: np.flatnonzero((first[b] != output[b]) & (first[b] != no_vote)) for b in range(B)
-              if output[b] != alert and (first[b] != output[b]).any()}
-    queues = {b: q for b, q in queues.items() if len(q)}
-    step = dict.fromkeys(queues, 0)
-    everyone = np.arange(n)
-    while queues:
-        images, requests = [], []
-        for b, queue in queues.items():
-            i = queue[step[b]]
-            images.append(np.full(n - 1, b))
-            requests.append(_row_pairs(i, np.delete(everyone, i)))
-        answers = ask(np.concatenate(images), np.concatenate(requests)).reshape(len(queues), n - 1)
-        for (b, queue), second in zip(list(queues.items()), answers):
-            i = queue[step[b]]
-            passes[b] += n - 1
-            step[b] += 1
-            if (second == first[b, i]).all():
-                output[b] = first[b, i]
-            elif step[b] < len(queue):
-                continue
-            del queues[b]
+    disagree = (first != output[:, None]) & (first != no_vote)
+    queue_length = disagree.sum(1)
+    step = np.zeros(B, dtype=np.int64)
+    trying = np.flatnonzero((output != alert) & (queue_length > 0))
+    others = np.arange(n - 1)
+    while len(trying):
+        # the step-th disagreeing mask: the first column where the running count passes step
+        mask = (np.cumsum(disagree[trying], axis=1) > step[trying, None]).argmax(1)
+        partners = others + (others >= mask[:, None])  # every other mask, in index order
+        images = np.repeat(trying, n - 1)
+        pairs = np.stack([np.repeat(mask, n - 1), partners.ravel()], axis=1)
+        answers = np.asarray(ask(images, pairs)).reshape(len(trying), n - 1)
+        passes[trying] += n - 1
+        step[trying] += 1
+        own = first[trying, mask]
+        accepted = (answers == own[:, None]).all(1)
+        output[trying[accepted]] = own[accepted]
+        trying = trying[~accepted & (step[trying] < queue_length[trying])]
     return output, passes
 
 
@@ -99,123 +120,191 @@ def all_pairs_certificate(first, sure, y, ask, chunk: int):
     """T8: every one-mask and every two-mask prediction equals ``y``.
 
     ``sure`` flags predictions whose margin is above the tolerance. Pairs are asked ``chunk`` per
-    image per round, and an image stops at its first wrong chunk. Returns (holds, holds on labels
-    alone, pair passes, smallest margin seen).
+    image per round, and an image stops at its first wrong chunk. Every image starts together and
+    moves one chunk a round, so a round asks the same chunk of :func:`all_pairs` of every image
+    still in. Returns (holds, holds on labels alone, pair passes, smallest margin seen).
+
+    Slow twin: :func:`proofs.reference.all_pairs_certificate_reference` (same results, same pairs
+    asked in the same order, same passes and margins).
     """
     B, n = first.shape
+    y = np.asarray(y)
     loose = (first == y[:, None]).all(1)
     strict = loose & sure.all(1)
     passes = np.zeros(B, dtype=np.int64)
     min_margin = np.full(B, np.inf)
     pairs = all_pairs(n)
-    position = dict.fromkeys(np.flatnonzero(loose).tolist(), 0)
-    while position and len(pairs):
-        images = [np.full(len(pairs[s:s + chunk]), b) for b, s in position.items()]
-        batch = [pairs[s:s + chunk] for s in position.values()]
-        labels, margins = ask(np.concatenate(images), np.concatenate(batch))
-        offsets = np.cumsum([0] + [len(p) for p in batch])
-        for t, b in enumerate(list(position)):
-            got, near = labels[offsets[t]:offsets[t + 1]], margins[offsets[t]:offsets[t + 1]]
-            passes[b] += len(got)
-            min_margin[b] = min(min_margin[b], near.min(initial=np.inf))
-            position[b] += chunk
-            if (got != y[b]).any():
-                loose[b] = strict[b] = False
-            strict[b] &= bool((near > ask.tolerance).all())
-            if not loose[b] or position[b] >= len(pairs):
-                del position[b]
+    going = np.flatnonzero(loose)
+    position = 0
+    while len(going) and position < len(pairs):
+        batch = pairs[position:position + chunk]
+        labels, margins = ask(np.repeat(going, len(batch)), np.tile(batch, (len(going), 1)))
+        labels = np.asarray(labels).reshape(len(going), len(batch))
+        margins = np.asarray(margins).reshape(len(going), len(batch))
+        passes[going] += len(batch)
+        min_margin[going] = np.minimum(min_margin[going], margins.min(1, initial=np.inf))
+        position += chunk
+        wrong = (labels != y[going, None]).any(1)
+        loose[going[wrong]] = False
+        strict[going] &= ~wrong & (margins > ask.tolerance).all(1)
+        going = going[~wrong]
     return strict, loose, passes, min_margin
 
 
-class _HittingSearch:
-    """The T11 certificate of one image: find good masks that hit every minimal covering set.
+class _HittingSearches:
+    """The T11 searches of a block of images, advanced together (one search per image).
 
     Mask ``g`` is good when its one-mask prediction and every two-mask prediction ``(g, m)`` equal
     ``y``; it is *surely* good when all those predictions also have margins above the tolerance.
-    The search first looks for surely good masks; if that becomes impossible it goes on with good
+    Each search first looks for surely good masks; if that becomes impossible it goes on with good
     ones (to tell a refusal for margins from a failure).
+
+    The rule is that of :class:`proofs.reference.HittingSearchReference`, step for step, in array
+    operations over the images: ``state`` holds every image's ``(n, n)`` pair states, and per-row
+    summaries (pairs not asked yet, a wrong pair, a near pair) are kept up to date as answers
+    arrive, so that a round reads the summaries, products with the membership and the state rows of
+    the candidates it asks or checks, never every image's ``n x n`` states. Levels are indices: 1
+    looks for surely good masks, 0 for good ones.
     """
 
-    def __init__(self, row, sure_row, y, member):
-        self.n, self.member = len(row), member  # member: (n, m) mask i lies in minimal set s
-        self.candidate = {True: (row == y) & sure_row, False: row == y}
-        self.tried = np.zeros(self.n, dtype=bool)
-        self.good = {True: np.zeros(self.n, dtype=bool), False: np.zeros(self.n, dtype=bool)}
-        self.state = np.zeros((self.n, self.n), dtype=np.int8)
-        np.fill_diagonal(self.state, _SURE)
-        self.level = True
-        self.pending: list[int] = []
-        self.width = 1  # candidate rows asked in the next round without a suspect
+    def __init__(self, first, sure, y, member):
+        B, n = first.shape
+        self.n, self.y = n, y
+        # membership as float32 so that set counts are matrix products (exact: counts stay below 2**24)
+        self.member = np.asarray(member, dtype=np.float32)
+        self.member_t = np.ascontiguousarray(self.member.T)
+        loose = first == y[:, None]
+        self.candidate = np.stack([loose, loose & sure])
+        self.good = np.zeros((2, B, n), dtype=bool)
+        self.tried = np.zeros((B, n), dtype=bool)
+        self.state = np.zeros((B, n, n), dtype=np.int8)
+        self.state[:, np.arange(n), np.arange(n)] = _SURE
+        self.unknown = np.full((B, n), n - 1, dtype=np.int64)  # per row: pairs not asked yet
+        self.wrong = np.zeros((B, n), dtype=bool)  # per row: some pair answered a wrong label
+        self.near = np.zeros((B, n), dtype=bool)  # per row: some right pair with a margin too small
+        self.level = np.ones(B, dtype=np.int64)
+        self.width = np.ones(B, dtype=np.int64)  # candidate rows asked in the next round without a suspect
+        self.pending = np.zeros((B, n), dtype=bool)  # the rows asked last round
+        self.searching = np.ones(B, dtype=bool)
+        self._lower = np.tri(n, k=-1, dtype=bool)  # i > j: a pair of two pending rows is asked once, i < j
+        self._eye = np.eye(n, dtype=bool)
 
-    def unhit(self, level) -> np.ndarray:
-        return ~self.member[self.good[level]].any(0)
+    def unhit(self, level, images) -> np.ndarray:
+        """``(t, m)``: minimal sets no good mask of ``level`` (per image) lies in yet."""
+        return (self.good[level, images].astype(np.float32) @ self.member) == 0
 
-    def hits(self, level) -> bool:
-        return not self.unhit(level).any()
+    def hits(self, level: int) -> np.ndarray:
+        """Per image: its good masks of ``level`` hit every minimal set."""
+        return ~self.unhit(np.full(len(self.y), level), np.arange(len(self.y))).any(1)
 
-    def next_request(self) -> np.ndarray | None:
-        """Pairs to evaluate for the next candidate mask, or None when the search is over."""
-        while True:
-            level = self.level
-            if self.hits(level):
-                return None
-            unhit = self.unhit(level)
-            worst = _WRONG if not level else _NEAR
-            open_ = self.candidate[level] & ~self.tried & ~(self.state >= worst).any(1)
-            gain = self.member[:, unhit].sum(1) * open_
-            # impossible when some unhit set holds no open candidate
-            if not (self.member[open_][:, unhit].any(0)).all():
-                if level and not self.hits(False) and self._loose_possible():
-                    self.level = False
-                    continue
-                return None
-            g = int(gain.argmax())
-            unknown = self.state[g] == _UNKNOWN
-            suspect = self.suspect()
-            if not unknown.any():
-                self._settle(g)
-                continue
-            if (unknown & suspect).any() and (unknown & ~suspect).any():
-                # pairs with a suspect first: they are the likeliest to be wrong, and one wrong
-                # pair spares the rest of the row
-                self.pending = [g]
-                return _row_pairs(g, np.flatnonzero(unknown & suspect))
-            # no suspect in sight: every candidate that alone can hit some unhit set must be good for
-            # the image to be certified, so their rows are asked together, as many more each round
-            # as the rows of the last round all came back good (fewer rounds, little waste)
-            alone = unhit & (self.member[open_].sum(0) == 1)
-            forced = open_ & self.member[:, alone].any(1) & ~(self.state[:, suspect] == _UNKNOWN).any(1)
-            forced[g] = False
-            self.pending = sorted([g] + np.flatnonzero(forced)[:self.width - 1].tolist())
-            rows = self.state[self.pending] == _UNKNOWN
-            i, j = np.nonzero(rows)
-            i = np.asarray(self.pending)[i]
-            keep = (i < j) | ~np.isin(j, self.pending)  # a pair of two pending masks is asked once
-            return np.stack([i[keep], j[keep]], axis=1)
+    def requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(images, pairs)`` to evaluate this round, grouped by image in index order; images whose
+        search is over stop searching. Empty when every search is over."""
+        found_images, found_pairs = [], []
+        todo = np.flatnonzero(self.searching)
+        while len(todo):
+            level = self.level[todo]
+            unhit = self.unhit(level, todo)
+            over = ~unhit.any(1)
+            blocked = self.wrong[todo] | (self.near[todo] & (level == 1)[:, None])
+            open_ = self.candidate[level, todo] & ~self.tried[todo] & ~blocked
+            open_count = open_.astype(np.float32) @ self.member
+            stuck = ~over & (unhit & (open_count == 0)).any(1)  # an unhit set without open candidate
+            relax = stuck & (level == 1)
+            if relax.any():
+                relax[relax] = self._loose_possible(todo[relax])
+            self.level[todo[relax]] = 0
+            self.searching[todo[(over | stuck) & ~relax]] = False
+            go = ~(over | stuck)
+            images, unhit, open_, open_count = todo[go], unhit[go], open_[go], open_count[go]
+            g = ((unhit.astype(np.float32) @ self.member_t) * open_).argmax(1)  # first of the largest gain
+            unasked = self.state[images, g] == _UNKNOWN  # the pairs of g's row not asked yet
+            suspect = ~self.candidate[0, images] | self.wrong[images]
+            known = ~unasked.any(1)
+            if known.any():  # a row already complete: settle it and choose again
+                self._settle(images[known], self._eye[g[known]])
+            split = ~known & (unasked & suspect).any(1) & (unasked & ~suspect).any(1)
+            if split.any():
+                # pairs with a suspect first: they are the likeliest to be wrong, and one wrong pair
+                # spares the rest of the row
+                self.pending[images[split]] = self._eye[g[split]]
+                t, j = np.nonzero(unasked[split] & suspect[split])
+                found_images.append(images[split][t])
+                found_pairs.append(np.stack([g[split][t], j], axis=1))
+            whole = ~known & ~split
+            if whole.any():
+                found = self._rows(images[whole], g[whole], unhit[whole], open_[whole], open_count[whole],
+                                   suspect[whole])
+                found_images.append(found[0])
+                found_pairs.append(found[1])
+            todo = np.sort(np.concatenate([todo[relax], images[known]]))
+        if not found_images:
+            return np.empty(0, np.int64), np.empty((0, 2), np.int64)
+        images, pairs = np.concatenate(found_images), np.concatenate(found_pairs)
+        order = np.argsort(images, kind="stable")  # each image's request stays in its own order
+        return images[order], pairs[order]
 
-    def suspect(self) -> np.ndarray:
-        """Masks whose one-mask prediction is wrong or that are in a wrong pair already."""
-        return ~self.candidate[False] | (self.state == _WRONG).any(0)
+    def _rows(self, images, g, unhit, open_, open_count, suspect):
+        """No suspect in sight: the rows of ``g`` and of up to ``width - 1`` forced candidates.
 
-    def _loose_possible(self) -> bool:
-        open_ = self.candidate[False] & ~self.tried & ~(self.state == _WRONG).any(1)
-        unhit = self.unhit(False)
-        return bool((self.member[open_ | self.good[False]][:, unhit].any(0)).all())
+        Every candidate that alone can hit some unhit set must be good for the image to be certified,
+        so their rows are asked together, as many more each round as the rows of the last round all
+        came back good (fewer rounds, little waste). A candidate with an unknown pair with a suspect
+        waits: that pair is the likeliest to be wrong.
+        """
+        rows = np.arange(len(images))
+        alone = unhit & (open_count == 1)
+        forced = open_ & ((alone.astype(np.float32) @ self.member_t) > 0)
+        forced[rows, g] = False
+        t, i = np.nonzero(forced)
+        if len(t):  # only the rows of those candidates are read, not every image's n x n states
+            waiting = ((self.state[images[t], i] == _UNKNOWN) & suspect[t]).any(1)
+            forced[t[waiting], i[waiting]] = False
+        forced &= np.cumsum(forced, axis=1) <= (self.width[images] - 1)[:, None]
+        forced[rows, g] = True
+        self.pending[images] = forced
+        t, i = np.nonzero(forced)
+        ask = (self.state[images[t], i] == _UNKNOWN) & ~(forced[t] & self._lower[i])
+        r, j = np.nonzero(ask)
+        return images[t[r]], np.stack([i[r], j], axis=1)
 
-    def answer(self, pairs, labels, sure, y) -> None:
-        states = np.where(labels != y, _WRONG, np.where(sure, _SURE, _NEAR)).astype(np.int8)
-        self.state[pairs[:, 0], pairs[:, 1]] = states
-        self.state[pairs[:, 1], pairs[:, 0]] = states
-        for g in self.pending:
-            if (self.state[g] == _WRONG).any() or not (self.state[g] == _UNKNOWN).any():
-                self._settle(g)  # else the rest of its row comes next round (it stays the best choice)
-        self.width = 2 * self.width if self.good[False][self.pending].all() else 1
+    def _loose_possible(self, images) -> np.ndarray:
+        """Per image: no good mask hits every minimal set yet, and every unhit set still holds an open
+        candidate of level 0 (so a search for good masks may succeed)."""
+        open_ = self.candidate[0, images] & ~self.tried[images] & ~self.wrong[images]
+        unhit = self.unhit(np.zeros(len(images), np.int64), images)
+        reach = ((open_ | self.good[0, images]).astype(np.float32) @ self.member) > 0
+        return unhit.any(1) & (reach | ~unhit).all(1)
 
-    def _settle(self, g) -> None:
-        self.tried[g] = True
-        row = self.state[g]
-        self.good[False][g] = self.candidate[False][g] and not (row == _WRONG).any()
-        self.good[True][g] = self.candidate[True][g] and bool((row == _SURE).all())
+    def answer(self, images, pairs, labels, sure) -> None:
+        """Record the answers of a round (``images`` sorted) and settle the rows they complete."""
+        i, j = pairs[:, 0], pairs[:, 1]
+        states = np.where(labels != self.y[images], _WRONG, np.where(sure, _SURE, _NEAR)).astype(np.int8)
+        fresh = self.state[images, i, j] == _UNKNOWN  # a request holds unknown pairs only, each once
+        self.state[images, i, j] = states
+        self.state[images, j, i] = states
+        n = self.n
+        flat = np.concatenate([images * n + i, images * n + j])
+        counted = np.concatenate([fresh, fresh])
+        self.unknown -= np.bincount(flat[counted], minlength=self.unknown.size).reshape(self.unknown.shape)
+        for value, summary in ((_WRONG, self.wrong), (_NEAR, self.near)):
+            hit = np.concatenate([states == value] * 2)
+            summary.reshape(-1)[flat[hit]] = True
+        asked = images[_group_starts(images)]
+        pending = self.pending[asked]
+        # a row with a wrong pair or without unknown pairs is decided; else the rest of it comes next
+        # round (it stays the best choice)
+        self._settle(asked, pending & (self.wrong[asked] | (self.unknown[asked] == 0)))
+        all_good = (self.good[0, asked] | ~pending).all(1)
+        # capped at n: the rule takes the first width - 1 of at most n - 1 forced rows
+        self.width[asked] = np.where(all_good, np.minimum(2 * self.width[asked], n), 1)
+
+    def _settle(self, images, rows) -> None:
+        """Mark the masks ``rows`` (``(t, n)`` bool) of ``images`` tried, and good where they are."""
+        self.tried[images] |= rows
+        wrong, complete = self.wrong[images], self.unknown[images] == 0
+        self.good[0, images] |= rows & self.candidate[0, images] & ~wrong
+        self.good[1, images] |= rows & self.candidate[1, images] & complete & ~wrong & ~self.near[images]
 
 
 def hitting_set_certificate(first, sure, y, member, ask):
@@ -223,34 +312,41 @@ def hitting_set_certificate(first, sure, y, member, ask):
 
     ``member`` is the ``(n, m)`` membership of masks in the minimal covering sets. Each round asks,
     for every undecided image, the unevaluated pairs of one candidate mask (one-mask prediction
-    ``y``), chosen greedily by how many still-unhit minimal sets it lies in; an image stops when its
-    good masks hit every minimal set or when some unhit set has no untried candidate left.
-    Returns (holds, holds on labels alone, pair passes, smallest margin seen).
+    ``y``), chosen greedily by how many still-unhit minimal sets it lies in (or of several forced
+    candidates, see :class:`_HittingSearches`); an image stops when its good masks hit every minimal
+    set or when some unhit set has no untried candidate left. The decisions of a round are taken for
+    all undecided images at once; the pair states of ``_STATE_BYTES`` worth of images are held at a
+    time. Returns (holds, holds on labels alone, pair passes, smallest margin seen).
+
+    The certificates do not depend on the order in which candidates are tried: a search gives up
+    only when some unhit minimal set holds no candidate left that could still be (surely) good, so
+    both are the image's T11 certificates over all its pairs. The smallest margin is over the pairs
+    the search asked (all pairs would cost what the search saves).
+
+    Slow twin: :func:`proofs.reference.hitting_set_certificate_reference` (same results, same pairs
+    asked in the same order, same passes and margins).
     """
     B, n = first.shape
+    y = np.asarray(y)
     strict, loose = np.zeros(B, dtype=bool), np.zeros(B, dtype=bool)
     passes = np.zeros(B, dtype=np.int64)
     min_margin = np.full(B, np.inf)
     block = max(1, _STATE_BYTES // max(1, n * n))
     for start in range(0, B, block):
-        searches = {b: _HittingSearch(first[b], sure[b], y[b], member)
-                    for b in range(start, min(B, start + block))}
-        requests = {b: s.next_request() for b, s in searches.items()}
-        while any(r is not None for r in requests.values()):
-            active = [b for b, r in requests.items() if r is not None]
-            pairs = np.concatenate([requests[b] for b in active])
-            labels, margins = ask(np.concatenate([np.full(len(requests[b]), b) for b in active]), pairs)
-            offset = 0
-            for b in active:
-                m = len(requests[b])
-                got, near = labels[offset:offset + m], margins[offset:offset + m]
-                offset += m
-                passes[b] += m
-                min_margin[b] = min(min_margin[b], near.min())
-                searches[b].answer(requests[b], got, near > ask.tolerance, y[b])
-                requests[b] = searches[b].next_request()
-        for b, s in searches.items():
-            strict[b], loose[b] = s.hits(True), s.hits(False)
+        stop = min(B, start + block)
+        search = _HittingSearches(first[start:stop], sure[start:stop], y[start:stop], member)
+        while True:
+            images, pairs = search.requests()
+            if not len(images):
+                break
+            labels, margins = ask(images + start, pairs)
+            labels, margins = np.asarray(labels), np.asarray(margins)
+            passes[start:stop] += np.bincount(images, minlength=stop - start)
+            starts = _group_starts(images)
+            asked = images[starts] + start
+            min_margin[asked] = np.minimum(min_margin[asked], np.minimum.reduceat(margins, starts))
+            search.answer(images, pairs, labels, margins > ask.tolerance)
+        strict[start:stop], loose[start:stop] = search.hits(1), search.hits(0)
     return strict, loose, passes, min_margin
 
 

@@ -62,18 +62,35 @@ def patch_sizes(sizes, ndim: int = 2) -> tuple[tuple[int, ...], ...]:
 class PairCache:
     """A pair predictor that evaluates each (image, unordered pair) once and remembers the answer.
 
-    Wraps a :data:`~certmask_core.certification.PairPredictor` (using its ``many`` when present);
-    ``rows`` maps the image indices it is asked about to the wrapped predictor's (for certifying a
-    subset of a batch). ``evaluated[b]`` counts the pairs actually evaluated for image ``b``.
+    Wraps a :data:`~certmask_core.certification.PairPredictor` (using its ``many`` when present;
+    without it, the predictor is called once per image with that image's new pairs); ``rows`` maps
+    the image indices it is asked about to the wrapped predictor's (for certifying a subset of a
+    batch). ``evaluated[b]`` counts the pairs actually evaluated for image ``b``.
+
+    Answers are held in arrays, without a Python object per pair: a dense slot table
+    ``(num_images, pair id) -> row`` of a growing answer array (-1: not asked yet). Mask indices are
+    numbered in the order the cache first meets them (so a cache over a large union of masks of which
+    few are ever paired stays small), and the unordered pair of local numbers ``a <= b`` has id
+    ``b (b + 1) / 2 + a``: ids do not depend on how many masks there are, so the table grows by
+    appending columns. It holds 2 L (L + 1) bytes per image for the L masks met (about 2 KB at 32
+    masks, 19 KB at 96; room for half again as many masks when they are met a few at a time).
+
+    Slow twin: :class:`proofs.reference.PairCacheReference` (a dict keyed by ``(image, i, j)``).
     """
 
     def __init__(self, pair_predictor, num_images: int):
         if not callable(pair_predictor):
             raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor, got {pair_predictor!r}")
         self.pair_predictor = pair_predictor
-        self.answers: dict[tuple[int, int, int], np.ndarray] = {}
         self.row_shape: tuple | None = None  # () for labels, (K,) for logits
         self.evaluated = np.zeros(num_images, dtype=np.int64)
+        self._masks = np.empty(0, np.int64)  # the mask indices met, sorted
+        self._numbers = np.empty(0, np.int64)  # their local numbers, in the order they were met
+        self._identity = True  # every mask met so far is numbered as itself
+        self._slots = np.full((num_images, 0), -1, dtype=np.int32)  # (image, pair id) -> answer row
+        self._room = 0  # local masks whose pairs the slot table has columns for
+        self._answers: np.ndarray | None = None
+        self._stored = 0
 
     def view(self, rows: np.ndarray):
         """A pair predictor for images ``rows`` of the batch (local index ``t`` = image ``rows[t]``)."""
@@ -96,31 +113,135 @@ class PairCache:
                                 f"got shape {answer.shape}")
         return answer
 
+    def _number(self, masks: np.ndarray) -> np.ndarray:
+        """Local numbers of ``masks``; masks met for the first time are numbered after the others."""
+        if len(masks) and self._identity and 0 <= masks.min() and masks.max() < len(self._masks):
+            return masks  # masks 0 .. L - 1 met in order, the core's case: numbered as themselves
+        where = np.searchsorted(self._masks, masks)
+        met = where < len(self._masks)
+        met[met] = self._masks[where[met]] == masks[met]
+        if not met.all():
+            new = np.unique(masks[~met])
+            if new[0] < 0:
+                raise CertMaskError(f"pair indices must be >= 0, got {int(new[0])}")
+            masks_, numbers = np.concatenate([self._masks, new]), np.concatenate(
+                [self._numbers, len(self._masks) + np.arange(len(new))])
+            order = np.argsort(masks_, kind="stable")
+            self._masks, self._numbers = masks_[order], numbers[order]
+            self._identity = bool((self._masks == np.arange(len(self._masks))).all()
+                                  and (self._numbers == self._masks).all())
+            self._grow_columns(len(self._masks))
+            where = np.searchsorted(self._masks, masks)
+        return self._numbers[where]
+
+    def _grow_columns(self, count: int) -> None:
+        """Room in the slot table for the pairs of ``count`` local masks (half again as many, so that
+        masks met a few at a time do not copy the table each time)."""
+        if count <= self._room:
+            return
+        self._room = max(count, 3 * self._room // 2)
+        slots = np.full((len(self._slots), self._room * (self._room + 1) // 2), -1, dtype=self._slots.dtype)
+        slots[:, :self._slots.shape[1]] = self._slots
+        self._slots = slots
+
+    def _store(self, answer: np.ndarray) -> np.ndarray:
+        """Append ``answer``'s rows to the answer array; returns their row numbers."""
+        if self._answers is None:
+            self._answers = np.empty((max(1024, len(answer)),) + answer.shape[1:], dtype=answer.dtype)
+        if answer.dtype != self._answers.dtype:  # e.g. float32 logits, then float64: keep both exact
+            try:
+                dtype = np.result_type(self._answers.dtype, answer.dtype)
+            except TypeError:
+                raise CertMaskError(f"pair_predictor answered {answer.dtype} after "
+                                    f"{self._answers.dtype}") from None
+            widened = np.empty(self._answers.shape, dtype)
+            widened[:self._stored] = self._answers[:self._stored]
+            self._answers = widened
+        end = self._stored + len(answer)
+        if end > len(self._answers):
+            grown = np.empty((max(end, 2 * len(self._answers)),) + self._answers.shape[1:],
+                             self._answers.dtype)
+            grown[:self._stored] = self._answers[:self._stored]
+            self._answers = grown
+        if end > np.iinfo(self._slots.dtype).max:
+            self._slots = self._slots.astype(np.int64)
+        self._answers[self._stored:end] = answer
+        self._stored = end
+        return np.arange(end - len(answer), end)
+
     def many(self, image_indices, pairs, rows=None) -> np.ndarray:
-        image_indices = np.asarray(image_indices, dtype=np.int64)
-        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        """Answers of ``pairs[t]`` on image ``image_indices[t]``, evaluating only the (image,
+        unordered pair) not asked before, each once: in one call of the wrapped predictor's ``many``,
+        else in one call per image.
+
+        Parameters
+        ----------
+        image_indices : array of int, shape (m,)
+        pairs : array of int, shape (m, 2)
+            Mask indices (>= 0), in either order.
+        rows : array of int, optional
+            The image of the wrapped predictor for each index (as :meth:`view` passes it).
+
+        Returns
+        -------
+        ndarray
+            ``(m,)`` labels or ``(m, K)`` logits as the wrapped predictor gave them (an empty int64
+            array for no pairs).
+        """
+        image_indices = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         images = image_indices if rows is None else rows[image_indices]
-        keys = [(int(b), int(i), int(j)) for b, (i, j) in zip(images, pairs)]
-        new = sorted({key for key in keys if key not in self.answers})
-        if new:
-            b, i, j = (np.array(column, dtype=np.int64) for column in zip(*new))
+        if not len(pairs):
+            return np.empty(0, np.int64)
+        if len(images) != len(pairs):
+            raise CertMaskError(f"{len(images)} image indices for {len(pairs)} pairs")
+        if images.min() < 0 or images.max() >= len(self.evaluated):
+            raise CertMaskError(f"image indices must lie in [0, {len(self.evaluated)}), got "
+                                f"[{images.min()}, {images.max()}]")
+        i, j = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+        a, b = self._number(i), self._number(j)
+        if not self._identity:
+            a, b = np.minimum(a, b), np.maximum(a, b)
+        ids = b * (b + 1) // 2 + a
+        slots = self._slots[images, ids]
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            new = self._first_of_each(missing, images, i, j)
+            new_images, new_pairs = images[new], np.stack([i[new], j[new]], axis=1)
             many = getattr(self.pair_predictor, "many", None)
             if callable(many):
-                answers = [self._checked(many(b, np.stack([i, j], 1)), len(new))]
+                answers = [self._checked(many(new_images, new_pairs), len(new))]
             else:
-                answers = [self._checked(self.pair_predictor(int(image), np.array([[u, v]])), 1)
-                           for image, u, v in new]
+                starts = np.flatnonzero(np.r_[True, new_images[1:] != new_images[:-1]])
+                answers = [self._checked(self.pair_predictor(int(new_images[s]), new_pairs[s:e]), e - s)
+                           for s, e in zip(starts, np.r_[starts[1:], len(new)])]
             for answer in answers:
                 if self.row_shape is None:
                     self.row_shape = answer.shape[1:]
                 if answer.shape[1:] != self.row_shape:
                     raise CertMaskError(f"pair_predictor answered rows of shape {answer.shape[1:]} after "
                                         f"{self.row_shape}: labels on one call and logits on another?")
-            self.answers.update(zip(new, np.concatenate(answers)))
-            np.add.at(self.evaluated, b, 1)
-        if not keys:
-            return np.empty(0, np.int64)
-        return np.stack([self.answers[key] for key in keys])
+            self._slots[new_images, ids[new]] = self._store(np.concatenate(answers))
+            self.evaluated += np.bincount(new_images, minlength=len(self.evaluated))
+            slots = self._slots[images, ids]
+        return self._answers[slots]
+
+    def _first_of_each(self, rows, images, i, j) -> np.ndarray:
+        """``rows`` sorted by (image, i, j), each (image, pair) once: the order the wrapped predictor
+        is asked in."""
+        top = int(self._masks[-1]) + 1
+        if len(self.evaluated) * top * top < 2**62:  # one int64 key per row
+            key = (images[rows] * top + i[rows]) * top + j[rows]
+            if (key[1:] > key[:-1]).all():
+                return rows  # already in order, no repeat (the defence's requests)
+            order = np.argsort(key, kind="stable")
+            key = key[order]
+        else:
+            order = np.lexsort((j[rows], i[rows], images[rows]))
+            key = np.stack([images[rows], i[rows], j[rows]], axis=1)[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (key[1:] != key[:-1]).reshape(len(order) - 1, -1).any(1)
+        return rows[order[first]]
 
 
 def _larger(sizes, s: int) -> list[int]:
@@ -179,10 +300,11 @@ class SizeReport:
     def largest_certified(self) -> np.ndarray:
         """``(B,)`` side of the largest square patch certified (0: none); needs the squares listed.
 
+        A square is a patch with equal sides on every axis (a cube for clips, any length for signals).
         By T14(b) a certified ``s x s`` implies every smaller square, so this is the largest ``s``
         whose square is in :attr:`sizes` and certified.
         """
-        sides = np.array([h if h == w else 0 for h, w in self.sizes])
+        sides = np.array([size[0] if len(set(size)) == 1 else 0 for size in self.sizes])
         return np.where(self.certified, sides, 0).max(1, initial=0)
 
     def summary(self) -> dict:
