@@ -99,7 +99,8 @@ def host_ceiling(images, labels, modes, recovery_certificate="hitting_set", batc
     seconds = time.perf_counter() - start
     passes = backend.passes
     accuracy = float((backend.predict(model, images) == labels).mean())
-    return {"modes": list(modes), "model_accuracy": round(accuracy, 3), "certificate": recovery_certificate if "recovery" in modes else None,
+    return {"modes": list(modes), "model_accuracy": round(accuracy, 3),
+            "certificate": recovery_certificate if "recovery" in modes else None,
             "images": len(images), "image_batch": run.image_batch, "seconds": round(seconds, 2),
             "passes": passes, "run_passes_per_second": round(passes / seconds),
             "model_alone_passes_per_second": round(alone), "ratio": round(passes / seconds / alone, 3)}

@@ -12,8 +12,6 @@ in eval mode, and reports any failure as a :class:`CertMaskError` naming the sha
 from __future__ import annotations
 
 import math
-import operator
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -23,37 +21,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from certmask_core import CertMaskError, MaskSet
+from certmask_core import CertMaskError, MaskSet, contract
 from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 from certmask_core.multipatch import MaskGroups
+
+from .distributed import join_process_group
+from .models import Normalized
+from .models import load_model as load_model_spec
 
 MASK_FACTOR_BYTES = 1 << 26
 """Most bytes of float mask factors :meth:`TorchBackend.masked_predictions` precomputes (64 MiB)."""
 
 
-def _names(ndim: int) -> str:
-    return {1: "L", 2: "H, W", 3: "T, H, W"}.get(ndim, f"{ndim} spatial axes")
-
-
-def _axes(ndim: int) -> str:
-    return f"({_names(ndim)},)" if ndim == 1 else f"({_names(ndim)})"
-
-
-def _layout(ndim: int, channels_last: bool = False) -> str:
-    return f"(B, {_names(ndim)}, C)" if channels_last else f"(B, C, {_names(ndim)})"
-
-
-def _check_maskset(maskset):
-    if not isinstance(maskset, (MaskSet, MaskGroups)):
-        raise CertMaskError(f"expected a MaskSet or MaskGroups, got {type(maskset).__name__}")
-    return maskset
-
-
 def _is_oom(err: BaseException) -> bool:
-    # CUDA says "out of memory"; the CPU allocator says "can't allocate memory"
-    message = str(err).lower()
-    return (isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in message
-            or "can't allocate memory" in message)
+    return isinstance(err, torch.OutOfMemoryError) or contract.is_out_of_memory(err)
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
 
 def _modules(model) -> list[nn.Module]:
@@ -125,16 +110,6 @@ def _as_tensor(value, what: str) -> torch.Tensor:
         raise CertMaskError(f"{what}: torch cannot hold dtype {arr.dtype}: {err}") from err
 
 
-def _image_index(index, count: int) -> int:
-    try:
-        i = operator.index(index)
-    except TypeError:
-        i = None
-    if i is None or isinstance(index, bool) or not 0 <= i < count:
-        raise CertMaskError(f"pair_predictor: image index must be an integer in [0, {count}), got {index!r}")
-    return i
-
-
 class TorchBackend:
     """Run a torch classifier under masks.
 
@@ -198,19 +173,14 @@ class TorchBackend:
                  fill=0.0, fill_space: str = "pixel", mean=None, std=None,
                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
                  value_range: tuple[float, float] | None = (0.0, 1.0)):
-        if fill_space not in ("pixel", "normalized"):
-            raise CertMaskError(f"fill_space must be 'pixel' or 'normalized', got {fill_space!r}")
-        if fill_space == "normalized" and (mean is None or std is None):
-            raise CertMaskError("fill_space='normalized' needs mean and std")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise CertMaskError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        contract.check_fill_space(fill_space, mean, std)
+        self.batch_size = contract.checked_batch_size(batch_size)
         if memory_budget_mb is not None and not memory_budget_mb > 0:
             raise CertMaskError(f"memory_budget_mb must be > 0, got {memory_budget_mb!r}")
         self.device = self._checked_device(device)
-        self.batch_size = batch_size
         self.memory_budget_mb = memory_budget_mb
-        self.value_range = self._checked_range(value_range)
-        self.fill = self._checked_fill(fill, fill_space, mean, std)
+        self.value_range = contract.checked_value_range(value_range)
+        self.fill = torch.from_numpy(contract.checked_fill(fill, fill_space, mean, std, self.value_range))
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
         # weak keys: a model's entry goes with the model, and a new model reusing its id() is measured
@@ -243,43 +213,6 @@ class TorchBackend:
             raise CertMaskError(f"device {str(dev)!r} is not available: {machine()}")
         return dev
 
-    def _checked_fill(self, fill, fill_space: str, mean, std) -> torch.Tensor:
-        """The fill as float32 pixel values, one or one per channel: finite, inside ``value_range``."""
-        try:
-            values = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
-            pixels = values
-            if fill_space == "normalized":
-                pixels = (torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
-                          + torch.as_tensor(std, dtype=torch.float32).reshape(-1) * values)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise CertMaskError(f"fill must be a number or one number per channel (with mean and std of "
-                                f"matching length), got fill={fill!r}, mean={mean!r}, std={std!r}: "
-                                f"{err}") from None
-        if pixels.numel() == 0 or not torch.isfinite(pixels).all():
-            raise CertMaskError(f"fill must be one or more finite numbers, got {fill!r}")
-        where = f"{pixels.tolist()} in pixel space" if fill_space == "normalized" else None
-        if self.value_range is not None:
-            lo, hi = self.value_range
-            if float(pixels.min()) < lo or float(pixels.max()) > hi:
-                raise CertMaskError(f"fill {fill!r}{f' ({where})' if where else ''} lies outside the pixel "
-                                    f"range [{lo}, {hi}] the images must lie in; use a fill in [{lo}, {hi}]")
-        return pixels
-
-    @staticmethod
-    def _checked_range(value_range) -> tuple[float, float] | None:
-        if value_range is None:
-            return None
-        try:
-            if isinstance(value_range, (str, bytes)):
-                raise TypeError
-            lo, hi = (float(v) for v in value_range)
-        except (TypeError, ValueError):
-            lo = hi = math.nan
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise CertMaskError(f"value_range must be None or two finite numbers (lo, hi) with lo < hi, "
-                                f"got {value_range!r}")
-        return lo, hi
-
     @property
     def margin_tolerance(self) -> float:
         """The logit margin under which this backend's predictions are not reproducible enough to
@@ -295,31 +228,9 @@ class TorchBackend:
         return 0.02 if self.device.type == "cuda" else DEFAULT_MARGIN_TOLERANCE
 
     def init_distributed(self):
-        """Join the ``torch.distributed`` group that ``torchrun`` describes in the environment.
-
-        Uses gloo on CPU and nccl on CUDA (each rank on ``cuda:LOCAL_RANK``). Returns
-        ``(rank, world_size, gather, close)``: ``gather(obj)`` collects every rank's picklable
-        ``obj`` on rank 0 (a list ordered by rank) and returns None elsewhere; ``close()`` waits for
-        every rank and destroys the group (a rank exiting with a live gloo group can abort).
-        """
-        import torch.distributed as dist
-        use_nccl = self.device.type == "cuda"
-        if use_nccl:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if use_nccl else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-
-        def gather(obj):
-            bucket = [None] * world if rank == 0 else None
-            dist.gather_object(obj, bucket, dst=0)
-            return bucket
-
-        def close():
-            dist.barrier()
-            dist.destroy_process_group()
-
+        """Join the process group ``torchrun`` describes: see :func:`.distributed.join_process_group`
+        (on CUDA this backend moves to the rank's own device)."""
+        rank, world, gather, close, self.device = join_process_group(self.device)
         return rank, world, gather, close
 
     @staticmethod
@@ -331,7 +242,6 @@ class TorchBackend:
     @staticmethod
     def normalized(model, mean, std) -> nn.Module:
         """``model`` behind pixel-space input: see :class:`.models.Normalized`."""
-        from .models import Normalized
         return Normalized(model, mean, std).eval()
 
     @staticmethod
@@ -352,21 +262,6 @@ class TorchBackend:
             digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def save_model(self, model, path, spec: str):
-        """Save a trained ``model`` loaded from ``spec``: see :func:`.models.save_model`."""
-        from .models import save_model
-        return save_model(model, path, spec)
-
-    def train(self, model, images, labels, config, **options) -> dict:
-        """Train ``model`` for certification: see :func:`.training.train`."""
-        from .training import train
-        return train(model, images, labels, config, backend=self, **options)
-
-    def attack(self, model, images, labels, patch, k, strategy, mode, **options) -> dict:
-        """Adaptive patch attack on the defended model: see :func:`.attack.run_attack`."""
-        from .attack import run_attack
-        return run_attack(self, model, images, labels, patch, k, strategy, mode, **options)
-
     # ----------------------------------------------------------------- models and inputs
     def load_model(self, name: str = "bundled", weights=None, *, trust_code: bool = False) -> nn.Module:
         """A model spec (see :func:`.models.load_model`) loaded on this device, in eval mode.
@@ -374,8 +269,7 @@ class TorchBackend:
         ``trust_code=True`` (the command line's ``--trust-model-code``) allows ``.pt2`` and TorchScript
         files, whose loading runs code stored in the file; without it they are refused.
         """
-        from .models import load_model
-        model = load_model(name, self.device, weights, trust_code=trust_code)
+        model = load_model_spec(name, self.device, weights, trust_code=trust_code)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_images(self, model, images, maskset: MaskSet | None = None) -> torch.Tensor:
@@ -400,63 +294,34 @@ class TorchBackend:
         """
         x = _as_tensor(images, "images")
         shape = tuple(x.shape)
-        axes = _check_maskset(maskset).ndim if maskset is not None else 2
-        if x.ndim != axes + 2 and not (maskset is None and 3 <= x.ndim <= 5):
-            raise CertMaskError(f"images must have shape {_layout(axes)}, got {shape}")
-        if not torch.is_floating_point(x):
-            where = f" in [{self.value_range[0]:g}, {self.value_range[1]:g}]" if self.value_range else ""
-            raise CertMaskError(f"images must be floating point{where}, got dtype {x.dtype}")
+        axes = contract.check_maskset(maskset).ndim if maskset is not None else None
+        contract.check_image_rank(shape, axes)
+        contract.check_floating(torch.is_floating_point(x), x.dtype, self.value_range)
         if maskset is not None:
-            self._check_geometry(shape, maskset)
+            contract.check_image_geometry(shape, maskset.image_size, len(self.fill))
         self._check_values(x)
         # + 0.0 reads -0.0 as 0.0: every masking path then gives the same bits (see masked_predictions)
         return x.to(self.device, model_dtype(model)) + 0.0
-
-    def _check_geometry(self, shape: tuple, maskset: MaskSet) -> None:
-        size = maskset.image_size
-        if shape[2:] != size:
-            if shape[1:-1] == size and shape[-1] in (1, 3, 4):
-                order = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
-                raise CertMaskError(f"images of shape {shape} look channels-last {_layout(len(size), True)} "
-                                    f"for the mask set's "
-                                    f"{_axes(len(size))} = {size}; pass images.transpose{order} "
-                                    f"(torch: images.permute{order}) for {_layout(len(size))}")
-            raise CertMaskError(f"images of shape {_layout(len(size))} = {shape} have {_axes(len(size))} = "
-                                f"{shape[2:]} but the mask set is for {_axes(len(size))} = {size}")
-        if len(self.fill) not in (1, shape[1]):
-            raise CertMaskError(f"fill has {len(self.fill)} values but images have {shape[1]} channels")
 
     def _check_values(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
         finite = torch.isfinite(x)
-        if not finite.all():
+        nan = inf = 0
+        seen = x
+        if not finite.all():  # the counts are needed only for the message
             nan = int(torch.isnan(x).sum())
+            inf = int((~finite).sum()) - nan
             seen = x[finite]
-            span = (f"; the finite pixels lie in [{float(seen.min())}, {float(seen.max())}]"
-                    if seen.numel() else "")
-            raise CertMaskError(f"images must be finite, found {nan} NaN and {int((~finite).sum()) - nan} "
-                                f"inf pixels{span} (no option skips this check)")
-        if self.value_range is not None:
-            lo, hi = (float(v) for v in torch.aminmax(x))
-            want_lo, want_hi = self.value_range
-            if lo < want_lo or hi > want_hi:
-                raise CertMaskError(f"images must lie in [{want_lo}, {want_hi}] (pixel space), found "
-                                    f"[{lo}, {hi}]: scale the images to [{want_lo}, {want_hi}], or pass "
-                                    f"--mean/--std so the model normalises inside; in Python, "
-                                    f"TorchBackend(value_range=None) skips this check")
+        low, high = (float(v) for v in torch.aminmax(seen)) if seen.numel() else (None, None)
+        contract.check_pixel_statistics(nan, inf, low, high, self.value_range, "TorchBackend")
 
     def _pairs(self, pairs, n: int) -> torch.Tensor:
         p = _as_tensor(pairs, "pairs")
         if p.numel() == 0:
             return torch.empty(0, 2, dtype=torch.long, device=self.device)
-        if (p.ndim != 2 or p.shape[1] != 2 or p.dtype == torch.bool or p.dtype.is_floating_point
-                or p.dtype.is_complex):
-            raise CertMaskError(f"pairs must be an integer array of shape (m, 2), got shape "
-                                f"{tuple(p.shape)}, dtype {p.dtype}")
-        lo, hi = int(p.min()), int(p.max())
-        if lo < 0 or hi >= n:
-            raise CertMaskError(f"pair indices must lie in [0, {n}), got [{lo}, {hi}]")
+        contract.check_pairs_layout(tuple(p.shape), p.dtype, _is_integer(p))
+        contract.check_pair_range(int(p.min()), int(p.max()), n)
         return p.to(self.device, torch.long)
 
     # ----------------------------------------------------------------- masking
@@ -547,14 +412,10 @@ class TorchBackend:
         except Exception as err:
             if _is_oom(err):
                 raise  # the caller halves the batch
-            raise CertMaskError(f"the model failed on input of shape {tuple(batch.shape)}, dtype "
-                                f"{batch.dtype}: {err}") from err
+            raise contract.model_failure(err, tuple(batch.shape), batch.dtype) from err
         if not isinstance(logits, torch.Tensor):
-            raise CertMaskError(f"model must return (batch, classes) logits, got a {type(logits).__name__} "
-                                f"for input of shape {tuple(batch.shape)}")
-        if logits.ndim != 2 or logits.shape[0] != batch.shape[0] or logits.shape[1] < 1:
-            raise CertMaskError(f"model must return (batch, classes) logits with classes >= 1, got shape "
-                                f"{tuple(logits.shape)} for input of shape {tuple(batch.shape)}")
+            raise contract.logits_type_error(logits, tuple(batch.shape))
+        contract.check_logits_shape(tuple(logits.shape), tuple(batch.shape))
         return logits.float()
 
     def _chunked_logits(self, model, x: torch.Tensor, count: int,
@@ -584,9 +445,8 @@ class TorchBackend:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
-                if out and logits.shape[1] != out[0].shape[1]:
-                    raise CertMaskError(f"model returned {out[0].shape[1]} classes for one batch and "
-                                        f"{logits.shape[1]} for another")
+                if out:
+                    contract.check_class_count(out[0].shape[1], logits.shape[1])
                 out.append(logits)
                 start = stop
         return torch.cat(out) if out else torch.empty(0, 0, device=self.device)
@@ -669,9 +529,10 @@ class TorchBackend:
         ``(m, K)`` float32 logits.
         """
         x = _as_tensor(image, "image")
-        _check_maskset(maskset)
+        contract.check_maskset(maskset)
         if x.ndim != maskset.ndim + 1:
-            raise CertMaskError(f"image must have shape (C, {_names(maskset.ndim)}), got {tuple(x.shape)}")
+            raise CertMaskError(f"image must have shape (C, {contract.spatial_names(maskset.ndim)}), got "
+                                f"{tuple(x.shape)}")
         x = self.prepare_images(model, x[None], maskset)
         logits = self._pair_logits(model, x, self.hidden_pixels(maskset), self._pairs(pairs, len(maskset)))
         return self._output(logits, return_logits)
@@ -689,7 +550,7 @@ class TorchBackend:
         hidden = self.hidden_pixels(maskset)
 
         def predict(index: int, pairs, return_logits: bool = return_logits) -> np.ndarray:
-            i = _image_index(index, len(x))
+            i = contract.checked_image_index(index, len(x))
             logits = self._pair_logits(model, x[i:i + 1], hidden, self._pairs(pairs, len(maskset)))
             return self._output(logits, return_logits)
 
@@ -698,13 +559,9 @@ class TorchBackend:
             rows of all images share full batches."""
             p = self._pairs(pairs, len(maskset))
             index = _as_tensor(image_indices, "image_indices")
-            if (index.ndim != 1 or len(index) != len(p) or index.dtype.is_floating_point
-                    or index.dtype in (torch.bool, torch.complex64, torch.complex128)):
-                raise CertMaskError(f"image_indices must be {len(p)} integers, one per pair, got shape "
-                                    f"{tuple(index.shape)} dtype {index.dtype}")
-            if len(index) and not (0 <= int(index.min()) and int(index.max()) < len(x)):
-                raise CertMaskError(f"pair_predictor: image indices must lie in [0, {len(x)}), got "
-                                    f"[{int(index.min())}, {int(index.max())}]")
+            contract.check_image_indices_layout(tuple(index.shape), index.dtype, _is_integer(index), len(p))
+            if len(index):
+                contract.check_image_indices_range(int(index.min()), int(index.max()), len(x))
             index = index.to(device=x.device, dtype=torch.long)
 
             def make_batch(a, b):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from certmask_core import CertMaskError
+from certmask_core import CertMaskError, contract
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
@@ -321,14 +321,12 @@ class Normalized(nn.Module):
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
-        if len(mean_t) != len(std_t) or not torch.isfinite(mean_t).all() or not (std_t > 0).all():
-            raise CertMaskError(f"mean and std need the same length, finite values and std > 0, got "
-                                f"mean={list(mean)}, std={list(std)}")
+        mean_a, std_a = contract.checked_normalization(mean, std)
         self.model = model
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
-        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.from_numpy(mean_a))
+        self.register_buffer("std", torch.from_numpy(std_a))
 
     def forward(self, x):
-        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        # per channel, whatever the spatial axes: (B, C, L) signals, (B, C, H, W), (B, C, T, H, W)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return self.model((x - self.mean.to(x.dtype).view(shape)) / self.std.to(x.dtype).view(shape))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import certmask_core
-from certmask_core import CertMaskError, MaskSet
+from certmask_core import CertMaskError, MaskSet, contract
 from certmask_core.run.progress import progress_bar
 
 from .backend import TorchBackend, eval_mode
@@ -95,7 +95,8 @@ class MaskSetAugment:
         if images.ndim != len(self.image_size) + 2:
             raise CertMaskError(f"training images must have shape (B, C, *{self.image_size}) for these "
                                 f"mask sets, got {tuple(images.shape)}")
-        self.backend._check_geometry(tuple(images.shape), self.masksets[0])
+        contract.check_image_geometry(tuple(images.shape), self.masksets[0].image_size,
+                                      len(self.backend.fill))
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Random ``(first, second)`` mask indices per image; -1 means "no mask".
