@@ -11,6 +11,7 @@ installed is skipped.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -575,3 +576,24 @@ def test_mask_groups_family_is_accepted(harness):
     singles = MaskGroups(ms, np.arange(len(ms))[:, None])
     np.testing.assert_array_equal(backend.masked_predictions(model, images, singles, return_logits=True),
                                   backend.masked_predictions(model, images, ms, return_logits=True))
+
+
+def test_the_documented_example_backend_certifies_as_the_numpy_backend():
+    """docs/backends.md's 30-line backend: the same run through it and through NumpyBackend."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "channels_last_backend.py"
+    spec = importlib.util.spec_from_file_location("channels_last_backend", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    rng = np.random.default_rng(3)
+    images = rng.random((12, 3, 8, 8)).astype(np.float32)
+    weights = rng.normal(size=(3 * 8 * 8, 5)) * 0.1
+    weights[:, 0] += 0.05  # class 0 leads by a margin: some images certify
+    labels = (np.moveaxis(images, 1, -1).reshape(12, -1) @ weights).argmax(1)
+    config = RunConfig((2, 2), (1, 2), ("replicated",), ("detection", "recovery"), masks_per_axis=2)
+    ours = run_certification(example.ChannelsLastBackend(), weights, images, labels, config)
+    plain = run_certification(NumpyBackend(), lambda x: np.moveaxis(x, 1, -1).reshape(len(x), -1) @ weights,
+                              images, labels, config)
+    assert [r["per_image"] for r in ours["runs"]] == [r["per_image"] for r in plain["runs"]]
+    assert any(any(r["per_image"]["certified"]) for r in ours["runs"])
