@@ -1,4 +1,4 @@
-"""The decision core at scale: large user mask sets, many images (issue 9).
+"""The decision core at scale: large user mask sets, many images.
 
 Run: ``python -m benchmarks.bench_decisions [--reference-max-masks N]``. Measures, in one run:
 

@@ -1,4 +1,4 @@
-"""How noisy are logits, and what does the margin tolerance cost? (issue 9, reproducibility)
+"""How noisy are logits, and what does the margin tolerance cost? (reproducibility)
 
 Run: ``python -m benchmarks.bench_margins [--device cuda] [--images 1000]``. On the bundled model and
 Fashion-MNIST test images (the bundled subset when the Debian package is absent), with one k=2

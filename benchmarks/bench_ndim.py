@@ -1,4 +1,4 @@
-"""The core in 1-D and 3-D: fast paths against their twins, measured ratios from one run (issue 14).
+"""The core in 1-D and 3-D: fast paths against their twins, measured ratios from one run.
 
 Run: ``python -m benchmarks.bench_ndim``.
 

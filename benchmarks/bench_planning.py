@@ -5,7 +5,8 @@
 * ``planner``: :func:`plan_layouts` (every window size priced by the closed form) against building
   and verifying the set of every window size with :func:`make_maskset` (the fronts must be equal).
 * ``offset``: masks of the rebuilt offset against the first release's stride grid (re-derived here
-  from its definition) and the exact minimum, over the issue's 28x28 sweep.
+  from its definition) and the exact minimum, over a 28x28 sweep (3x3 patch, 2..8 masks per axis,
+  k = 1..6).
 
 Run: ``python -m benchmarks.bench_planning``. Ratios come from one run on one machine.
 """

@@ -8,7 +8,7 @@
   (:func:`all_pairs_coverage_min`), the general path (intersections of minimal rows) and the brute
   force over every pair of positions; the three must agree.
 
-Run: ``python -m benchmarks.bench_issue13 [--images N]``. Ratios come from one run on one machine.
+Run: ``python -m benchmarks.bench_sizes_and_patches [--images N]``. Ratios come from one run on one machine.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Defences, certificates and their guarantees (DESIGN.md section 2; theorems T6-T13).
+"""Defences, certificates and their guarantees (docs/theory.md, T6-T13; docs/design.md sections 3, 5).
 
 A backend turns (model, images, mask set) into a ``(B, n)`` matrix of masked predictions; this module
 decides. Let ``S(l)`` be the masks covering patch position ``l``. Under a patch at ``l`` the masks of

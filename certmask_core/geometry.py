@@ -1,4 +1,4 @@
-"""Discrete geometry of patches and masks (DESIGN.md section 1).
+"""Discrete geometry of patches and masks (docs/design.md section 2; docs/theory.md, notation, T1).
 
 Axis order is always ``(h, w)``. A patch of size ``ph x pw`` sits at a top-left position ``(a, b)``
 with ``0 <= a <= H - ph`` and ``0 <= b <= W - pw``. A mask is an axis-aligned rectangle inside the

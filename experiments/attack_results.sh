@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Adaptive-attack results recorded in docs/results.md.
 # Usage: bash experiments/attack_results.sh [OUT_DIR]
-# k = 2 (issue 9's run, about 15 minutes on 2 CPU cores) for the first-release modes; k = 3 (issue 10)
-# for plurality and recovery, whose certificates then accept images with some wrong masks.
+# k = 2 (about 15 minutes on 2 CPU cores) for the first-release modes; k = 3 for plurality and
+# recovery (T12 and T11), whose certificates then accept images with some wrong masks.
 set -euo pipefail
 out=${1:-results/attack}
 cm=${CERTMASK:-certmask}

@@ -1,9 +1,9 @@
-"""Issue 13 experiments: the two-patch attack and the misestimated patch size (bundled model).
+"""Attacks beyond the planned patch: the two-patch attack and the misestimated patch size (bundled model).
 
-Usage: python experiments/attack13.py two|size --mode MODE --limit N --out DIR [options]
+Usage: python experiments/attack_sizes_and_patches.py two|size --mode MODE --limit N --out DIR [options]
 Writes DIR/attack.json (run_attack's result plus data source, model and runtime) and DIR/attack.png.
 ``certmask attack --patches 2`` / ``--true-patch`` use the default search budget; this script exposes
-the budgets (pair budget, refinement, group sample) that experiments/attack_issue13.sh sets.
+the budgets (pair budget, refinement, group sample) that experiments/attack_sizes_and_patches.sh sets.
 """
 from __future__ import annotations
 

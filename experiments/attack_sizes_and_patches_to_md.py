@@ -1,6 +1,7 @@
-"""Markdown tables of experiments/attack_issue13.sh's results.
+"""Markdown tables of experiments/attack_sizes_and_patches.sh's results.
 
-Usage: python experiments/attack13_to_md.py [OUT_DIR]   (default results/attack13)
+Usage: python experiments/attack_sizes_and_patches_to_md.py [OUT_DIR]
+(default results/attack_sizes_and_patches)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _size(patch) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    root = Path(argv[0] if argv else "results/attack13")
+    root = Path(argv[0] if argv else "results/attack_sizes_and_patches")
     runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/attack.json"))}
     two = [r for name, r in runs.items() if name.startswith("two_")]
     size = [r for name, r in runs.items() if name.startswith("size_")]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Results recorded in docs/results.md (issue 10; about 90 minutes on 2 busy CPU cores).
+# Results recorded in docs/results.md, "Headline: what k buys, certified" (about 90 minutes on 2 busy
+# CPU cores).
 # Usage: bash experiments/full_results.sh [OUT_DIR]   then   python experiments/results_to_md.py OUT_DIR
 # One-round modes share one forward pass per mask, so they run together. Recovery's second round
 # costs 10-30x more passes per image, so it runs on the first N_RECOVERY test images.

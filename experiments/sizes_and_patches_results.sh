@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figures of docs/results.md "Unknown patch size and several patches (issue 13)", bundled model,
+# Figures of docs/results.md "Unknown patch size and several patches", bundled model,
 # Fashion-MNIST test set. Every run writes results.json (+ per_image.jsonl) under $out; a finished run
 # is skipped, a killed one resumes.
 #   sizes:     planned 5x5, replicated k = 1, 2, 3; every square 1..9 and four aspect ratios; one-round
@@ -9,7 +9,7 @@
 #   twopatch:  two 3x3 patches over the 120 pairs of the 16-mask set: one-round modes on the full test
 #              set, recovery on the first N_TWO images (default 200)
 set -euo pipefail
-out=${1:-results/issue13}
+out=${1:-results/sizes_and_patches}
 cm=${CERTMASK:-certmask}
 model=${MODEL:-bundled}
 n_rec=${N_REC:-2000}

@@ -1,7 +1,8 @@
 """Markdown tables and the figure of docs/results.md "Unknown patch size and several patches".
 
-Reads the results.json files written by ``experiments/issue13_results.sh``:
-``python experiments/issue13_to_md.py [results/issue13] [docs/img/issue13_sizes.png]``.
+Reads the results.json files written by ``experiments/sizes_and_patches_results.sh``:
+``python experiments/sizes_and_patches_to_md.py [results/sizes_and_patches]
+[docs/img/certified_vs_patch_size.png]``.
 """
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ def figure(sizes_runs: list[dict], multi_runs: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[0] if argv else "results/issue13")
-    picture = Path(argv[1] if len(argv) > 1 else "docs/img/issue13_sizes.png")
+    root = Path(argv[0] if argv else "results/sizes_and_patches")
+    picture = Path(argv[1] if len(argv) > 1 else "docs/img/certified_vs_patch_size.png")
     sizes = [r for r in (_load(root, "sizes-one-round"), _load(root, "sizes-recovery")) if r]
     multi = [r for r in (_load(root, "multisize-one-round"), _load(root, "multisize-recovery")) if r]
     if sizes:

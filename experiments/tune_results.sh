@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Figures of docs/results.md "Planning for a budget and choosing k from data (issue 15)", bundled
+# Figures of docs/results.md "Planning for a budget and choosing k from data", bundled
 # model, Fashion-MNIST test set: `certmask tune` for a 3x3 and a 5x5 patch, budget 150 passes per
 # image, k = 1..6, every sound mode; tuned on test images 0..499, the recommendations certified on the
 # 9,500 test images that follow (never seen by the tuning). The two patches run side by side

@@ -1,5 +1,5 @@
-"""Tables of docs/results.md "Planning for a budget and choosing k from data (issue 15)" from the
-``tune.json`` files of ``experiments/issue15_tune.sh``; copies the front plots to docs/img.
+"""Tables of docs/results.md "Planning for a budget and choosing k from data" from the
+``tune.json`` files of ``experiments/tune_results.sh``; copies the front plots to docs/img.
 
 Run: ``python experiments/tune_to_md.py [results] [docs]`` (prints the section's tables).
 """
@@ -61,7 +61,7 @@ def main(results_dir="results", docs="docs"):
         print((path.parent / "tune.md").read_text())
         print(f"Best certified accuracy per k within the budget (masks):\n\n{best_per_k(results)}\n")
         print(f"Offset against replicated at the same k and mask size:\n\n{offset_vs_replicated(results)}\n")
-        shutil.copy(path.parent / "tune_front.png", Path(docs) / "img" / f"issue15_tune_p{p}.png")
+        shutil.copy(path.parent / "tune_front.png", Path(docs) / "img" / f"tune_front_p{p}.png")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Slow, obviously correct twins of the core's decision rules, from the definitions (DESIGN.md 2).
+"""Slow, obviously correct twins of the core's decision rules, from the definitions (docs/theory.md;
+every fast path and its twin: docs/design.md section 6).
 
 They work on dense covering sets built pixel by pixel (:func:`proofs.soundness.covers`) and plain
 Python sets, and are the oracles of the tests and the fuzz wall for the numba kernels of

@@ -1,4 +1,4 @@
-"""T17 (issue 14): the geometry theorems and the certificates in 1, 2 and 3 dimensions, on an
+"""T17: the geometry theorems and the certificates in 1, 2 and 3 dimensions, on an
 independent d-dimensional reference.
 
 A patch of ``p_1 x ... x p_d`` in a ``L_1 x ... x L_d`` signal has ``P_i = L_i - p_i + 1`` positions per

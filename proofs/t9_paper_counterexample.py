@@ -2,7 +2,7 @@
 
 Statement: if two patch positions ``l1, l2`` have disjoint covering sets, no rule that sees only the
 one-mask predictions can guarantee the true label from the certificate "all one-mask predictions
-correct". Proof (DESIGN.md 2.3): take clean images x1 (label y) and x2 (label c) unanimous under all
+correct". Proof (docs/theory.md, T9): take clean images x1 (label y) and x2 (label c) unanimous under all
 masks. The attacker at ``l1`` controls every mask outside ``S(l1)``, the one at ``l2`` every mask
 outside ``S(l2)``; both produce the vector with ``y`` on ``S(l1)`` and ``c`` elsewhere. The rule
 answers the same on both and is wrong on one.

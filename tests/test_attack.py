@@ -1,4 +1,4 @@
-"""Issue 5: the adaptive patch attack against every certificate; issue 13: two patches, misestimated size."""
+"""The adaptive patch attack against every certificate; two patches and a misestimated patch size."""
 import numpy as np
 import pytest
 
@@ -84,7 +84,7 @@ def test_the_attack_breaks_the_undefended_model(data):
     assert any(broken)
 
 
-# ---------------------------------------------------------------- issue 13: two patches, misestimated size
+# ---------------------------------------------------------------- two patches, misestimated size
 def _spots(*bright):
     """An 8x8 grey image (0.5) with the given pixels at 1.0."""
     image = np.full((1, 8, 8), 0.5, np.float32)

@@ -11,8 +11,8 @@ installed is skipped.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest

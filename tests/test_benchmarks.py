@@ -69,11 +69,11 @@ def test_training_benchmark_measures_every_recipe_in_one_run():
     assert rows[4]["scoring_passes_per_image"] > rows[3]["scoring_passes_per_image"]
 
 
-def test_issue13_benchmark_paths_agree_on_small_cases():
+def test_sizes_and_patches_benchmark_paths_agree_on_small_cases():
     pytest.importorskip("torch")
     from certmask_backends.pytorch import TorchBackend
 
-    from benchmarks.bench_issue13 import sizes, verifier
+    from benchmarks.bench_sizes_and_patches import sizes, verifier
     from certmask_core.run.experiment import load_dataset
     rows = verifier(cases=((10, 2, 3), (16, 3, 4)))  # asserts closed form == general == brute force
     assert [r["min_coverage"] for r in rows] == [1, 1]

@@ -107,7 +107,7 @@ def test_certify_summary_and_records():
     paper = paper_report.summary()
     assert not paper["sound"] and "certified_accuracy" not in paper
     assert paper["claimed_certified_accuracy_UNSOUND"] == pytest.approx(1 / 3)
-    # issue 9, defect 2: an unsound mode never reports an image as certified, anywhere
+    # an unsound mode never reports an image as certified, anywhere
     assert not paper_report.certified.any() and paper_report.claim_holds.tolist() == [True, False, False]
     assert all(r["certified"] is False for r in paper_report.records())
     assert paper_report.records()[0]["claim_holds"] is True

@@ -38,7 +38,7 @@ def test_plan_json_feeds_coverage(capsys, tmp_path):
     # replicated k=3 is exactly 3-fold: asking for 4 fails with exit 1 and names positions
     assert main(["coverage", str(path), "--patch", "3", "4", "--k", "4"]) == 1
     assert "is NOT 4-fold" in capsys.readouterr().out
-    # masks smaller than the patch cover nothing (issue 9): a coverage verdict, not an error
+    # masks smaller than the patch cover nothing (T1 read literally): a coverage verdict, not an error
     assert main(["coverage", str(path), "--patch", "6", "10", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["max_coverage"] == 0 and report["positions_below_k"] == 15 * 15

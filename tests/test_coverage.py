@@ -82,7 +82,7 @@ def test_verifier_errors_name_values():
     st.lists(st.tuples(st.lists(st.integers(-3, 8), min_size=d, max_size=d),
                        st.lists(st.integers(-3, 8), min_size=d, max_size=d)), max_size=6))))
 def test_box_coverage_counts_equal_the_bruteforce_in_1_to_3_dimensions(case):
-    """Issue 14's d-dimensional kernel (empty, clipped and out-of-grid boxes included)."""
+    """The d-dimensional kernel (empty, clipped and out-of-grid boxes included)."""
     from certmask_core.coverage import box_coverage_counts, box_coverage_counts_bruteforce
     positions, boxes = case
     lows = [low for low, _ in boxes] or np.zeros((0, len(positions)), int)

@@ -1,7 +1,7 @@
-"""Issue 9: a hostile mask set or prediction must never yield a certificate, nor crash the process.
+"""A hostile mask set or prediction must never yield a certificate, nor crash the process.
 
-Each test below failed on the code before the issue (reproduced defects), or pins a rule the issue
-asked for (masks smaller than the patch, NO_VOTE, margins, cached geometry).
+Each test below either reproduces a defect of an earlier version (it failed there), or pins a rule of
+docs/theory.md, "Hostile input" (masks smaller than the patch, NO_VOTE, margins, cached geometry).
 """
 import json
 

@@ -1,4 +1,4 @@
-"""The core never imports torch or sympy (DESIGN.md section 3)."""
+"""The core never imports torch or sympy (docs/design.md, section 1)."""
 import subprocess
 import sys
 

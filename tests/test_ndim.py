@@ -1,4 +1,4 @@
-"""The core in 1, 2 and 3 dimensions (issue 14): each fast path against its slow twin, and the 2-D
+"""The core in 1, 2 and 3 dimensions: each fast path against its slow twin, and the 2-D
 API unchanged."""
 import itertools
 import json
@@ -153,7 +153,7 @@ def test_planner_in_three_dimensions_builds_what_it_prices():
 
 
 def test_review_findings_in_d_dimensions():
-    """Each was a raw exception or a wrong value before (independent review of issue 14)."""
+    """Each was a raw exception or a wrong value before (found by an independent review)."""
     from certmask_core import all_pairs_groups, union_maskset
     a = make_maskset(PatchThreat((10,), (2,)), masks_per_axis=2)
     b = make_maskset(PatchThreat((10,), (3,)), masks_per_axis=2)

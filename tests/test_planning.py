@@ -1,4 +1,5 @@
-"""Issue 15: exact minimum of distinct masks (T16), offset at the minimum, the planner and ``tune``."""
+"""Planning for a budget: exact minimum of distinct masks (T16), offset at the minimum, the planner
+and ``tune``."""
 import itertools
 import json
 import subprocess
@@ -65,7 +66,7 @@ def test_exact_minimum_equals_integer_programming():
     assert checked > 300
 
 
-def test_issue_examples_reach_the_minimum():
+def test_documented_examples_reach_the_exact_minimum():
     t = PatchThreat(8, 1)  # was 81 masks with the stride grid; the optimum is 56
     for strategy in ("replicated", "offset"):
         ms = make_maskset(t, 3, strategy, mask_size=2)
@@ -307,7 +308,7 @@ def test_tune_cli_writes_json_table_and_plot(tmp_path):
 
 
 def test_review_windows_wider_than_1024_reach_the_exact_minimum_quickly():
-    """Review of issue 15: shifts were capped at 1,024 per axis (3,952 masks where 3,000 suffice, a
+    """Found by review: shifts were capped at 1,024 per axis (3,952 masks where 3,000 suffice, a
     refused k that exists) and offset's farthest-point choice took O(k x ties) (24 s at k = 400)."""
     t = PatchThreat(2000, 1)
     for strategy in ("replicated", "offset"):

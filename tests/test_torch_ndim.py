@@ -1,5 +1,5 @@
 """The torch backend on signals (B, C, L), images and clips (B, C, T, H, W): one code path, checked
-against a numpy reference that masks each input pixel by pixel (issue 14)."""
+against a numpy reference that masks each input pixel by pixel."""
 import numpy as np
 import pytest
 

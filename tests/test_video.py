@@ -1,4 +1,4 @@
-"""Issue 14 (first part): the Fashion-MNIST moving-clip data set."""
+"""The Fashion-MNIST moving-clip data set."""
 import hashlib
 
 import numpy as np

@@ -225,7 +225,7 @@ def check_records(records: dict[int, dict], labels: np.ndarray, names, config: R
     certificate implies: a sound mode's image is certified exactly when its check holds, then with
     the true label as output and not refused for its margin; ``paper`` certifies nothing; a size
     certified implies the output is the label and every size inside it is certified too (T14). A
-    record that passes may still be forged consistently: :func:`run_certification` also recomputes a
+    record that passes may still be forged consistently: :meth:`CertificationRun.run` also recomputes a
     random sample of them.
     """
     expected = {run_key(s, k, m): (ms, m) for (s, k), ms in masksets.items() for m in config.modes}

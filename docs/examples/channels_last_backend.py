@@ -4,8 +4,8 @@ Run: ``python docs/examples/channels_last_backend.py``; ``tests/test_backend_con
 against the numpy backend."""
 import numpy as np
 
-from certmask_core.registry import get_backend, register_backend
 from certmask_core.array_backend import ArrayBackend
+from certmask_core.registry import get_backend, register_backend
 
 
 class ChannelsLastBackend(ArrayBackend):
