@@ -1,4 +1,4 @@
-"""Train the bundled 3-D CNN for moving Fashion-MNIST clips (model spec ``bundled-video``, issue 14).
+"""Train the bundled 3-D CNN for moving Fashion-MNIST clips (model spec ``bundled-video``).
 
 Reproduce the committed ``weights/fmnist_video_cnn.pt`` (20 to 40 minutes on 2 CPU cores; its record
 says 2,368 s, with other jobs sharing the cores)::
