@@ -54,11 +54,13 @@ import numba
 import numpy as np
 
 from . import double_masking, multipatch
-from .coverage import _threat_for, covering_set_bits, minimal_covering_set_bits, unpack
+from .bitsets import unpack
+from .coverage import covering_set_bits, minimal_covering_set_bits, threat_for
 from .double_masking import all_pairs  # noqa: F401 - public here since the first release
 from .errors import CertMaskError
 from .geometry import MaskSet
 from .multipatch import MaskGroups
+from .validation import positive_int
 
 ALERT = -1
 """Output of a defence that refuses to answer."""
@@ -179,7 +181,7 @@ def _plurality_kernel(labels, ptr, idx):  # pragma: no cover - compiled
         for s in range(len(ptr) - 1):
             count = 0
             for t in range(ptr[s], ptr[s + 1]):
-                if labels[b, idx[t]] != -2:  # NO_VOTE votes for no class
+                if labels[b, idx[t]] != NO_VOTE:  # votes for no class
                     buf[count] = labels[b, idx[t]]
                     count += 1
             winner, _, tied = _largest_run(buf, count)
@@ -207,7 +209,7 @@ def _plurality_certificate(labels, unsure, y, ptr, idx):  # pragma: no cover - c
                     open_ += 1
                 elif labels[b, i] == y[b]:
                     for_y += 1
-                elif labels[b, i] != -2:
+                elif labels[b, i] != NO_VOTE:
                     buf[count] = labels[b, i]
                     count += 1
             _, rival, _ = _largest_run(buf, count)
@@ -226,7 +228,7 @@ def _blocked(labels, y, members, fixed):  # pragma: no cover - compiled
     for i in members:
         if fixed[i]:
             v = labels[i]
-            if v == y or v == -2:
+            if v == y or v == NO_VOTE:
                 return True
             if first == -3:
                 first = v
@@ -307,7 +309,7 @@ def _one_round_kernel(labels, sets, paper, k):  # pragma: no cover - compiled
             while stop < n and row[order[stop]] == c:
                 stop += 1
             count = stop - start
-            if c != -2:  # NO_VOTE votes for no class
+            if c != NO_VOTE:  # votes for no class
                 if count > best_count:
                     best, best_count = c, count
                 voters[:] = 0
@@ -375,25 +377,18 @@ class _Geometry:
 
     def membership(self) -> np.ndarray:
         """``(n, m)`` bool: member ``i`` lies in minimal covering set ``s``. Cached on the family."""
-        key = ("membership", self.patch, self.patches)
-        if key not in self.maskset._cache:
-            self.maskset._cache[key] = np.ascontiguousarray(unpack(self.minimal_sets(), self.n).T)
-        return self.maskset._cache[key]
+        return self.maskset.cached(("membership", self.patch, self.patches),
+                                   lambda: np.ascontiguousarray(unpack(self.minimal_sets(), self.n).T))
 
     def member_lists(self) -> tuple[np.ndarray, np.ndarray]:
         """Minimal set ``s`` holds members ``idx[ptr[s]:ptr[s + 1]]``. Cached on the family."""
-        key = ("member lists", self.patch, self.patches)
-        if key not in self.maskset._cache:
+
+        def lists():
             sets, masks = np.nonzero(self.membership().T)
             ptr = np.searchsorted(sets, np.arange(self.membership().shape[1] + 1))
-            self.maskset._cache[key] = (ptr.astype(np.int64), masks.astype(np.int64))
-        return self.maskset._cache[key]
+            return ptr.astype(np.int64), masks.astype(np.int64)
 
-
-def _check_int(name: str, value, low: int = 1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
-        raise CertMaskError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+        return self.maskset.cached(("member lists", self.patch, self.patches), lists)
 
 
 def _check_family(maskset) -> None:
@@ -401,15 +396,17 @@ def _check_family(maskset) -> None:
         raise CertMaskError(f"maskset must be a MaskSet or MaskGroups, got {type(maskset).__name__}")
 
 
-def _geometry(maskset: MaskSet | MaskGroups, patch, k, patches: int = 1) -> _Geometry:
+def family_geometry(maskset: MaskSet | MaskGroups, patch, k, patches: int = 1) -> _Geometry:
+    """The checked geometry of a family for one threat (internal to the package, shared with
+    :mod:`.sizes`): coverage recomputed from the rectangles, a claimed ``k`` it lacks refused."""
     _check_family(maskset)
     patches = multipatch.check_patches(patches)
     base = multipatch.base_set(maskset)
     patch = patch if patch is not None else base.threat
     if patch is None:
         raise CertMaskError("a user-supplied mask set needs patch=(ph, pw)")
-    threat = _threat_for(base, patch)
-    claimed = _check_int("k", k if k is not None else (getattr(maskset, "k", None) or 1))
+    threat = threat_for(base, patch)
+    claimed = positive_int("k", k if k is not None else (getattr(maskset, "k", None) or 1), whole_range=True)
     low, where = multipatch.family_coverage(maskset, threat.patch_size, patches)
     if low < claimed and patches == 1 and isinstance(maskset, MaskSet):
         raise CertMaskError(f"the mask set is not {claimed}-fold: patch position {where} is covered by {low} "
@@ -501,8 +498,8 @@ def defend(predictions, maskset: MaskSet | MaskGroups, mode: str = "detection", 
     """
     mode = _check_mode(mode)
     if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes)
-    geo = _geometry(maskset, patch, k, patches)
+        num_classes = positive_int("num_classes", num_classes, whole_range=True)
+    geo = family_geometry(maskset, patch, k, patches)
     labels = as_labels(predictions, geo.n, num_classes)
     passes = np.full(len(labels), geo.n, dtype=np.int64)
     if mode == "recovery":
@@ -632,9 +629,11 @@ def _one_round_certificate(mode: str, first: np.ndarray, unsure: np.ndarray, y: 
     return _consensus_certificate(first, unsure, y, *geo.member_lists())
 
 
-def _certificate_check(mode: str, first: np.ndarray, margins: np.ndarray, y: np.ndarray, geo: _Geometry,
-                       pair_predictor, num_classes, tolerance: float, certificate: str, pair_chunk: int):
-    """Each image's certificate: (holds, holds on labels alone, passes, smallest margin checked)."""
+def certificate_check(mode: str, first: np.ndarray, margins: np.ndarray, y: np.ndarray, geo: _Geometry,
+                      pair_predictor, num_classes, tolerance: float, certificate: str, pair_chunk: int):
+    """Each image's certificate: (holds, holds on labels alone, passes, smallest margin checked).
+
+    Internal to the package (shared with :mod:`.sizes`)."""
     unsure = margins <= tolerance
     min_margin = margins.min(1, initial=np.inf)
     passes = np.full(len(y), geo.n, dtype=np.int64)
@@ -651,13 +650,15 @@ def _certificate_check(mode: str, first: np.ndarray, margins: np.ndarray, y: np.
     return strict, loose, passes + extra, np.minimum(min_margin, pair_margin)
 
 
-def _certify_inputs(predictions, labels, maskset, mode, num_classes, recovery_certificate,
-                    margin_tolerance):
+def certify_inputs(predictions, labels, maskset, mode, num_classes, recovery_certificate,
+                   margin_tolerance):
     """Validated ``(mode, num_classes, tolerance, y, first, margins)`` of a certification call;
-    ``num_classes`` is taken from the logits when not given (pair logits must have as many)."""
+    ``num_classes`` is taken from the logits when not given (pair logits must have as many).
+
+    Internal to the package (shared with :mod:`.sizes`)."""
     mode = _check_mode(mode)
     if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes)
+        num_classes = positive_int("num_classes", num_classes, whole_range=True)
     if recovery_certificate not in RECOVERY_CERTIFICATES:
         raise CertMaskError(f"recovery_certificate must be one of {RECOVERY_CERTIFICATES}, got "
                             f"{recovery_certificate!r}")
@@ -719,14 +720,14 @@ def certify(predictions, labels, maskset: MaskSet | MaskGroups, mode: str = "det
     >>> certify(np.array([[3, 3], [3, 4]]), [3, 3], ms).certified
     array([ True, False])
     """
-    mode, num_classes, tolerance, y, first, margins = _certify_inputs(
+    mode, num_classes, tolerance, y, first, margins = certify_inputs(
         predictions, labels, maskset, mode, num_classes, recovery_certificate, margin_tolerance)
-    pair_chunk = _check_int("pair_chunk", pair_chunk)
+    pair_chunk = positive_int("pair_chunk", pair_chunk, whole_range=True)
     defence = defend(first, maskset, mode, patch=patch, k=k, pair_predictor=pair_predictor,
                      num_classes=num_classes, patches=patches)
-    geo = _geometry(maskset, patch, k, patches)
+    geo = family_geometry(maskset, patch, k, patches)
     certificate = recovery_certificate if mode == "recovery" else CERTIFICATES[mode]
-    strict, loose, passes, min_margin = _certificate_check(
+    strict, loose, passes, min_margin = certificate_check(
         mode, first, margins, y, geo, pair_predictor, num_classes, tolerance, certificate, pair_chunk)
     below = loose & ~strict
     certified = strict if SOUND[mode] else np.zeros_like(strict)

@@ -19,11 +19,11 @@ from .geometry import (
     MaskSet,
     MaskSpec,
     PatchThreat,
-    _positive_int,
-    _sizes,
+    check_sizes,
     effective_coverage,
     lower_bound,
 )
+from .validation import positive_int
 
 Windows = list[tuple[int, int]]
 
@@ -57,19 +57,21 @@ def _product(threat: PatchThreat, *axes: Windows) -> tuple[np.ndarray, np.ndarra
     return origins, sizes
 
 
-def _axis_classes(P, w):
+def axis_classes(P, w):
     """Per axis: the cheap copy count ``q = ceil(P / w)``, how many shifts ``o`` have
     ``ceil((P + o) / w) = q`` (the rest need ``q + 1``), and ``w`` itself, after shortening windows to
-    ``min(w, P)`` (longer windows clip to duplicates of ``[0, P - 1]``). Broadcasts over arrays."""
+    ``min(w, P)`` (longer windows clip to duplicates of ``[0, P - 1]``). Broadcasts over arrays.
+    Internal to the package (shared with :mod:`.planning` and the proofs)."""
     w = np.minimum(w, P)
     q = -(-P // w)
     return q, np.minimum(w, q * w - P + 1), w
 
 
-def _minimum_of_classes(classes, k):
+def minimum_of_classes(classes, k):
     """Sum of the ``k`` smallest products ``prod_axis N_axis(o_axis)`` over shift tuples (T16), from
     each axis's two copy counts ``q`` (``cheap`` shifts) and ``q + 1`` (the others); -1 where
-    ``k > prod w``. Broadcasts over arrays of sizes."""
+    ``k > prod w``. Broadcasts over arrays of sizes. Internal to the package (shared with
+    :mod:`.planning` and the proofs)."""
     shape = np.broadcast_shapes(*(np.shape(q) for q, _, _ in classes))
     largest = math.prod((int(np.max(q)) + 1) * int(np.max(w)) for q, _, w in classes) * (int(k) + 1)
     if largest >= 2**62:  # products overflow int64 (from 5 axes of 2**14): exact Python ints instead
@@ -118,12 +120,12 @@ def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
     >>> exact_minimum(t, (2, 2), k=3), lower_bound(t, (2, 2), k=3)
     (56, 48)
     """
-    k = _positive_int("k", k)
-    w = effective_coverage(_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
+    k = positive_int("k", k)
+    w = effective_coverage(check_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
     if k > math.prod(min(wi, P) for wi, P in zip(w, threat.num_positions)):
         return None  # (and keeps arbitrarily large k out of int64 arithmetic)
-    classes = [_axis_classes(P, wi) for P, wi in zip(threat.num_positions, w)]
-    return int(_minimum_of_classes(classes, k))
+    classes = [axis_classes(P, wi) for P, wi in zip(threat.num_positions, w)]
+    return int(minimum_of_classes(classes, k))
 
 
 def _spread(size: int, m: int, cyclic: bool) -> np.ndarray:
@@ -189,10 +191,10 @@ SPREAD_CHECKED_UP_TO = 1024
 up to this many copies; beyond, the O(k^2) comparison is skipped and the lattice kept."""
 
 
-def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, ...]]:
+def shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[int, ...]]:
     """The ``k`` shift classes (copies ``(o_h, o_w)``, one shift per axis, of the single cover) a
     replicated or offset set takes: always ``k`` of the cheapest, so the set has :func:`exact_minimum`
-    masks (T16).
+    masks (T16). Internal to the package (shared with the proofs and tests).
 
     Per axis the shifts ``o < t`` (the slack) need ``q = ceil(P / w)`` windows and the others ``q + 1``,
     so the copies fall into at most ``2^d`` price tiers, each a product of shift ranges. Every tier
@@ -211,7 +213,7 @@ def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[
             f"{threat.patch_size}, k={k} asked; use a larger mask or a smaller k")
     axes = []
     for P_i, w_i in zip(P, w):
-        q, cheap, _ = (int(v) for v in _axis_classes(P_i, w_i))
+        q, cheap, _ = (int(v) for v in axis_classes(P_i, w_i))
         axes.append([(q, range(0, cheap)), (q + 1, range(cheap, w_i))])
     tiers: dict[int, list[tuple[range, ...]]] = {}
     for choice in itertools.product(*axes):
@@ -237,7 +239,7 @@ def _shift_classes(threat: PatchThreat, w, k: int, strategy: str) -> list[tuple[
         price = [{o: q for q, shifts in axis for o in shifts} for axis in axes]
         chosen.sort(key=lambda o: (math.prod(p[oi] for p, oi in zip(price, o)), sum(o), o))
     elif k <= SPREAD_CHECKED_UP_TO:
-        packed = _shift_classes(threat, w, k, "replicated")
+        packed = shift_classes(threat, w, k, "replicated")
         if least_shift_distance(packed, w) > least_shift_distance(chosen, w):
             return packed
     return chosen
@@ -247,7 +249,7 @@ def _shifted_copies(threat: PatchThreat, w: tuple[int, ...], k: int, strategy: s
     P = threat.num_positions
     w = tuple(min(wi, Pi) for wi, Pi in zip(w, P))
     parts = [_product(threat, *(shifted_cover_windows(Pi, wi, oi) for Pi, wi, oi in zip(P, w, shifts)))
-             for shifts in _shift_classes(threat, w, k, strategy)]
+             for shifts in shift_classes(threat, w, k, strategy)]
     return np.concatenate([o for o, _ in parts]), np.concatenate([s for _, s in parts])
 
 
@@ -327,7 +329,7 @@ def plan_summary(maskset: MaskSet, threat: PatchThreat | None = None) -> dict:
     low, high, _ = coverage_extremes(maskset, threat)
     k = maskset.k or low
     mask_size = maskset.spec.mask_size if maskset.spec else tuple(int(v) for v in maskset.sizes.max(0))
-    mask_size = _sizes("mask_size", mask_size, threat.ndim)
+    mask_size = check_sizes("mask_size", mask_size, threat.ndim)
     bound = lower_bound(threat, mask_size, max(k, 1))
     return {"image_size": list(threat.image_size), "patch_size": list(threat.patch_size),
             "strategy": maskset.spec.strategy if maskset.spec else "user",

@@ -114,6 +114,7 @@ from .certification import NO_VOTE  # noqa: E402 (below the Protocol, which need
 from .errors import CertMaskError  # noqa: E402
 from .geometry import MaskSet  # noqa: E402
 from .multipatch import MaskGroups  # noqa: E402
+from .validation import positive_int  # noqa: E402
 
 
 def spatial_names(ndim: int) -> str:
@@ -134,9 +135,7 @@ def image_layout(ndim: int, channels_last: bool = False) -> str:
 # ----------------------------------------------------------------- options
 def checked_batch_size(batch_size) -> int:
     """``batch_size`` when it is an integer >= 1, else CertMaskError."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise CertMaskError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return positive_int("batch_size", batch_size, whole_range=True)
 
 
 def checked_margin_tolerance(tolerance) -> float:

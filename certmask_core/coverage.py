@@ -13,15 +13,20 @@ import numbers
 import numba
 import numpy as np
 
+from .bitsets import pack, popcount, unique_rows, unpack
 from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat
+from .validation import positive_int
 
 MAX_DENSE_POSITIONS = 2**27
 """Largest patch-position grid :func:`coverage_counts` materialises (1 GiB of int64 counts); the
 decisions never need the dense grid (see :func:`coverage_extremes`)."""
 
 
-def _threat_for(maskset: MaskSet, patch) -> PatchThreat:
+def threat_for(maskset: MaskSet, patch) -> PatchThreat:
+    """``patch`` (a size or a :class:`PatchThreat`) as a threat on ``maskset``'s image, checked.
+
+    Internal to the package: every coverage question on a mask set starts here."""
     if not isinstance(maskset, MaskSet):
         raise CertMaskError(f"maskset must be a MaskSet, got {type(maskset).__name__}")
     if isinstance(patch, PatchThreat):
@@ -41,7 +46,7 @@ def covered_windows(maskset: MaskSet, patch) -> np.ndarray:
     covers nothing: its range is empty (``a1 < a0`` on that axis). Masks lie inside the image, so
     non-empty ranges lie inside the position grid.
     """
-    threat = _threat_for(maskset, patch)
+    threat = threat_for(maskset, patch)
     return np.concatenate([maskset.origins, maskset.origins + maskset.sizes - np.array(threat.patch_size)],
                           axis=1)
 
@@ -113,7 +118,7 @@ def _box_difference_counts(lows, highs, extent):  # pragma: no cover - compiled
 def box_coverage_counts(lows, highs, positions) -> np.ndarray:
     """How many inclusive boxes ``[lows[j], highs[j]]`` hold each point of a ``d``-dimensional grid.
 
-    The d-dimensional kernel behind coverage in any number of axes (issue 14): a mask's covered
+    The d-dimensional kernel behind coverage in any number of axes: a mask's covered
     patch positions form such a box (T1 per axis). ``O(n 2^d + d prod P)``; empty boxes count nowhere
     and boxes are clipped to the grid.
 
@@ -215,7 +220,7 @@ def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
     >>> coverage_counts(clip, (4, 3, 3)).shape
     (13, 26, 26)
     """
-    threat = _threat_for(maskset, patch)
+    threat = threat_for(maskset, patch)
     total = math.prod(threat.num_positions)
     if total > MAX_DENSE_POSITIONS:
         raise CertMaskError(f"the count map would have {' x '.join(map(str, threat.num_positions))} = "
@@ -226,7 +231,7 @@ def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
 
 def coverage_counts_bruteforce(maskset: MaskSet, patch) -> np.ndarray:
     """Reference twin of :func:`coverage_counts`: test the covering definition for every pair."""
-    threat = _threat_for(maskset, patch)
+    threat = threat_for(maskset, patch)
     grids = np.meshgrid(*(np.arange(P) for P in threat.num_positions), indexing="ij")
     counts = np.zeros(threat.num_positions, dtype=np.int64)
     for origin, size in zip(maskset.origins, maskset.sizes):
@@ -310,11 +315,8 @@ class CellGrid:
 
 def cell_grid(maskset: MaskSet, patch) -> CellGrid:
     """The :class:`CellGrid` of ``maskset`` for ``patch``, computed once per set and patch size."""
-    threat = _threat_for(maskset, patch)
-    key = ("cells", threat.patch_size)
-    if key not in maskset._cache:
-        maskset._cache[key] = CellGrid(maskset, threat)
-    return maskset._cache[key]
+    threat = threat_for(maskset, patch)
+    return maskset.cached(("cells", threat.patch_size), lambda: CellGrid(maskset, threat))
 
 
 def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...]]:
@@ -331,38 +333,23 @@ def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...
     (1, 2, (0, 0))
     """
     grid = cell_grid(maskset, patch)
-    key = ("extremes", grid.threat.patch_size)
-    if key not in maskset._cache:
+
+    def extremes():
         low, high, where = None, None, None
         for first, counts in grid.count_blocks():
             if low is None or counts.min() < low:
                 cell = np.unravel_index(int(counts.argmin()), counts.shape)
                 low, where = int(counts.min()), grid.position((first + cell[0],) + cell[1:])
             high = int(counts.max()) if high is None else max(high, int(counts.max()))
-        maskset._cache[key] = (low, high, where)
-    return maskset._cache[key]
+        return low, high, where
+
+    return maskset.cached(("extremes", grid.threat.patch_size), extremes)
 
 
 def is_k_covered(maskset: MaskSet, patch, k: int = 1) -> bool:
     """True when every patch position is covered by at least ``k`` masks."""
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise CertMaskError(f"k must be an integer >= 1, got {k!r}")
+    k = positive_int("k", k, whole_range=True)
     return bool(coverage_extremes(maskset, patch)[0] >= k)
-
-
-def _pack(incidence: np.ndarray) -> np.ndarray:
-    """``(m, n)`` bool -> ``(m, ceil(n / 64))`` uint64 bitsets (bit ``i`` = mask ``i``)."""
-    m, n = incidence.shape
-    words = max(1, -(-n // 64))
-    padded = np.zeros((m, words * 64), dtype=bool)
-    padded[:, :n] = incidence
-    return np.packbits(padded, axis=1, bitorder="little").view(np.uint64).reshape(m, words)
-
-
-def unpack(bits: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of the bitset packing: ``(m, words)`` uint64 -> ``(m, n)`` bool."""
-    as_bytes = np.ascontiguousarray(bits).view(np.uint8).reshape(len(bits), -1)
-    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :n].astype(bool)
 
 
 def covering_set_bits(maskset: MaskSet, patch, chunk_words: int = 2**22) -> np.ndarray:
@@ -372,25 +359,21 @@ def covering_set_bits(maskset: MaskSet, patch, chunk_words: int = 2**22) -> np.n
     one axis at a time, deduplicating after each (``{r & c}`` over distinct ``r`` is the same set),
     a block at a time (at most ``chunk_words`` words in memory). Cached on the mask set.
     """
-    threat = _threat_for(maskset, patch)
-    key = ("sets", threat.patch_size)
-    if key not in maskset._cache:
+    threat = threat_for(maskset, patch)
+
+    def sets_of_cells():
         grid = cell_grid(maskset, threat)
-        sets = _unique_rows(_pack(grid.incidence(0)))
+        sets = unique_rows(pack(grid.incidence(0)))
         for axis in range(1, threat.ndim):
-            cells = _pack(grid.incidence(axis))
+            cells = pack(grid.incidence(axis))
             words = cells.shape[1]
             step = max(1, chunk_words // max(1, len(cells) * words))
-            sets = _unique_rows(np.concatenate([
-                _unique_rows((sets[start:start + step, None, :] & cells[None, :, :]).reshape(-1, words))
+            sets = unique_rows(np.concatenate([
+                unique_rows((sets[start:start + step, None, :] & cells[None, :, :]).reshape(-1, words))
                 for start in range(0, len(sets), step)]))
-        maskset._cache[key] = sets
-    return maskset._cache[key]
+        return sets
 
-
-def _unique_rows(bits: np.ndarray) -> np.ndarray:
-    view = np.ascontiguousarray(bits).view(np.dtype((np.void, bits.dtype.itemsize * bits.shape[1])))
-    return np.unique(view).view(bits.dtype).reshape(-1, bits.shape[1])
+    return maskset.cached(("sets", threat.patch_size), sets_of_cells)
 
 
 @numba.njit(cache=True)
@@ -425,23 +408,20 @@ def _minimal_flags(bits, popcounts):  # pragma: no cover - compiled
     return minimal
 
 
-def _popcount(bits: np.ndarray) -> np.ndarray:
-    return np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=1).sum(1, dtype=np.int64)
-
-
 def minimal_covering_set_bits(maskset: MaskSet, patch) -> np.ndarray:
     """The inclusion-minimal covering sets as bitsets (see :func:`covering_set_bits`). Cached."""
-    threat = _threat_for(maskset, patch)
-    key = ("minimal", threat.patch_size)
-    if key not in maskset._cache:
+    threat = threat_for(maskset, patch)
+
+    def minimal():
         bits = covering_set_bits(maskset, threat)
-        maskset._cache[key] = bits[minimal_rows(bits)]
-    return maskset._cache[key]
+        return bits[minimal_rows(bits)]
+
+    return maskset.cached(("minimal", threat.patch_size), minimal)
 
 
 def minimal_rows(bits: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``bits`` (unique bitsets) that contain no other row, by size then order."""
-    sizes = _popcount(bits)
+    sizes = popcount(bits)
     order = np.argsort(sizes, kind="stable")
     return order[_minimal_flags(np.ascontiguousarray(bits[order]), sizes[order])]
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import CertMaskError
+from .validation import positive_int, shape_text
 
 STRATEGIES = ("patchcleanser", "replicated", "offset")
 
@@ -29,16 +30,6 @@ MAX_MASKS = 2**22
 """Largest mask set a construction will build (about 4 million masks)."""
 
 
-def _positive_int(name: str, value, limit: int | None = None) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise CertMaskError(f"{name} must be an integer, got {value!r}")
-    if value <= 0:
-        raise CertMaskError(f"{name} must be >= 1, got {value}")
-    if limit is not None and value > limit:
-        raise CertMaskError(f"{name} must be <= {limit}, got {value}")
-    return int(value)
-
-
 MAX_DIMS = 8
 """Most spatial axes a threat may have (1-D signals, 2-D images, 3-D clips, and beyond)."""
 MAX_VOLUME = 2**48
@@ -52,8 +43,10 @@ def axis_name(axis: int, ndim: int) -> str:
     return names[axis] if names else f"axis {axis}"
 
 
-def _sizes(name: str, value, ndim: int | None = None) -> tuple[int, ...]:
-    """A size per axis: a sequence of ``ndim`` positive ints, or one int for every axis (an int with
+def check_sizes(name: str, value, ndim: int | None = None) -> tuple[int, ...]:
+    """A size per axis, checked (internal to the package: the check behind every size argument).
+
+    A sequence of ``ndim`` positive ints, or one int for every axis (an int with
     ``ndim=None`` means a 2-D size, the first release's convention); each at most :data:`MAX_SIDE`,
     or :data:`MAX_SIGNAL` for a 1-D size."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
@@ -71,14 +64,12 @@ def _sizes(name: str, value, ndim: int | None = None) -> tuple[int, ...]:
         want = f"{ndim}" if ndim is not None else f"1 to {MAX_DIMS}"
         raise CertMaskError(f"{name} must have {want} axes, got {d}: {value!r}")
     limit = MAX_SIGNAL if d == 1 else MAX_SIDE
-    sizes = tuple(_positive_int(f"{name}[{i}] ({axis_name(i, d)})", v, limit) for i, v in enumerate(values))
+    sizes = tuple(positive_int(f"{name}[{i}] ({axis_name(i, d)})", v, high=limit)
+                  for i, v in enumerate(values))
     if math.prod(sizes) > MAX_VOLUME:
-        raise CertMaskError(f"{name} {_shape(sizes)} has {math.prod(sizes)} pixels, more than {MAX_VOLUME}")
+        raise CertMaskError(f"{name} {shape_text(sizes)} has {math.prod(sizes)} pixels, "
+                            f"more than {MAX_VOLUME}")
     return sizes
-
-
-def _shape(size) -> str:
-    return "x".join(map(str, size))
 
 
 @dataclass(frozen=True)
@@ -105,10 +96,10 @@ class PatchThreat:
     patch_size: tuple[int, ...]
 
     def __post_init__(self):
-        image = _sizes("image_size", self.image_size)
-        patch = _sizes("patch_size", self.patch_size, len(image))
+        image = check_sizes("image_size", self.image_size)
+        patch = check_sizes("patch_size", self.patch_size, len(image))
         if any(p > i for p, i in zip(patch, image)):
-            raise CertMaskError(f"patch {_shape(patch)} is larger than the image {_shape(image)}")
+            raise CertMaskError(f"patch {shape_text(patch)} is larger than the image {shape_text(image)}")
         object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "patch_size", patch)
 
@@ -140,7 +131,7 @@ class MaskSpec:
     def __post_init__(self):
         if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise CertMaskError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        object.__setattr__(self, "k", _positive_int("k", self.k))
+        object.__setattr__(self, "k", positive_int("k", self.k))
         if (self.mask_size is None) == (self.masks_per_axis is None):
             raise CertMaskError("give exactly one of mask_size and masks_per_axis, got "
                                 f"mask_size={self.mask_size!r}, masks_per_axis={self.masks_per_axis!r}")
@@ -150,22 +141,22 @@ class MaskSpec:
         for name in ("mask_size", "masks_per_axis"):
             value = getattr(self, name)
             if value is not None:  # an int stays an int: it means "every axis" of the threat
-                object.__setattr__(self, name, _positive_int(name, value, MAX_SIGNAL)
-                                   if isinstance(value, numbers.Integral) else _sizes(name, value))
+                object.__setattr__(self, name, positive_int(name, value, high=MAX_SIGNAL)
+                                   if isinstance(value, numbers.Integral) else check_sizes(name, value))
 
     def resolve_mask_size(self, threat: PatchThreat) -> tuple[int, ...]:
         """The mask size in pixels for ``threat`` (T1: window ``w = ceil(P / n)``, ``m = w + p - 1``)."""
         if self.mask_size is not None:
-            size = _sizes("mask_size", self.mask_size, threat.ndim)
+            size = check_sizes("mask_size", self.mask_size, threat.ndim)
             for axis, (m, p) in enumerate(zip(size, threat.patch_size)):
                 if m < p:
                     raise CertMaskError(f"mask_size {size} is smaller than the patch "
                                         f"{threat.patch_size} on axis {axis_name(axis, threat.ndim)} "
                                         f"({m} < {p})")
             return size
+        per_axis = check_sizes("masks_per_axis", self.masks_per_axis, threat.ndim)
         return tuple(math.ceil(P / n) + p - 1 for P, n, p in
-                     zip(threat.num_positions, _sizes("masks_per_axis", self.masks_per_axis, threat.ndim),
-                         threat.patch_size))
+                     zip(threat.num_positions, per_axis, threat.patch_size))
 
 
 def effective_coverage(mask_size, patch_size) -> tuple[int, ...]:
@@ -182,8 +173,8 @@ def effective_coverage(mask_size, patch_size) -> tuple[int, ...]:
     """
     ndim = next((len(v) for v in (mask_size, patch_size) if not isinstance(v, numbers.Integral)
                  and hasattr(v, "__len__") and not (isinstance(v, np.ndarray) and v.ndim == 0)), None)
-    mask = _sizes("mask_size", mask_size, ndim)
-    patch = _sizes("patch_size", patch_size, len(mask))
+    mask = check_sizes("mask_size", mask_size, ndim)
+    patch = check_sizes("patch_size", patch_size, len(mask))
     if any(m < p for m, p in zip(mask, patch)):
         raise CertMaskError(f"patch {patch} is larger than the mask {mask}")
     return tuple(m - p + 1 for m, p in zip(mask, patch))
@@ -202,8 +193,8 @@ def lower_bound(threat: PatchThreat, mask_size, k: int = 1) -> int:
     >>> lower_bound(PatchThreat(28, 3), (7, 7), k=2)
     72
     """
-    k = _positive_int("k", k)
-    w = effective_coverage(_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
+    k = positive_int("k", k)
+    w = effective_coverage(check_sizes("mask_size", mask_size, threat.ndim), threat.patch_size)
     return k * math.prod(math.ceil(P / wi) for P, wi in zip(threat.num_positions, w))
 
 
@@ -288,7 +279,7 @@ class MaskSet:
     _cache: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        image = _sizes("image_size", self.image_size)
+        image = check_sizes("image_size", self.image_size)
         origins = _coordinates(self.origins, "origins", 0, tuple(n - 1 for n in image))
         sizes = _coordinates(self.sizes, "sizes", 1, image)
         if origins.shape != sizes.shape:
@@ -300,13 +291,13 @@ class MaskSet:
         if bad.size:
             i = int(bad[0])
             raise CertMaskError(f"mask {i} (origin {tuple(origins[i].tolist())}, size "
-                                f"{tuple(sizes[i].tolist())}) leaves the {_shape(image)} image "
+                                f"{tuple(sizes[i].tolist())}) leaves the {shape_text(image)} image "
                                 f"({bad.size} such masks)")
         if self.spec is not None and not isinstance(self.spec, MaskSpec):
             raise CertMaskError(f"spec must be a MaskSpec or None, got {type(self.spec).__name__}")
         if self.threat is not None and (not isinstance(self.threat, PatchThreat)
                                         or self.threat.image_size != image):
-            raise CertMaskError(f"threat must be a PatchThreat for the {_shape(image)} image, got "
+            raise CertMaskError(f"threat must be a PatchThreat for the {shape_text(image)} image, got "
                                 f"{self.threat!r}")
         object.__setattr__(self, "image_size", image)
         object.__setattr__(self, "origins", origins)
@@ -316,6 +307,19 @@ class MaskSet:
 
     def __len__(self) -> int:
         return len(self.origins)
+
+    def cached(self, key, compute):
+        """``compute()``, computed once per ``key`` and kept on the set (internal to the package).
+
+        Derived geometry (cell grids, covering sets, membership matrices) is cached here per patch
+        size, so every mode, k and batch of a run computes it once; the set itself is immutable, so
+        the cache never goes stale. ``compute`` takes no argument.
+        """
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = compute()
+            return value
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, MaskSet) and self.image_size == other.image_size
@@ -383,7 +387,7 @@ class MaskSet:
         unknown = sorted(map(repr, set(spec or {}) - {"strategy", "k", "mask_size", "masks_per_axis"}))
         if unknown:
             raise CertMaskError(f"mask-set JSON: unknown spec fields {unknown}")
-        image = _sizes("image_size", data["image_size"] if not isinstance(data["image_size"], list)
+        image = check_sizes("image_size", data["image_size"] if not isinstance(data["image_size"], list)
                        else tuple(data["image_size"]))
         return cls(image, data["origins"], data["sizes"], MaskSpec(**spec) if spec else None,
                    PatchThreat(image, patch if not isinstance(patch, list) else tuple(patch))

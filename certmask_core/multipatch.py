@@ -21,22 +21,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .coverage import (
-    _pack,
-    _popcount,
-    _threat_for,
-    _unique_rows,
-    cell_grid,
-    coverage_extremes,
-    minimal_rows,
-)
+from .bitsets import pack, popcount, unique_rows
+from .coverage import cell_grid, coverage_extremes, minimal_rows, threat_for
 from .errors import CertMaskError
 from .geometry import MaskSet
+from .validation import positive_int
 
 MAX_TUPLE_SETS = 2**22
 """Most intersections of minimal rows :func:`tuple_covering_sets` will form (the m-tuples of
@@ -101,6 +94,15 @@ class MaskGroups:
     def __len__(self) -> int:
         return len(self.members)
 
+    def cached(self, key, compute):
+        """``compute()``, computed once per ``key`` and kept on the family, as
+        :meth:`MaskSet.cached <certmask_core.geometry.MaskSet.cached>` (internal to the package)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = compute()
+            return value
+
     def incidence(self) -> np.ndarray:
         """``(len(base), n)`` bool: base mask ``i`` belongs to group ``g``."""
         out = np.zeros((len(self.base), len(self)), dtype=bool)
@@ -141,10 +143,8 @@ def combination_groups(maskset: MaskSet, size: int) -> MaskGroups:
 
 
 def check_patches(patches) -> int:
-    if (isinstance(patches, (bool, np.bool_)) or not isinstance(patches, numbers.Integral)
-            or not 1 <= patches <= MAX_PATCHES):
-        raise CertMaskError(f"patches must be an integer in [1, {MAX_PATCHES}], got {patches!r}")
-    return int(patches)
+    """``patches`` (the number of patches) as an int in ``[1, MAX_PATCHES]``, checked."""
+    return positive_int("patches", patches, 1, MAX_PATCHES, whole_range=True)
 
 
 def base_set(family) -> MaskSet:
@@ -166,11 +166,12 @@ def _union_rows(family, patch):
 
     Returns ``(bits (r, words) uint64, positions (r, d))``. Cached on the family.
     """
-    key = ("union rows", patch)
-    if key in family._cache:
-        return family._cache[key]
+    return family.cached(("union rows", patch), lambda: _compute_union_rows(family, patch))
+
+
+def _compute_union_rows(family, patch):
     base, incidence = _family_parts(family)
-    grid = cell_grid(base, _threat_for(base, patch))
+    grid = cell_grid(base, threat_for(base, patch))
     axes = [grid.incidence(axis) for axis in range(len(grid.shape))]  # (cells on axis, len(base)) each
     inc = incidence.astype(np.int64)
     found, where = [], []
@@ -179,15 +180,14 @@ def _union_rows(family, patch):
     for start in range(0, total, step):  # the cells in row-major order, a block at a time
         cells = np.unravel_index(np.arange(start, min(start + step, total)), grid.shape)
         base_cells = np.logical_and.reduce([a[c] for a, c in zip(axes, cells)])
-        bits, first = _unique_with_index(_pack((base_cells.astype(np.int64) @ inc) > 0))
+        bits, first = _unique_with_index(pack((base_cells.astype(np.int64) @ inc) > 0))
         found.append(bits)
         where.append(np.stack([cuts[c[first]] for cuts, c in zip(grid.cuts, cells)], axis=1))
     bits, positions = np.concatenate(found), np.concatenate(where)
     bits, first = _unique_with_index(bits)
     positions = positions[first]
     keep = minimal_rows(bits)
-    family._cache[key] = (bits[keep], positions[keep])
-    return family._cache[key]
+    return bits[keep], positions[keep]
 
 
 def _unique_with_index(bits: np.ndarray):
@@ -205,9 +205,11 @@ def tuple_covering_sets(family, patch, patches: int = 2):
     covering set of the tuple of its rows' positions.
     """
     patches = check_patches(patches)
-    key = ("tuple sets", patch, patches)
-    if key in family._cache:
-        return family._cache[key]
+    return family.cached(("tuple sets", patch, patches),
+                         lambda: _compute_tuple_covering_sets(family, patch, patches))
+
+
+def _compute_tuple_covering_sets(family, patch, patches: int):
     rows, positions = _union_rows(family, patch)
     count = math.comb(len(rows) + patches - 1, patches)
     if count > MAX_TUPLE_SETS:
@@ -218,8 +220,7 @@ def tuple_covering_sets(family, patch, patches: int = 2):
     bits = rows[tuples[:, 0]].copy()
     for t in range(1, patches):
         bits &= rows[tuples[:, t]]
-    family._cache[key] = (bits, tuples, positions)
-    return family._cache[key]
+    return bits, tuples, positions
 
 
 def tuple_coverage_extremes(family, patch, patches: int = 2):
@@ -235,7 +236,7 @@ def tuple_coverage_extremes(family, patch, patches: int = 2):
     (1, ((0, 0), (0, 0)))
     """
     bits, tuples, positions = tuple_covering_sets(family, patch, patches)
-    counts = _popcount(bits)
+    counts = popcount(bits)
     t = int(counts.argmin())
     return int(counts[t]), tuple(tuple(int(v) for v in positions[r]) for r in tuples[t])
 
@@ -251,11 +252,12 @@ def family_coverage(family, patch, patches: int = 1):
 
 def tuple_minimal_sets(family, patch, patches: int = 2) -> np.ndarray:
     """The inclusion-minimal covering sets of m-tuples as bitsets over the family. Cached."""
-    key = ("tuple minimal", patch, patches)
-    if key not in family._cache:
-        bits = _unique_rows(tuple_covering_sets(family, patch, patches)[0])
-        family._cache[key] = bits[minimal_rows(bits)]
-    return family._cache[key]
+
+    def minimal():
+        bits = unique_rows(tuple_covering_sets(family, patch, patches)[0])
+        return bits[minimal_rows(bits)]
+
+    return family.cached(("tuple minimal", patch, patches), minimal)
 
 
 def all_pairs_coverage_min(maskset: MaskSet, patch) -> int:
@@ -270,10 +272,10 @@ def all_pairs_coverage_min(maskset: MaskSet, patch) -> int:
 
     n = len(maskset)
     sets = minimal_covering_set_bits(maskset, patch)
-    size = _popcount(sets)
+    size = popcount(sets)
     if (size == 0).any():
         return 0
-    union = _popcount((sets[:, None, :] | sets[None, :, :]).reshape(-1, sets.shape[1])).reshape(len(sets), -1)
+    union = popcount((sets[:, None, :] | sets[None, :, :]).reshape(-1, sets.shape[1])).reshape(len(sets), -1)
 
     def pairs(k):
         return k * (k - 1) // 2
@@ -290,7 +292,7 @@ def tuple_coverage_bruteforce(family, patch, patches: int = 2) -> np.ndarray:
     """
     patches = check_patches(patches)
     base, incidence = _family_parts(family)
-    threat = _threat_for(base, patch)
+    threat = threat_for(base, patch)
     positions = list(itertools.product(*(range(P) for P in threat.num_positions)))
     covers = np.zeros((len(positions), len(base)), dtype=bool)  # position x base mask, by containment
     for i, (origin, size) in enumerate(zip(base.origins.tolist(), base.sizes.tolist())):

@@ -13,9 +13,10 @@ import numbers
 
 import numpy as np
 
-from .constructions import _axis_classes, _minimum_of_classes
+from .constructions import axis_classes, minimum_of_classes
 from .errors import CertMaskError
-from .geometry import MAX_MASKS, STRATEGIES, PatchThreat, _positive_int, _shape, lower_bound
+from .geometry import MAX_MASKS, STRATEGIES, PatchThreat, lower_bound
+from .validation import distinct_list, positive_int, shape_text
 
 PASSES_FOR = ("one_round", "recovery")
 
@@ -37,7 +38,7 @@ def passes_per_image(num_masks: int, passes_for: str = "one_round") -> int:
     """
     if passes_for not in PASSES_FOR:
         raise CertMaskError(f"passes_for must be one of {PASSES_FOR}, got {passes_for!r}")
-    n = _positive_int("num_masks", num_masks)
+    n = positive_int("num_masks", num_masks)
     return n if passes_for == "one_round" else _recovery_passes(n)
 
 
@@ -116,7 +117,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     """
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
-    k = _positive_int("k", k, MAX_MASKS)
+    k = positive_int("k", k, high=MAX_MASKS)
     strategy = default_strategy(k) if strategy is None else strategy
     if strategy not in STRATEGIES:
         raise CertMaskError(f"strategy must be patchcleanser, replicated or offset, got {strategy!r}")
@@ -136,7 +137,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     volume = math.prod(threat.image_size)
     fronts, cheapest, seen = [], None, {"covering": False, "affordable": False}
     for windows in _window_chunks(threat.num_positions, shape):
-        counts = _minimum_of_classes([_axis_classes(P, w) for P, w in zip(threat.num_positions, windows)], k)
+        counts = minimum_of_classes([axis_classes(P, w) for P, w in zip(threat.num_positions, windows)], k)
         counts = np.minimum(counts, MAX_MASKS + 1).astype(np.int64)  # exact ints beyond int64 (5+ axes)
         masks = np.stack([w + p - 1 for w, p in zip(windows, threat.patch_size)])  # (d, m) mask sizes
         area = np.prod(masks, axis=0)
@@ -173,7 +174,7 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
         n, size = cheapest
         raise CertMaskError(
             f"no {k}-fold layout for {threat} satisfies {limits} (passes for {passes_for}); the fewest masks "
-            f"are {n} of {_shape(size)} ({math.prod(size) / volume:.1%} of the image each)")
+            f"are {n} of {shape_text(size)} ({math.prod(size) / volume:.1%} of the image each)")
     return [{"strategy": strategy, "k": k, "mask_size": size, "num_masks": n, "exact_minimum": n,
              "lower_bound": lower_bound(threat, size, k), "mask_fraction": round(math.prod(size) / volume, 6),
              "passes_one_round": n, "passes_recovery_worst": _recovery_passes(n)}
@@ -229,9 +230,9 @@ def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategie
     """
     if not isinstance(threat, PatchThreat):
         raise CertMaskError(f"threat must be a PatchThreat, got {type(threat).__name__}")
-    budget = _positive_int("budget", budget)
-    ks, strategies = _distinct_list("ks", ks), _distinct_list("strategies", strategies)
-    ks = [_positive_int("ks[]", k, MAX_MASKS) for k in ks]
+    budget = positive_int("budget", budget)
+    ks, strategies = distinct_list("ks", ks), distinct_list("strategies", strategies)
+    ks = [positive_int("ks[]", k, high=MAX_MASKS) for k in ks]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or not strategies or not ks:
         raise CertMaskError(f"strategies must be some of {STRATEGIES} and ks at least one k, got "
@@ -251,15 +252,6 @@ def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategie
         raise CertMaskError(f"no layout for {threat} with k in {tuple(ks)} and strategies "
                             f"{tuple(strategies)} fits {budget} passes per image")
     return found
-
-
-def _distinct_list(name: str, values) -> list:
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise CertMaskError(f"{name} must be a list, got {values!r}")
-    values = list(values)
-    if len({repr(v) for v in values}) != len(values):
-        raise CertMaskError(f"{name} lists a value twice: {values}")
-    return values
 
 
 def pareto_front(passes, accuracy) -> np.ndarray:

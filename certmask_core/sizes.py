@@ -31,12 +31,12 @@ from .certification import (
     GUARANTEES,
     SOUND,
     PairPredictor,
-    _certificate_check,
-    _certify_inputs,
-    _geometry,
+    certificate_check,
+    certify_inputs,
+    family_geometry,
 )
 from .errors import CertMaskError
-from .geometry import MaskSet, PatchThreat, _sizes
+from .geometry import MaskSet, PatchThreat, check_sizes
 from .multipatch import MaskGroups, base_set, check_patches, family_coverage
 
 
@@ -53,7 +53,7 @@ def patch_sizes(sizes, ndim: int = 2) -> tuple[tuple[int, ...], ...]:
             or isinstance(sizes, np.ndarray) and sizes.ndim == 0):
         raise CertMaskError(f"sizes must be a list of patch sizes (ints or sizes per axis such as (ph, pw)), "
                             f"got {sizes!r}")
-    out = {_sizes(f"sizes[{i}]", s, ndim) for i, s in enumerate(sizes)}
+    out = {check_sizes(f"sizes[{i}]", s, ndim) for i, s in enumerate(sizes)}
     if not out:
         raise CertMaskError("sizes is empty: give at least one patch size")
     return tuple(sorted(out, key=lambda s: (math.prod(s), s)))
@@ -327,7 +327,7 @@ size they are told, so each size may be certified by its own certificate. ``plur
 
 
 def _minimal_sets(family, size, patches: int) -> np.ndarray:
-    return _geometry(family, size, 1, patches).minimal_sets()
+    return family_geometry(family, size, 1, patches).minimal_sets()
 
 
 def _contains_one_of(sets: np.ndarray, smaller: np.ndarray) -> bool:
@@ -386,7 +386,7 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
     >>> report.min_coverage.tolist(), report.certified.tolist()
     ([1, 1, 0], [[True, True, False]])
     """
-    mode, num_classes, tolerance, y, first, margins = _certify_inputs(
+    mode, num_classes, tolerance, y, first, margins = certify_inputs(
         predictions, labels, maskset, mode, num_classes, recovery_certificate, margin_tolerance)
     if not SOUND[mode]:
         raise CertMaskError(f"mode {mode!r} certifies nothing (its claim is refuted, proofs/t9); "
@@ -419,8 +419,9 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
         certifiable &= [ok and _contains_one_of(_minimal_sets(maskset, size, patches), minimal)
                         for ok, size in zip(certifiable, sizes)]
         if certifiable.any():
-            held = _certificate_check(mode, first, margins, y, _geometry(maskset, deployed, 1, patches),
-                                      None, num_classes, tolerance, certificate, 1024)[0]
+            geo = family_geometry(maskset, deployed, 1, patches)
+            held = certificate_check(mode, first, margins, y, geo, None, num_classes, tolerance,
+                                     certificate, 1024)[0]
             certified[:, certifiable] = held[:, None]
     else:
         # largest first: an image certified for a size is certified for every size inside it (T14(b))
@@ -431,9 +432,9 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
             if coverage[s] == 0 or not len(rows):
                 continue
             predictor = pair_cache.view(rows) if mode == "recovery" else None
-            geo = _geometry(maskset, sizes[s], 1, patches)
-            certified[rows, s] = _certificate_check(mode, first[rows], margins[rows], y[rows], geo, predictor,
-                                                    num_classes, tolerance, certificate, 1024)[0]
+            geo = family_geometry(maskset, sizes[s], 1, patches)
+            certified[rows, s] = certificate_check(mode, first[rows], margins[rows], y[rows], geo, predictor,
+                                                   num_classes, tolerance, certificate, 1024)[0]
     passes = np.full(B, len(maskset), dtype=np.int64)
     if mode == "recovery":
         passes += pair_cache.evaluated

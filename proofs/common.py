@@ -3,7 +3,7 @@ import itertools
 
 import numpy as np
 
-from certmask_core import PatchThreat
+from certmask_core import MaskSet, PatchThreat, make_maskset
 
 
 def counts_1d(windows, P: int) -> list[int]:
@@ -83,3 +83,51 @@ def make_random_masks(rng, image, max_masks: int = 5, min_masks: int = 1):
                        np.array(image) - origins)
     origins[-1], sizes[-1] = origins[0], sizes[0]
     return MaskSet(image, origins, sizes)
+
+
+# Covering sets from painted pixels (T1 by definition), shared by proofs.soundness, proofs.exact and
+# proofs.reference.
+
+
+def _positions(maskset: MaskSet, patch):
+    """Every patch position of the set's input (any number of axes), with the pixel slices it holds."""
+    ranges = [range(n - p + 1) for n, p in zip(maskset.image_size, patch)]
+    for position in itertools.product(*ranges):
+        yield position, tuple(slice(a, a + p) for a, p in zip(position, patch))
+
+
+def covers(maskset: MaskSet, patch) -> np.ndarray:
+    """``(P_h, P_w, n)`` boolean (``(*P, n)`` in any number of axes): mask ``i`` covers position ``l``,
+    from dense bitmaps (T1)."""
+    patch = tuple(patch)
+    dense = maskset.dense()
+    d = maskset.ndim
+    out = np.zeros(tuple(n - p + 1 for n, p in zip(maskset.image_size, patch)) + (len(maskset),), dtype=bool)
+    for position, pixels in _positions(maskset, patch):
+        out[position] = dense[(slice(None),) + pixels].all(axis=tuple(range(1, d + 1)))
+    return out
+
+
+def pair_covers(maskset: MaskSet, patch) -> np.ndarray:
+    """``(*P, n, n)`` boolean: the union of masks ``i`` and ``j`` hides the patch at position ``l``."""
+    patch = tuple(patch)
+    dense = maskset.dense()
+    d, n = maskset.ndim, len(maskset)
+    union = dense[:, None] | dense[None, :]
+    out = np.zeros(tuple(m - p + 1 for m, p in zip(maskset.image_size, patch)) + (n, n), dtype=bool)
+    for position, pixels in _positions(maskset, patch):
+        out[position] = union[(slice(None), slice(None)) + pixels].all(axis=tuple(range(2, d + 2)))
+    return out
+
+
+def small_geometries(max_masks: int = 8):
+    """The geometries of the table: 1-D strips and small 2-D images, every strategy and small k."""
+    cases = [((1, 6), (1, 2), "patchcleanser", 1, (1, 2)), ((1, 6), (1, 2), "patchcleanser", 1, (1, 3)),
+             ((1, 7), (1, 2), "replicated", 2, (1, 2)), ((1, 7), (1, 2), "offset", 2, (1, 2)),
+             ((1, 8), (1, 2), "replicated", 2, (1, 3)), ((1, 8), (1, 3), "offset", 3, (1, 2)),
+             ((4, 4), (2, 2), "patchcleanser", 1, (2, 2)), ((4, 4), (2, 2), "replicated", 2, (2, 2)),
+             ((5, 5), (2, 2), "offset", 2, (2, 1)), ((3, 3), (2, 2), "replicated", 2, (1, 2))]
+    for image, patch, strategy, k, per_axis in cases:
+        ms = make_maskset(PatchThreat(image, patch), k=k, strategy=strategy, masks_per_axis=per_axis)
+        if len(ms) <= max_masks:
+            yield f"{image[0]}x{image[1]} p{patch[0]}x{patch[1]} {strategy} k={k} n={len(ms)}", ms, patch

@@ -37,8 +37,7 @@ import numpy as np
 from certmask_core import MaskSet, PatchThreat, make_maskset
 from certmask_core.certification import ALERT, GUARANTEES, NO_VOTE, certify, defend
 
-from .common import box, dense_pixels, positions
-from .soundness import covers, pair_covers, small_geometries
+from .common import box, covers, dense_pixels, pair_covers, positions, small_geometries
 
 SURE, UNSURE = 1.0, 1e-4  # margins of the logits built from a label; UNSURE is below the tolerance
 
@@ -57,12 +56,12 @@ class ExactResult:
     example_missed: dict = field(default_factory=dict)
 
 
-def _all_rows(n: int, symbols) -> np.ndarray:
+def all_rows(n: int, symbols) -> np.ndarray:
     return np.array(list(itertools.product(symbols, repeat=n)), dtype=np.int64).reshape(-1, n) if n \
         else np.zeros((1, 0), dtype=np.int64)
 
 
-def _keys(rows: np.ndarray, columns: np.ndarray, symbols) -> np.ndarray:
+def row_keys(rows: np.ndarray, columns: np.ndarray, symbols) -> np.ndarray:
     """An integer per row naming its values on ``columns``."""
     lookup = {s: t for t, s in enumerate(symbols)}
     digits = np.vectorize(lookup.__getitem__, otypes=[np.int64])(rows[:, columns]) if len(columns) \
@@ -70,7 +69,7 @@ def _keys(rows: np.ndarray, columns: np.ndarray, symbols) -> np.ndarray:
     return digits @ (len(symbols) ** np.arange(len(columns), dtype=np.int64))
 
 
-def _guarantee_ok(output, y, guarantee):
+def guarantee_ok(output, y, guarantee):
     return (output == y) | ((output == ALERT) & (guarantee == "label-or-alert"))
 
 
@@ -94,7 +93,7 @@ def logits_of(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray
     return out
 
 
-def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symbols, y: int,
+def one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symbols, y: int,
                       classes=None, patches: int = 1, outputs=None, k: int | None = None) -> np.ndarray:
     """Per clean row (``rows`` = every row over ``symbols``): the defence outputs ``y`` on it and, at
     every position, every attack (the rows agreeing on the covering masks) keeps the guarantee.
@@ -104,12 +103,12 @@ def _one_round_robust(maskset: MaskSet, patch, mode: str, rows: np.ndarray, symb
     ``outputs`` may pass the defence's outputs on ``rows`` when already computed."""
     if outputs is None:
         outputs = defend(rows, maskset, mode, patch=patch, patches=patches, k=k).output
-    bad_output = ~_guarantee_ok(outputs, y, GUARANTEES[mode])
+    bad_output = ~guarantee_ok(outputs, y, GUARANTEES[mode])
     robust = outputs == y
     if classes is None:
         classes = _position_classes(maskset, patch, with_pairs=False)
     for cover, *_ in classes:
-        keys = _keys(rows, np.flatnonzero(cover), symbols)
+        keys = row_keys(rows, np.flatnonzero(cover), symbols)
         bad = np.zeros(keys.max() + 1, dtype=bool)
         np.logical_or.at(bad, keys, bad_output)
         robust &= ~bad[keys]
@@ -125,18 +124,18 @@ def one_round_exact(maskset: MaskSet, patch, mode: str, alphabet: int = 3, no_vo
     multiplicity the defence is told (default: the set's own)."""
     n = len(maskset)
     symbols = list(range(alphabet)) + ([NO_VOTE] if no_vote else [])
-    rows = _all_rows(n, symbols)
+    rows = all_rows(n, symbols)
     result = ExactResult(mode, mode, geometry)
     outputs = defend(rows, maskset, mode, patch=patch, patches=patches, k=k).output
     for y in range(alphabet):
-        robust = _one_round_robust(maskset, patch, mode, rows, symbols, y, classes, patches, outputs)
+        robust = one_round_robust(maskset, patch, mode, rows, symbols, y, classes, patches, outputs)
         certified = certify(rows, np.full(len(rows), y), maskset, mode, patch=patch, patches=patches,
                             k=k).certified
-        _tally(result, rows, y, robust, certified)
+        tally(result, rows, y, robust, certified)
     return result
 
 
-def _tally(result: ExactResult, rows, y, robust, certified, pairs=None):
+def tally(result: ExactResult, rows, y, robust, certified, pairs=None):
     result.tables += len(rows)
     result.certified += int(certified.sum())
     result.robust += int(robust.sum())
@@ -158,12 +157,12 @@ def unsure_soundness(maskset: MaskSet, patch, mode: str, alphabet: int = 3) -> i
     (row, U, y) cases checked; raises AssertionError with a counterexample.
     """
     n = len(maskset)
-    rows = _all_rows(n, range(alphabet))
-    exact = {y: _one_round_robust(maskset, patch, mode, rows, range(alphabet), y) for y in range(alphabet)}
+    rows = all_rows(n, range(alphabet))
+    exact = {y: one_round_robust(maskset, patch, mode, rows, range(alphabet), y) for y in range(alphabet)}
     checked = 0
     for unsure_cols in itertools.product([False, True], repeat=n):
         unsure = np.array(unsure_cols)
-        keys = _keys(rows, np.flatnonzero(~unsure), range(alphabet))
+        keys = row_keys(rows, np.flatnonzero(~unsure), range(alphabet))
         logits = logits_of(rows, np.broadcast_to(unsure, rows.shape), alphabet)
         for y in range(alphabet):
             all_robust = np.ones(keys.max() + 1, dtype=bool)
@@ -180,7 +179,7 @@ def _pair_index(n):
     return {p: t for t, p in enumerate(itertools.combinations(range(n), 2))}
 
 
-def _answer_from(pair_values: np.ndarray, index: dict):
+def answer_from(pair_values: np.ndarray, index: dict):
     """A pair predictor reading image ``b``'s pair labels from ``pair_values[b]``."""
     lookup = np.full((max(index, default=(0, 0))[0] + 2,) * 2, -1, dtype=np.int64)
     for (i, j), t in index.items():
@@ -223,10 +222,10 @@ def recovery_outcomes(maskset: MaskSet, patch, position, first: np.ndarray, pair
         cover = covers(maskset, patch)[position]
         forced = pair_covers(maskset, patch)[position]
     fixed = np.array([forced[i, j] for i, j in pair_list], dtype=bool)
-    rows = _all_rows(n, range(alphabet))
+    rows = all_rows(n, range(alphabet))
     rows = rows[(rows[:, cover] == first[cover]).all(1)]
     if brute_force:
-        free_values = _all_rows(int((~fixed).sum()), range(alphabet))
+        free_values = all_rows(int((~fixed).sum()), range(alphabet))
         a_first = np.repeat(rows, len(free_values), axis=0)
         a_pairs = np.tile(pairs, (len(a_first), 1))
         a_pairs[:, ~fixed] = np.tile(free_values, (len(rows), 1))
@@ -234,7 +233,7 @@ def recovery_outcomes(maskset: MaskSet, patch, position, first: np.ndarray, pair
         a_first = np.repeat(rows, n + 1, axis=0)
         chosen = np.tile(np.arange(-1, n), len(rows))
         a_pairs = np.where(fixed, pairs, _chosen_disagreer_answers(a_first, chosen, pair_list))
-    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(a_pairs, index),
+    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=answer_from(a_pairs, index),
                   patches=patches).output
     return {(tuple(r.tolist()), int(o)) for r, o in zip(a_first, outs)}
 
@@ -242,8 +241,8 @@ def recovery_outcomes(maskset: MaskSet, patch, position, first: np.ndarray, pair
 def clean_tables(n: int, alphabet: int = 3):
     """``(index, first, pairs)``: every clean (one-mask row, symmetric pair table) of ``n`` members."""
     index = _pair_index(n)
-    rows = _all_rows(n, range(alphabet))
-    tables = _all_rows(len(index), range(alphabet))
+    rows = all_rows(n, range(alphabet))
+    tables = all_rows(len(index), range(alphabet))
     return index, np.repeat(rows, len(tables), axis=0), np.tile(tables, (len(rows), 1))
 
 
@@ -255,9 +254,9 @@ def _recovery_class_ok(maskset, patch, cover, forced, first, pairs, alphabet, pa
     pair_list = list(index)
     fixed_pairs = np.array([t for (i, j), t in index.items() if forced[i, j]], dtype=np.int64)
     free = np.flatnonzero(~cover)
-    parts_first = _all_rows(int(cover.sum()), range(alphabet))
-    parts_pairs = _all_rows(len(fixed_pairs), range(alphabet))
-    attacks = _all_rows(len(free), range(alphabet))
+    parts_first = all_rows(int(cover.sum()), range(alphabet))
+    parts_pairs = all_rows(len(fixed_pairs), range(alphabet))
+    attacks = all_rows(len(free), range(alphabet))
     combos = np.array(list(itertools.product(range(len(parts_first)), range(len(parts_pairs)),
                                              range(len(attacks)), range(-1, n))), dtype=np.int64)
     a_first = np.empty((len(combos), n), np.int64)
@@ -267,12 +266,12 @@ def _recovery_class_ok(maskset, patch, cover, forced, first, pairs, alphabet, pa
     if len(fixed_pairs):
         a_pairs[:, fixed_pairs] = parts_pairs[combos[:, 1]]
     # the same key function on attacked and clean tables: the fixed part names the class's outcome
-    part_key = (_keys(a_first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
-                + _keys(a_pairs, fixed_pairs, range(alphabet)))
-    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(a_pairs, index),
+    part_key = (row_keys(a_first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
+                + row_keys(a_pairs, fixed_pairs, range(alphabet)))
+    outs = defend(a_first, maskset, "recovery", patch=patch, pair_predictor=answer_from(a_pairs, index),
                   patches=patches, k=k).output
-    clean_key = (_keys(first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
-                 + _keys(pairs, fixed_pairs, range(alphabet)))
+    clean_key = (row_keys(first, np.flatnonzero(cover), range(alphabet)) * len(parts_pairs)
+                 + row_keys(pairs, fixed_pairs, range(alphabet)))
     ok = {}
     for y in range(alphabet):
         good = np.ones(len(parts_first) * len(parts_pairs), dtype=bool)
@@ -291,7 +290,7 @@ def recovery_robustness(maskset, patch, classes=None, alphabet: int = 3, patches
     each class's outcome for later calls: recovery does not depend on the configured size."""
     n = len(maskset)
     index, first, pairs = clean_tables(n, alphabet)
-    clean = defend(first, maskset, "recovery", patch=patch, pair_predictor=_answer_from(pairs, index),
+    clean = defend(first, maskset, "recovery", patch=patch, pair_predictor=answer_from(pairs, index),
                    patches=patches, k=k).output
     if classes is None:
         classes = _position_classes(maskset, patch, with_pairs=True)
@@ -325,7 +324,7 @@ def recovery_certified(maskset, patch, certificate: str, y: int, alphabet: int =
                                       range(alphabet))
             for f, t in zip(first, pairs)])
     return certify(first, np.full(len(first), y), maskset, "recovery", patch=patch,
-                   pair_predictor=_answer_from(pairs, index), recovery_certificate=certificate,
+                   pair_predictor=answer_from(pairs, index), recovery_certificate=certificate,
                    patches=patches, k=k).certified
 
 
@@ -342,7 +341,7 @@ def recovery_exact(maskset, patch, certificate: str = "hitting_set", alphabet: i
     result = ExactResult("recovery", certificate, geometry)
     for y in range(alphabet):
         certified = recovery_certified(maskset, patch, certificate, y, alphabet, classes, patches, k)
-        _tally(result, first, y, robust[y], certified, pairs)
+        tally(result, first, y, robust[y], certified, pairs)
     return result
 
 

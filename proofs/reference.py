@@ -1,7 +1,7 @@
 """Slow, obviously correct twins of the core's decision rules, from the definitions (docs/theory.md;
 every fast path and its twin: docs/design.md section 6).
 
-They work on dense covering sets built pixel by pixel (:func:`proofs.soundness.covers`) and plain
+They work on dense covering sets built pixel by pixel (:func:`proofs.common.covers`) and plain
 Python sets, and are the oracles of the tests and the fuzz wall for the numba kernels of
 :mod:`certmask_core.certification` and :mod:`certmask_core.coverage`.
 
@@ -20,7 +20,7 @@ import numpy as np
 from certmask_core.certification import ALERT, NO_VOTE
 from certmask_core.errors import CertMaskError
 
-from .soundness import covers
+from .common import covers
 
 
 def covering_sets_reference(maskset, patch) -> set[frozenset]:

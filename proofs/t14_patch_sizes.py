@@ -47,17 +47,17 @@ from certmask_core.coverage import coverage_extremes
 
 from .common import box_containment, dense_pixels, make_random_masks, sizes_within, within
 from .exact import (
-    _all_rows,
-    _answer_from,
-    _guarantee_ok,
-    _keys,
-    _one_round_robust,
+    all_rows,
+    answer_from,
     attack_classes,
     box_attacks,
     clean_tables,
     geometries,
+    guarantee_ok,
+    one_round_robust,
     recovery_certified,
     recovery_robustness,
+    row_keys,
     shape_attacks,
 )
 from .reference import covering_sets_reference, minimal_sets_reference
@@ -174,10 +174,10 @@ def _fail(what, name, mode, y, row, **extra):
 def _wrong_label(rows, symbols, outputs, y, mode, classes) -> np.ndarray:
     """Per clean row: the defence (``outputs`` on every row) breaks its guarantee on the clean row or
     under some attack of ``classes``."""
-    bad_output = ~_guarantee_ok(outputs, y, GUARANTEES[mode])
+    bad_output = ~guarantee_ok(outputs, y, GUARANTEES[mode])
     wrong = bad_output.copy()
     for cover, *_ in classes:
-        keys = _keys(rows, np.flatnonzero(cover), symbols)
+        keys = row_keys(rows, np.flatnonzero(cover), symbols)
         bad = np.zeros(keys.max() + 1, dtype=bool)
         np.logical_or.at(bad, keys, bad_output)
         wrong |= bad[keys]
@@ -196,7 +196,7 @@ def one_round_sizes(name, ms, alphabet: int = 3, shapes_area: int = 4, stats=Non
     the certificate leaves out."""
     n = len(ms)
     symbols = list(range(alphabet))
-    rows = _all_rows(n, symbols)
+    rows = all_rows(n, symbols)
     covered = _covered(ms)
     classes = {s: attack_classes(ms, box_attacks(ms.image_size, s)) for s in covered}
     shapes = {t: _shapes(ms, t, shapes_area) for t in covered}
@@ -208,7 +208,7 @@ def one_round_sizes(name, ms, alphabet: int = 3, shapes_area: int = 4, stats=Non
             mode, {"certified": 0, "larger than deployed": 0, "missed": 0})
         for y in range(alphabet):
             labels = np.full(len(rows), y)
-            robust = {(t, s): _one_round_robust(ms, t, mode, rows, symbols, y, classes[s], outputs=outputs[t])
+            robust = {(t, s): one_round_robust(ms, t, mode, rows, symbols, y, classes[s], outputs=outputs[t])
                       for t in covered for s in covered if within(s, t)}
             for t in covered:
                 certified = certify(rows, labels, ms, mode, patch=t, k=1).certified
@@ -217,7 +217,7 @@ def one_round_sizes(name, ms, alphabet: int = 3, shapes_area: int = 4, stats=Non
                         _fail("certified at p, attacked at q", name, mode, y, rows[bad][0], p=t, q=s)
                     checked += len(rows) if within(s, t) else 0
                 if shapes[t] is not None:
-                    inside = _one_round_robust(ms, t, mode, rows, symbols, y, shapes[t], outputs=outputs[t])
+                    inside = one_round_robust(ms, t, mode, rows, symbols, y, shapes[t], outputs=outputs[t])
                     if (bad := certified & ~inside).any():
                         _fail("certified at p, attacked by a shape in a p box", name, mode, y, rows[bad][0],
                               p=t)
@@ -240,7 +240,7 @@ def one_round_sizes(name, ms, alphabet: int = 3, shapes_area: int = 4, stats=Non
                         assert not col.any(), (name, mode, s, "certified an uncovered size")
                         continue
                     if (deployed, s) not in robust:
-                        robust[deployed, s] = _one_round_robust(ms, deployed, mode, rows, symbols, y,
+                        robust[deployed, s] = one_round_robust(ms, deployed, mode, rows, symbols, y,
                                                                 classes[s], outputs=outputs[deployed])
                     if (bad := col & ~robust[deployed, s]).any():
                         _fail("certify_sizes column, defence deployed for another size", name, mode, y,
@@ -256,7 +256,7 @@ def recovery_sizes(name, ms, alphabet: int = 3, shapes_area: int = 4) -> int:
     """(b) for recovery (hitting set and all pairs) on a set of at most 3 masks: every clean table."""
     covered = _covered(ms)
     index, first, pairs = clean_tables(len(ms), alphabet)
-    answer = _answer_from(pairs, index)
+    answer = answer_from(pairs, index)
     clean = {t: defend(first, ms, "recovery", patch=t, k=1, pair_predictor=answer).output for t in covered}
     assert all((clean[t] == clean[covered[0]]).all() for t in covered), (name, "recovery depends on the size")
     planned = covered[0]  # the defence does not depend on the size it is configured for (checked above)

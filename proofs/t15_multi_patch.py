@@ -58,7 +58,6 @@ from certmask_core.multipatch import (
 from .common import box_containment, dense_pixels, make_random_masks
 from .exact import (
     ExactResult,
-    _tally,
     attack_classes,
     clean_tables,
     geometries,
@@ -66,6 +65,7 @@ from .exact import (
     recovery_certified,
     recovery_outcomes,
     recovery_robustness,
+    tally,
     tuple_attacks,
 )
 from .reference import minimal_sets_reference
@@ -256,7 +256,7 @@ def recovery_soundness(results=None, big: bool = False) -> int:
             r = ExactResult("recovery", certificate, name)
             for y in range(3):
                 certified = recovery_certified(family, patch, certificate, y, classes=classes, patches=m, k=1)
-                _tally(r, first, y, robust[y], certified, pairs)
+                tally(r, first, y, robust[y], certified, pairs)
             assert r.unsound == 0, (name, certificate, r.counterexample)
             if certificate == "exact":
                 assert r.over_conservative == 0, (name, "T11(b) is not exact", r.example_missed)

@@ -9,10 +9,10 @@ per-axis windows of ``w_i = m_i - p_i + 1`` positions. Restated and checked here
   differ by ``>= w_i`` on some axis, so no box covers two of them (checked by painting).
 * T4/T16 in d dimensions: the ``k`` cheapest shifted single covers (a copy is the product of
   per-axis shifted covers, ``prod_i ceil((P_i + o_i) / w_i)`` boxes) are k-fold and distinct, and
-  their count is the core's closed form ``_minimum_of_classes`` for the same axes (T16, proven for
+  their count is the core's closed form ``minimum_of_classes`` for the same axes (T16, proven for
   every d), which also equals scipy's integer program on small 1-D and 3-D cases.
 * The core's own d-dimensional constructions (``make_maskset`` on 1-D and 3-D threats, every strategy)
-  are k-fold and distinct when painted pixel by pixel (:func:`proofs.soundness.covers`), have the
+  are k-fold and distinct when painted pixel by pixel (:func:`proofs.common.covers`), have the
   reference's count, and the core's coverage counts equal the painted ones (:func:`core_constructions`).
 * The certificates (T6-T8, T11-T13) are statements about the family of covering sets only, so they
   hold in any number of axes; :func:`certificates` re-checks them exhaustively on 1-D and 3-D
@@ -24,7 +24,7 @@ import itertools
 import numpy as np
 
 from certmask_core import PatchThreat, coverage_counts, lower_bound, make_maskset
-from certmask_core.constructions import _axis_classes, _minimum_of_classes, shifted_cover_windows
+from certmask_core.constructions import axis_classes, minimum_of_classes, shifted_cover_windows
 
 THEOREM = "T17"
 STATEMENT = "T2, T4 and T16 in 1, 2 and 3 dimensions (independent d-dimensional reference)"
@@ -73,7 +73,7 @@ def reference_constructions(limit: int = 5) -> int:
                 counts = coverage_bruteforce(boxes, P)
                 assert counts.min() >= k, (P, w, k)
                 assert len({b.tobytes() for b in boxes}) == len(boxes), (P, w, k)
-                closed = int(_minimum_of_classes([_axis_classes(p, wi) for p, wi in zip(P, w)], k))
+                closed = int(minimum_of_classes([axis_classes(p, wi) for p, wi in zip(P, w)], k))
                 assert len(boxes) == closed, (P, w, k, len(boxes), closed)
                 bound = k * int(np.prod([-(-p // wi) for p, wi in zip(P, w)]))
                 assert len(boxes) >= bound
@@ -92,7 +92,7 @@ def milp_agreement(cases=((5,), (7,), (3, 3, 3), (4, 3, 2))) -> int:
     for P in cases:
         for w in itertools.product(*(range(1, min(p, 3) + 1) for p in P)):
             for k in range(1, int(np.prod(w)) + 1):
-                closed = int(_minimum_of_classes([_axis_classes(p, wi) for p, wi in zip(P, w)], k))
+                closed = int(minimum_of_classes([axis_classes(p, wi) for p, wi in zip(P, w)], k))
                 assert closed == milp_minimum(P, w, k), (P, w, k)
                 checked += 1
     return checked
@@ -110,7 +110,7 @@ def small_nd_threats(limit: int = 4):
 
 def core_constructions(limit: int = 4) -> int:
     """The core's 1-D and 3-D sets against the painted reference; returns the sets checked."""
-    from .soundness import covers
+    from .common import covers
     checked = 0
     for threat in small_nd_threats(limit):
         P = threat.num_positions

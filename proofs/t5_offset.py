@@ -20,7 +20,7 @@ import itertools
 import sympy as sp
 
 from certmask_core import CertMaskError, coverage_counts, exact_minimum, make_maskset
-from certmask_core.constructions import _shift_classes, least_shift_distance
+from certmask_core.constructions import least_shift_distance, shift_classes
 
 from .common import small_threats
 
@@ -53,8 +53,8 @@ def exhaustive(limit: int = 14) -> int:
             assert ms.is_distinct() and coverage_counts(ms, t).min() >= k
             assert len(ms) == exact_minimum(t, ms.spec.mask_size, k), (t, n_axis, k)
             w = tuple(min(m - p + 1, P) for m, p, P in zip(ms.spec.mask_size, t.patch_size, t.num_positions))
-            spread = least_shift_distance(_shift_classes(t, w, k, "offset"), w)
-            packed = least_shift_distance(_shift_classes(t, w, k, "replicated"), w)
+            spread = least_shift_distance(shift_classes(t, w, k, "offset"), w)
+            packed = least_shift_distance(shift_classes(t, w, k, "replicated"), w)
             assert spread >= packed - 1e-12, (t, n_axis, k, spread, packed)
             checked += 1
     return checked

@@ -7,7 +7,7 @@ import pytest
 MODULES = ["certmask_core", "certmask_core.geometry", "certmask_core.coverage",
            "certmask_core.constructions", "certmask_core.certification", "certmask_core.sizes",
            "certmask_core.multipatch", "certmask_core.planning", "certmask_core.run.video",
-           "certmask_core.array_backend",
+           "certmask_core.array_backend", "certmask_core.validation",
            "certmask_backends.pytorch.backend", "certmask_backends.pytorch.training"]
 
 

@@ -25,6 +25,7 @@ def test_no_bare_backends_package_is_installed():
 
 
 PURE_CORE = ("certmask_core", "certmask_core.geometry", "certmask_core.constructions",
+             "certmask_core.validation", "certmask_core.bitsets",
              "certmask_core.coverage", "certmask_core.certification", "certmask_core.double_masking",
              "certmask_core.registry", "certmask_core.errors", "certmask_core.multipatch",
              "certmask_core.sizes", "certmask_core.planning", "certmask_core.contract",

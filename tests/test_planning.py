@@ -21,7 +21,7 @@ from certmask_core import (
     make_maskset,
     plan_layouts,
 )
-from certmask_core.constructions import _shift_classes
+from certmask_core.constructions import shift_classes
 from certmask_core.planning import pareto_front, passes_per_image, tune_candidates
 
 
@@ -110,9 +110,9 @@ def test_replicated_and_offset_build_the_exact_minimum(H, W, ph, pw, n_h, n_w, k
 def test_offset_spreads_its_copies_where_cost_allows():
     t = PatchThreat(25, 1)  # w = 8: ceil((25 + o) / 8) = 4 for every shift o < 8, all equally cheap
     w = (8, 8)
-    assert _shift_classes(t, w, 2, "replicated") == [(0, 0), (0, 1)]
-    assert _shift_classes(t, w, 2, "offset") == [(0, 0), (4, 4)]  # the paper's stride w / k
-    four = _shift_classes(t, w, 4, "offset")
+    assert shift_classes(t, w, 2, "replicated") == [(0, 0), (0, 1)]
+    assert shift_classes(t, w, 2, "offset") == [(0, 0), (4, 4)]  # the paper's stride w / k
+    four = shift_classes(t, w, 4, "offset")
     assert len(set(four)) == 4 and {o for o, _ in four} | {o for _, o in four} >= {0, 4}
 
 

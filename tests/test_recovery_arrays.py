@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from certmask_core import MaskSet, PatchThreat, certify, make_maskset
 from certmask_core import double_masking as dm
-from certmask_core.certification import ALERT, NO_VOTE, _geometry
+from certmask_core.certification import ALERT, NO_VOTE, family_geometry
 from certmask_core.errors import CertMaskError
 from certmask_core.sizes import PairCache
 from proofs import reference as ref
@@ -59,7 +59,7 @@ def symmetrise(table: np.ndarray) -> np.ndarray:
 
 
 def membership(ms, k=None, patch=None) -> np.ndarray:
-    return _geometry(ms, patch, k).membership()
+    return family_geometry(ms, patch, k).membership()
 
 
 def assert_same_calls(fast: Oracle, slow: Oracle):

@@ -21,9 +21,10 @@ from ..certification import DEFAULT_MARGIN_TOLERANCE, MODES, RECOVERY_CERTIFICAT
 from ..constructions import make_maskset, plan_summary, union_maskset
 from ..coverage import cell_grid, coverage_extremes
 from ..errors import CertMaskError
-from ..geometry import STRATEGIES, PatchThreat, _shape
+from ..geometry import STRATEGIES, PatchThreat
 from ..multipatch import base_set
 from ..planning import default_strategy, plan_layouts
+from ..validation import shape_text
 from .datasets import LAYOUTS
 
 
@@ -138,25 +139,25 @@ def cmd_plan(args) -> int:
         given = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in limits.items()
                           if value is not None)
         print(f"planner ({given}; passes for {args.passes_for}): {len(layouts)} layouts, fewest masks first")
-        print("  masks (= exact minimum)  mask      hides   lower bound  passes (1 round)  "
+        print("  masks  mask      hides   lower bound (T2)  exact minimum (T16)  passes (1 round)  "
               "passes (recovery, worst)")
         for i, layout in enumerate(layouts):
             mark = "*" if i == chosen else " "
-            print(f"{mark} {layout['num_masks']:22d}  {_shape(layout['mask_size']):8s}  "
+            print(f"{mark} {layout['num_masks']:5d}  {shape_text(layout['mask_size']):8s}  "
                   f"{layout['mask_fraction']:6.1%}  "
-                  f"{layout['lower_bound']:11d}  {layout['passes_one_round']:16d}  "
-                  f"{layout['passes_recovery_worst']:24d}")
+                  f"{layout['lower_bound']:16d}  {layout['exact_minimum']:19d}  "
+                  f"{layout['passes_one_round']:16d}  {layout['passes_recovery_worst']:24d}")
         print("* built below")
     for threat, summary in zip(threats, summaries):
-        print(f"{summary['strategy']} k={summary['k']} on {_shape(threat.image_size)}, "
-              f"patch {_shape(threat.patch_size)}, mask {_shape(summary['mask_size'])}")
+        print(f"{summary['strategy']} k={summary['k']} on {shape_text(threat.image_size)}, "
+              f"patch {shape_text(threat.patch_size)}, mask {shape_text(summary['mask_size'])}")
         print(f"masks {summary['num_masks']}  lower bound {summary['lower_bound']}  exact minimum "
               f"{summary['exact_minimum']}  gap {summary['gap']}  "
               f"coverage min {summary['min_coverage']} max {summary['max_coverage']}  "
               f"distinct {summary['distinct']}")
     if union is not None:
         print(f"union: {union['num_masks']} masks (distinct {union['distinct']}); coverage "
-              + ", ".join(f"{_shape(c['patch'])} min {c['min_coverage']} max {c['max_coverage']}"
+              + ", ".join(f"{shape_text(c['patch'])} min {c['min_coverage']} max {c['max_coverage']}"
                           for c in union["coverage"]))
     if args.plot:
         print(f"wrote {args.plot}")
@@ -192,7 +193,7 @@ def cmd_coverage(args) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{len(ms)} masks, {_shape(P)} patch positions: coverage min {low}, max {high}; "
+        print(f"{len(ms)} masks, {shape_text(P)} patch positions: coverage min {low}, max {high}; "
               f"distinct {report['distinct']}")
         verdict = "is" if report["k_fold"] else "is NOT"
         print(f"the set {verdict} {k}-fold" + ("" if report["k_fold"] else
@@ -349,14 +350,32 @@ def cmd_certify(args) -> int:
         results.update({"data": args.data, "data_source": data.source, "model": args.model,
                         "device": args.device, "backend": args.backend, "classes": data.classes,
                         "image_names": data.ids})
-        write_outputs(results, out, data.read(np.arange(min(8, len(data)))), plots=not args.no_plots,
-                      maskset=base_set(next(iter(run.masksets.values()))))
+        shown = np.arange(min(8, len(data)))
+        write_outputs(results, out, data.read(shown), plots=not args.no_plots,
+                      maskset=base_set(next(iter(run.masksets.values()))),
+                      labels=np.asarray(data.labels)[shown])
     print(f"data: {data.source}")
     print(results_table(results), end="")
     print(f"wrote {out}/results.json, results.md, run.json, {PER_IMAGE_FILE}"
           + ("" if args.no_plots else ", accuracy_vs_k.png" + (", examples.png" if ndim == 2 else ""))
           + (", certified_vs_size.png" if config.sizes and not args.no_plots else ""))
+    hint = one_mask_hint(run.one_mask_accuracy())
+    if hint:
+        print(hint)
     return 0
+
+
+ONE_MASK_HINT_BELOW = 0.5
+"""``certmask certify`` suggests mask training when fewer one-mask predictions than this are right."""
+
+
+def one_mask_hint(accuracy: float | None) -> str | None:
+    """The note printed after a run whose one-mask accuracy (of the first mask set) is low, else None."""
+    if accuracy is None or accuracy >= ONE_MASK_HINT_BELOW:
+        return None
+    return (f"note: only {accuracy:.0%} of the one-mask predictions are right: this model was not trained "
+            f"with masks; `certmask train --augment maskset ...` (README, Training for certification) "
+            f"raises what can be certified")
 
 
 def _open_data(args):
@@ -625,7 +644,8 @@ def _add_backend_args(p) -> None:
     p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"],
                    help="run the model under autocast (certificates then use a wider margin tolerance)")
     p.add_argument("--channels-last", action="store_true", help="channels-last tensors (faster on GPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress (the bar on a terminal, a status line "
+                   "every 15 s elsewhere)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -296,6 +296,9 @@ class CertificationRun:
         The mask family of every (strategy, k), built once, here.
     image_batch : int
         Images certified together.
+    one_mask_right : dict
+        Per (strategy, k): one-mask predictions equal to the label and all one-mask predictions so far
+        (see :meth:`one_mask_accuracy`).
     """
 
     def __init__(self, backend, model, data, config: RunConfig, *, num_classes: int | None = None,
@@ -321,6 +324,14 @@ class CertificationRun:
             check_labels_in_classes(self.labels, num_classes)
         self.names = data.ids
         self.image_batch = config.image_batch or self._auto_batch()
+        self.one_mask_right: dict[tuple, list[int]] = {}
+
+    def one_mask_accuracy(self) -> float | None:
+        """The fraction of one-mask predictions (one per image and mask, or group of masks) of the first
+        mask set that equal the label, over the images this process certified (resumed images are not
+        counted); None when it certified none. Low values mean the model was not trained with masks."""
+        right = self.one_mask_right.get(next(iter(self.masksets)), [0, 0])
+        return right[0] / right[1] if right[1] else None
 
     def _auto_batch(self) -> int:
         effective = getattr(self.backend, "effective_batch", None)
@@ -351,6 +362,9 @@ class CertificationRun:
         reports, size_reports = {}, {}
         for (strategy, k), ms in self.masksets.items():
             first = first_rounds[_family_key(ms)]
+            right = self.one_mask_right.setdefault((strategy, k), [0, 0])
+            right[0] += int((np.argmax(first, axis=-1) == y[:, None]).sum())
+            right[1] += first.shape[0] * first.shape[1]
             # one cache per set: the defence, the certificate and every patch size share pair answers
             cache = None
             if "recovery" in config.modes:
@@ -390,7 +404,8 @@ class CertificationRun:
         batches = [indices[s:s + self.image_batch] for s in range(0, len(indices), self.image_batch)]
         total_masks = sum(len(ms) for ms in self.masksets.values())
         row = 0
-        with progress_bar(len(indices) * total_masks, "certify (image x mask)", show_progress) as bar, \
+        with progress_bar(len(indices) * total_masks, "certify", show_progress,
+                          per_item=total_masks, item="images", unit="pass") as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="certmask-first-round") as device:
             stream = prefetch(self.data, batches, depth=PREFETCH_DEPTH)
             try:

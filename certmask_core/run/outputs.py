@@ -12,17 +12,28 @@ from pathlib import Path
 from ..constructions import make_maskset
 from ..errors import CertMaskError
 from ..geometry import MaskSet, PatchThreat
+from ..validation import shape_text
 from .files import read_json_file, write_atomically, write_json_atomically  # noqa: F401 (re-exported)
 from .records import SEAL_FILE, SHARD_GLOB
 
-
-def shape_text(shape) -> str:
-    """``(4, 3, 3)`` as ``4x3x3``."""
-    return "x".join(str(side) for side in shape)
+TABLE_LEGEND = (
+    "Columns: **k**: every patch position is covered by at least k masks; **masks**: masks in the set;",
+    "**bound**: the proven lower bound on the masks of any k-fold set of that mask size (T2, `k *",
+    "ceil(P_h / w_h) * ceil(P_w / w_w)`; `certmask plan` gives the exact minimum, T16); **mode**: the",
+    "defence; **certificate**: the check that certifies an image;",
+    "**clean acc**: share of the (unattacked) images whose defended output is the true label;",
+    "**certified acc**: share of the images certified: the guarantee holds whatever patch of that size",
+    "is placed anywhere, with any content; **alert rate**: share of the images answered ALERT;",
+    "**passes/img**: model evaluations per image for the certificate (one per mask, recovery adds its",
+    "two-mask passes); **img/s**: images per second, each run charged the whole shared first round",
+    "(about the job's throughput); **guarantee**: what a certified image is guaranteed: `label-or-alert`",
+    "(the true label or ALERT), `label` (the true label), `none` (an unsound claim, never certified).",
+)
+"""The legend printed under the results table (README, "Set-up on a fresh machine", says the same)."""
 
 
 def results_table(results: dict) -> str:
-    """Human-readable Markdown table of a results dict."""
+    """Human-readable Markdown table of a results dict, with a legend of its columns."""
     several = f" ({results['patches']} patches)" if results.get("patches", 1) > 1 else ""
     lines = [f"patch {shape_text(results['patch'])}{several}, {results['images']} images, "
              f"undefended accuracy {results['undefended_accuracy']:.4f}", "",
@@ -40,6 +51,7 @@ def results_table(results: dict) -> str:
                      f"{r['certificate_passes_per_image']:.1f} | "
                      f"{'-' if r['images_per_second'] is None else format(r['images_per_second'], '.1f')} | "
                      f"{r['guarantee']} |")
+    lines += ["", *TABLE_LEGEND]
     if results.get("sizes"):
         sizes = [shape_text(size) for size in results["sizes"]]
         patch = shape_text(results["patch"])
@@ -64,11 +76,13 @@ RUN_FILES = ("results.json", "results.md", "run.json", PER_IMAGE_FILE, SEAL_FILE
 
 
 def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots: bool = True,
-                  maskset: MaskSet | None = None) -> Path:
+                  maskset: MaskSet | None = None, labels=None) -> Path:
     """Write ``results.json`` and ``results.md``, then the PNG figures, into ``out_dir``.
 
     ``examples.png`` shows ``images[:8]`` (2-D images only) under ``maskset`` (default: the first run's
-    set, rebuilt from its plan); ``certified_vs_size.png`` appears when the run certified several sizes.
+    set, rebuilt from its plan), each titled with its true label (``labels[:8]``, when given), the first
+    run's defended output and whether it certified the image, the figure with that run's strategy, k
+    and mode; ``certified_vs_size.png`` appears when the run certified several sizes.
 
     Each file is written beside its final name and renamed into place, ``results.json`` last of the
     results, so an interrupted run never leaves a complete-looking ``results.json``. The figures come
@@ -93,8 +107,16 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
             ms = maskset or make_maskset(PatchThreat(images.shape[2:], results["patch"]), first["k"],
                                          first["strategy"], mask_size=tuple(first["plan"]["mask_size"]))
             classes = results.get("classes") or [str(c) for c in range(max(results["num_classes"], 1))]
-            _plots.example_images(images[:8], ms, first["per_image"]["output"][:8], classes,
-                                  tmp / "examples.png")
+            shown = min(8, len(images))
+            certified = first["per_image"].get("certified")
+            unsound = first.get("certified_accuracy") is None
+            title = (f"{first['strategy']} k={first['k']}, {first['mode']}"
+                     + (" (unsound: never certified)" if unsound else "")
+                     + f": true label, defended output, certified ({results['images']} images in all)")
+            _plots.example_images(images[:shown], ms, first["per_image"]["output"][:shown], classes,
+                                  tmp / "examples.png",
+                                  labels=None if labels is None else [int(y) for y in labels[:shown]],
+                                  certified=None if certified is None else certified[:shown], title=title)
 
     write_atomically(out, write_results, last="results.json")
     if plots:

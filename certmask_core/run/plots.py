@@ -130,16 +130,43 @@ def certified_vs_size(results: dict, path) -> None:
     plt.close(fig)
 
 
+def example_titles(outputs: Sequence, class_names: Sequence[str], labels: Sequence | None = None,
+                   certified: Sequence | None = None) -> list[str]:
+    """The title of each example: its true label, the defended output and whether it is certified.
+
+    >>> example_titles([0, -1], ["cat", "dog"], labels=[0, 1], certified=[True, False])
+    ['true cat\\nout cat\\ncertified', 'true dog\\nout ALERT\\nnot certified']
+    """
+    def name(c) -> str:
+        c = int(c)
+        return "ALERT" if c == -1 else class_names[c] if 0 <= c < len(class_names) else str(c)
+
+    titles = []
+    for i, out in enumerate(outputs):
+        parts = [] if labels is None else [f"true {name(labels[i])}"]
+        parts.append(f"out {name(out)}")
+        if certified is not None:
+            parts.append("certified" if certified[i] else "not certified")
+        titles.append("\n".join(parts))
+    return titles
+
+
 def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, class_names: Sequence[str],
-                   path, patch_boxes: Sequence | None = None) -> None:
-    """A row of images with every mask outlined; titles give the defended output.
+                   path, patch_boxes: Sequence | None = None, labels: Sequence | None = None,
+                   certified: Sequence | None = None, title: str | None = None) -> None:
+    """A row of images with every mask outlined; each titled by :func:`example_titles` (true label
+    when ``labels`` are given, defended output, certified or not when ``certified`` is given), the
+    figure by ``title`` (e.g. the run it shows).
 
     ``patch_boxes[i]``, when given, lists the ``((a, b), (ph, pw))`` patches of image ``i`` (outlined in red).
     """
     plt = _pyplot()
     from matplotlib.patches import Rectangle
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.3), squeeze=False)
+    titles = example_titles(outputs[:n], class_names, labels, certified)
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.0 + 0.25 * lines + (0.35 if title else 0)),
+                             squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.imshow(images[i, 0] if images.shape[1] == 1 else images[i].transpose(1, 2, 0),
                   cmap="gray", vmin=0, vmax=1)
@@ -148,10 +175,11 @@ def example_images(images: np.ndarray, maskset: MaskSet, outputs: Sequence, clas
                                    lw=0.4, alpha=0.6))
         for (a, b), (ph, pw) in (patch_boxes[i] if patch_boxes is not None else ()):
             ax.add_patch(Rectangle((b - 0.5, a - 0.5), pw, ph, fill=False, edgecolor="red", lw=1.2))
-        out = outputs[i]
-        ax.set_title("ALERT" if out == -1 else class_names[out] if out < len(class_names) else str(out),
-                     fontsize=8)
+        ok = certified is None or bool(certified[i])
+        ax.set_title(titles[i], fontsize=7, color="black" if ok else "tab:red")
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

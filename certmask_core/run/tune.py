@@ -19,10 +19,10 @@ from ..certification import DEFAULT_MARGIN_TOLERANCE, SOUND, certify
 from ..constructions import make_maskset, union_maskset
 from ..errors import CertMaskError
 from ..geometry import PatchThreat
-from ..planning import _distinct_list, pareto_front, tune_candidates
+from ..planning import pareto_front, tune_candidates
 from ..sizes import PairCache
+from ..validation import distinct_list, shape_text
 from .files import write_atomically
-from .outputs import shape_text
 from .progress import progress_bar
 
 SOUND_MODES = tuple(mode for mode, sound in SOUND.items() if sound)
@@ -93,7 +93,7 @@ def tune(backend, model, images: np.ndarray, labels: np.ndarray, patch, budget: 
         settings' certified accuracy on the check images), and the reuse figures ``unique_masks`` against
         ``candidate_masks`` and ``pairs_evaluated`` against ``pairs_asked``.
     """
-    modes = _distinct_list("modes", modes)
+    modes = distinct_list("modes", modes)
     if not modes or any(m not in SOUND_MODES for m in modes):
         raise CertMaskError(f"tune certifies the sound modes {SOUND_MODES}, got {modes}")
     images, labels = _checked_data(images, labels, "images")
