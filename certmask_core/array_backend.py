@@ -13,7 +13,6 @@ This module imports numpy and the core only: never a framework.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ from .contract import (
     checked_value_range,
     is_out_of_memory,
     model_failure,
+    model_from_factory,
     predictions_of,
 )
 from .errors import CertMaskError
@@ -373,16 +373,8 @@ class NumpyBackend(ArrayBackend):
         if not isinstance(spec, str) or not FACTORY_SPEC.fullmatch(spec):
             raise CertMaskError(f"the numpy backend loads models from 'package.module:factory' specs (the "
                                 f"module imported and factory() called), got {spec!r}")
-        module_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise CertMaskError(f"model spec {spec!r}: cannot import {attr!r} from {module_name!r}: "
-                                f"{err}") from None
-        try:
-            model = factory()
-        except Exception as err:
-            raise CertMaskError(f"model spec {spec!r}: calling {attr}() failed: {err}") from err
+        model = model_from_factory(spec)
+        attr = spec.partition(":")[2]
         if not callable(model):
             raise CertMaskError(f"model spec {spec!r}: {attr}() returned a {type(model).__name__}, not a "
                                 f"callable model(batch) -> logits")

@@ -25,6 +25,7 @@ Rules every backend keeps
 """
 from __future__ import annotations
 
+import importlib
 import math
 import operator
 from collections.abc import Callable
@@ -500,3 +501,19 @@ def predictions_of(logits: np.ndarray, return_logits: bool) -> np.ndarray:
         return np.zeros(logits.shape[:-1], np.int64)
     labels = logits.argmax(-1).astype(np.int64)
     return np.where(np.isfinite(logits).all(-1), labels, np.int64(NO_VOTE))
+
+
+def model_from_factory(spec: str):
+    """What the factory of a ``package.module:factory`` spec returns: the module is imported and the
+    factory called with no arguments (code the user names: it runs). Any failure is a CertMaskError
+    naming the spec; the caller checks that the answer is a model it can run."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise CertMaskError(f"model spec {spec!r}: cannot import {attr!r} from {module_name!r}: "
+                            f"{err}") from None
+    try:
+        return factory()
+    except Exception as err:
+        raise CertMaskError(f"model spec {spec!r}: calling {attr}() failed: {err}") from err

@@ -6,7 +6,6 @@ certification time.
 """
 from __future__ import annotations
 
-import importlib
 import re
 import zipfile
 from pathlib import Path
@@ -165,16 +164,8 @@ def _load_state_dict(model: nn.Module, path: Path, what: str) -> nn.Module:
 
 
 def _from_factory(spec: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise CertMaskError(f"model spec {spec!r}: cannot import {attr!r} from {module_name!r}: "
-                            f"{err}") from None
-    try:
-        model = factory()
-    except Exception as err:
-        raise CertMaskError(f"model spec {spec!r}: calling {attr}() failed: {err}") from err
+    model = contract.model_from_factory(spec)
+    attr = spec.partition(":")[2]
     if not isinstance(model, nn.Module):
         raise CertMaskError(f"model spec {spec!r}: {attr}() returned a {type(model).__name__}, not an "
                             f"nn.Module")
