@@ -67,6 +67,7 @@ from .records import (  # noqa: F401 (re-exported: the run layer's API)
     per_image_records,
     read_per_image,
     read_sealed,
+    record_line,
     run_key,
     shard_path,
 )
@@ -483,7 +484,7 @@ class CertificationRun:
             SealedRecords(per_image_path, []).close()
         if from_shards:
             main = SealedRecords(per_image_path)
-            main.append([json_line(from_shards[index]) for index in sorted(from_shards)])
+            main.append([record_line(from_shards[index]) for index in sorted(from_shards)])
             main.close()
         for leftover in per_image_path.parent.glob(SHARD_GLOB):  # gathered shards, and orphan seals
             leftover.unlink()
@@ -588,11 +589,6 @@ class CertificationRun:
                 "undefended_accuracy": undefended, "runs": runs,
                 "guarantees": {m: GUARANTEES[m] for m in config.modes},
                 "unsound_modes": [m for m in config.modes if not SOUND[m]]}
-
-
-def json_line(record: dict) -> str:
-    """One per-image record as a line of ``per_image.jsonl``."""
-    return json.dumps(record) + "\n"
 
 
 def run_certification(backend, model, images: np.ndarray, labels: np.ndarray, config: RunConfig,

@@ -47,7 +47,12 @@ def per_image_lines(indices, labels, undefended, reports: dict, names=None, size
                     ) -> list[str]:
     """:func:`per_image_records` as JSON lines."""
     records = per_image_records(indices, labels, undefended, reports, names, sizes)
-    return [json.dumps(record) + "\n" for record in records]
+    return [record_line(record) for record in records]
+
+
+def record_line(record: dict) -> str:
+    """One per-image record as a line of ``per_image.jsonl``."""
+    return json.dumps(record) + "\n"
 
 
 def per_image_records(indices, labels, undefended, reports: dict, names=None, sizes: dict | None = None
