@@ -56,6 +56,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
         "fingerprint"]["model_sha256"]
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped, holds no lock)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (torchrun starts its workers in sessions of their own)."""
     parents = {}
@@ -90,9 +98,13 @@ def test_a_killed_torchrun_run_resumes_to_the_uninterrupted_results(tmp_path):
         if all(shard.is_file() and shard.read_bytes().count(b"\n") >= 50 for shard in shards):
             break
         time.sleep(0.01)
-    for pid in [proc.pid, *descendants(proc.pid)]:  # every process of the run, as a lost machine would
+    doomed = [proc.pid, *descendants(proc.pid)]  # every process of the run, as a lost machine would
+    for pid in doomed:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
+    # SIGKILL is delivered asynchronously: the lock on --out goes only when its holder is gone
+    while time.time() < deadline and any(alive(pid) for pid in doomed):
+        time.sleep(0.01)
     done = sum(len(read_per_image(shard)) for shard in shards)
     assert 100 <= done < 300, f"the kill came too late to test resuming ({done} images done)"
     assert main(args + ["--out", str(killed), "--resume"]) == 0
