@@ -297,9 +297,9 @@ class CertificationRun:
         The mask family of every (strategy, k), built once, here.
     image_batch : int
         Images certified together.
-    one_mask_right : dict
-        Per (strategy, k): one-mask predictions equal to the label and all one-mask predictions so far
-        (see :meth:`one_mask_accuracy`).
+    one_mask_right : list of two int
+        Of the first mask set: one-mask predictions equal to the label, and all one-mask predictions
+        so far (see :meth:`one_mask_accuracy`).
     """
 
     def __init__(self, backend, model, data, config: RunConfig, *, num_classes: int | None = None,
@@ -325,14 +325,14 @@ class CertificationRun:
             check_labels_in_classes(self.labels, num_classes)
         self.names = data.ids
         self.image_batch = config.image_batch or self._auto_batch()
-        self.one_mask_right: dict[tuple, list[int]] = {}
+        self.one_mask_right = [0, 0]
 
     def one_mask_accuracy(self) -> float | None:
         """The fraction of one-mask predictions (one per image and mask, or group of masks) of the first
         mask set that equal the label, over the images this process certified (resumed images are not
         counted); None when it certified none. Low values mean the model was not trained with masks."""
-        right = self.one_mask_right.get(next(iter(self.masksets)), [0, 0])
-        return right[0] / right[1] if right[1] else None
+        right, asked = self.one_mask_right
+        return right / asked if asked else None
 
     def _auto_batch(self) -> int:
         effective = getattr(self.backend, "effective_batch", None)
@@ -361,11 +361,11 @@ class CertificationRun:
         indices, images, _, first_rounds, first_seconds = batch
         y = self.labels[indices]
         reports, size_reports = {}, {}
+        first_set = first_rounds[_family_key(next(iter(self.masksets.values())))]
+        self.one_mask_right[0] += int((np.argmax(first_set, axis=-1) == y[:, None]).sum())
+        self.one_mask_right[1] += first_set.shape[0] * first_set.shape[1]
         for (strategy, k), ms in self.masksets.items():
             first = first_rounds[_family_key(ms)]
-            right = self.one_mask_right.setdefault((strategy, k), [0, 0])
-            right[0] += int((np.argmax(first, axis=-1) == y[:, None]).sum())
-            right[1] += first.shape[0] * first.shape[1]
             # one cache per set: the defence, the certificate and every patch size share pair answers
             cache = None
             if "recovery" in config.modes:
@@ -460,10 +460,10 @@ class CertificationRun:
     def _resume(self, per_image_path: Path) -> dict[int, dict]:
         """Rank 0 of a resumed run: the records of every record file (the run's and each process's of
         a sharded run), checked and spot-checked, gathered into ``per_image_path``."""
-        done, unsealed = read_sealed(per_image_path) if per_image_path.is_file() else ({}, [])
-        if not per_image_path.is_file() and not any(per_image_path.parent.glob(SHARD_GLOB)):
-            return {}
         shards = sorted(per_image_path.parent.glob(SHARD_GLOB[:-1] + "*.jsonl"))
+        if not per_image_path.is_file() and not shards:
+            return {}
+        done, unsealed = read_sealed(per_image_path) if per_image_path.is_file() else ({}, [])
         from_shards = {}
         for shard in shards:
             records, shard_unsealed = read_sealed(shard)
