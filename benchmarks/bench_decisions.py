@@ -6,7 +6,8 @@ Run: ``python -m benchmarks.bench_decisions [--reference-max-masks N]``. Measure
   beyond the prediction matrix itself (the coverage check included);
 * the covering-set modes (``covering_consensus``, ``paper``) on a 4-per-axis grid plus random masks
   (patch 16): the bitset path of :mod:`certmask_core.coverage` against the dense reference it
-  replaced (every cell's covering set as a bool row, an ``m x m`` int64 subset matrix, one-hot votes),
+  replaced (:func:`certmask_core.reference.dense_reference`: every cell's covering set as a bool row,
+  an ``m x m`` int64 subset matrix, one-hot votes),
   time and peak memory of the numpy allocations (tracemalloc), and equal outputs.
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ import tracemalloc
 import numpy as np
 
 from certmask_core import MaskSet, PatchThreat, defend, make_maskset
-from certmask_core.certification import ALERT
-from certmask_core.coverage import covered_windows, covering_set_bits, minimal_covering_set_bits
+from certmask_core.coverage import covering_set_bits, minimal_covering_set_bits
+from certmask_core.reference import dense_reference
 
 
 def grid_plus_random(extra: int, image: int = 512, patch: int = 16, seed: int = 0) -> MaskSet:
@@ -42,37 +43,6 @@ def predictions(n: int, images: int = 1000, seed: int = 1) -> np.ndarray:
         pred[b, rng.choice(n, rng.integers(1, 4), replace=False)] = 2
     pred[5::10] = rng.integers(0, 3, (len(pred[5::10]), n))
     return pred
-
-
-def dense_reference(labels: np.ndarray, maskset: MaskSet, patch, mode: str) -> np.ndarray:
-    """The covering-set modes as computed before the bitset core: dense, obviously correct."""
-    threat = PatchThreat(maskset.image_size, patch)
-    win = covered_windows(maskset, threat)
-    reps = []
-    for axis, P in enumerate(threat.num_positions):
-        cuts = np.concatenate([[0], win[:, axis], win[:, axis + 2] + 1])
-        reps.append(np.unique(cuts[cuts < P]))
-    a, b = reps[0][:, None, None], reps[1][None, :, None]
-    inc = (win[:, 0] <= a) & (a <= win[:, 2]) & (win[:, 1] <= b) & (b <= win[:, 3])
-    sets = np.unique(inc.reshape(-1, len(maskset)), axis=0)
-    K = int(labels.max()) + 1
-    onehot = np.zeros(labels.shape + (K,), dtype=np.int32)
-    np.put_along_axis(onehot, labels[..., None], 1, axis=2)
-    if mode == "covering_consensus":
-        sub = sets.astype(np.int64)
-        inter = sub @ sub.T
-        size = sub.sum(1)
-        minimal = sets[~((inter == size[None, :]) & (size[None, :] < size[:, None])).any(1)]
-        votes = np.einsum("bnk,mn->bkm", onehot, minimal.astype(np.int32))
-        qualifies = (votes == minimal.sum(1)[None, None, :]).any(2)
-        return np.where(qualifies.sum(1) == 1, qualifies.argmax(1), ALERT)
-    votes = np.einsum("bnk,mn->bkm", onehot, sets.astype(np.int32))
-    totals = onehot.sum(1)
-    qualifies = (totals == 1) & (votes == totals[:, :, None]).any(2)
-    counts = onehot.sum(1)
-    out = np.where(qualifies.any(1), qualifies.argmax(1), counts.argmax(1))
-    unanimous = (labels == labels[:, :1]).all(1)
-    return np.where(unanimous, labels[:, 0], out)
 
 
 def _measure(fn):

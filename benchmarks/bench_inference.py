@@ -20,8 +20,8 @@ from certmask_backends.pytorch import TorchBackend
 from certmask_backends.pytorch.models import ResNet18
 
 from certmask_core import PatchThreat, certify, make_maskset
-from certmask_core.certification import all_pairs
-from certmask_core.run.experiment import load_dataset
+from certmask_core.reference import reference_patchcleanser
+from certmask_core.run.datasets import load_dataset
 
 
 def _sync(device):
@@ -52,19 +52,6 @@ def masking_overhead(backend, model, images, ms, repeats=5) -> dict:
     return {"masks": n, "images": len(images), "batch_size": backend.batch_size,
             "masked_per_s": total / m, "plain_per_s": total / p, "ratio": p / m,
             "ratios_each_repeat": [pt / mt for pt, mt in zip(plain_t, masked_t)]}
-
-
-def reference_patchcleanser(backend, model, images, labels, ms) -> tuple[np.ndarray, int]:
-    """The straightforward PatchCleanser certification loop: every pair of every image, no early exit."""
-    pairs = all_pairs(len(ms))
-    certified, passes = [], 0
-    first = backend.masked_predictions(model, images, ms)
-    passes += first.size
-    for x, y, row in zip(images, labels, first):
-        second = backend.pair_predictions(model, x, ms, pairs)
-        passes += len(pairs)
-        certified.append(bool((row == y).all() and (second == y).all()))
-    return np.array(certified), passes
 
 
 def one_round_vs_recovery(backend, model, images, labels, threat, configs) -> list[dict]:

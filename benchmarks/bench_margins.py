@@ -19,7 +19,7 @@ import torch
 from certmask_backends.pytorch import TorchBackend
 
 from certmask_core import PatchThreat, certify, make_maskset
-from certmask_core.run.experiment import load_dataset
+from certmask_core.run.datasets import load_dataset
 
 TOLERANCES = (0.0, 1e-3, 1e-2, 0.1, 0.25, 0.5)
 

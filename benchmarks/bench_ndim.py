@@ -15,6 +15,7 @@ import numpy as np
 
 from certmask_core import MaskSet, PatchThreat, coverage_counts, coverage_counts_bruteforce, make_maskset
 from certmask_core.coverage import covering_sets
+from certmask_core.reference import covering_sets_reference
 
 
 def _timed(fn, repeats=3):
@@ -35,7 +36,6 @@ def random_boxes(image, n, patch, seed=0) -> MaskSet:
 
 
 def painted_covering_sets(ms: MaskSet, patch) -> set:
-    from proofs.reference import covering_sets_reference
     return covering_sets_reference(ms, patch)
 
 

@@ -87,7 +87,8 @@ def model_pass_rate(model, images, batch: int, seconds: float = 2.0) -> float:
 def host_ceiling(images, labels, modes, recovery_certificate="hitting_set", batch_size: int = 512,
                  ks=README_KS) -> dict:
     """Passes per second of a whole certification run (``modes``) over the model alone."""
-    from certmask_core.run.experiment import ArrayData, CertificationRun, RunConfig
+    from certmask_core.run.config import RunConfig
+    from certmask_core.run.experiment import ArrayData, CertificationRun
     backend, model = counting_backend(batch_size), cheap_model(images=images, labels=labels)
     config = RunConfig((3, 3), ks, ("replicated",), modes, recovery_certificate=recovery_certificate)
     run = CertificationRun(backend, model, ArrayData(images, labels), config, num_classes=10)
@@ -143,7 +144,8 @@ def decode_overlap(folder: Path, count: int) -> dict:
     """End-to-end certify time on the folder against decode alone and model work alone."""
     from certmask_backends.pytorch import TorchBackend
 
-    from certmask_core.run.experiment import ArrayData, CertificationRun, RunConfig
+    from certmask_core.run.config import RunConfig
+    from certmask_core.run.experiment import ArrayData, CertificationRun
     from certmask_core.run.sources import open_data, prefetch
     data = open_data(str(folder), limit=count)
     config = RunConfig((32, 32), (1,), ("replicated",), ("detection",))

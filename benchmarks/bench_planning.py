@@ -1,9 +1,11 @@
 """Planning for a budget: the closed forms against their slow twins, measured in one run.
 
 * ``minimum``: :func:`exact_minimum` (closed form, T16) against scipy's integer program on the same
-  geometries (the counts must be equal) and the seconds of each.
+  geometries (:func:`certmask_core.reference.milp_minimum`; the counts must be equal) and the seconds
+  of each.
 * ``planner``: :func:`plan_layouts` (every window size priced by the closed form) against building
-  and verifying the set of every window size with :func:`make_maskset` (the fronts must be equal).
+  and verifying the set of every window size with :func:`make_maskset`
+  (:func:`certmask_core.reference.front_by_building`; the fronts must be equal).
 * ``offset``: masks of the rebuilt offset against the first release's stride grid (re-derived here
   from its definition) and the exact minimum, over a 28x28 sweep (3x3 patch, 2..8 masks per axis,
   k = 1..6).
@@ -20,7 +22,8 @@ import time
 
 import numpy as np
 
-from certmask_core import CertMaskError, PatchThreat, exact_minimum, make_maskset, plan_layouts
+from certmask_core import PatchThreat, exact_minimum, make_maskset, plan_layouts
+from certmask_core.reference import front_by_building, milp_minimum
 
 
 def _timed(fn):
@@ -30,7 +33,6 @@ def _timed(fn):
 
 
 def minimum(max_positions: int = 5) -> dict:
-    from proofs.t16_exact_minimum import milp_minimum
     cases = [((P_h, P_w), (w_h, w_w), k)
              for P_h, P_w in itertools.product(range(2, max_positions + 1), repeat=2)
              for w_h, w_w in itertools.product(range(1, P_h + 1), range(1, P_w + 1))
@@ -42,32 +44,10 @@ def minimum(max_positions: int = 5) -> dict:
             "speedup": round(t_milp / t_closed, 1)}
 
 
-def front_by_building(threat: PatchThreat, k: int) -> list[tuple[int, list[int]]]:
-    """Slow twin of :func:`plan_layouts`: build every square-window set with :func:`make_maskset` and
-    keep the (count, mask area) front, as ``(num_masks, mask_size)``."""
-    (H, W), (ph, pw) = threat.image_size, threat.patch_size
-    built = []
-    for w in range(1, max(threat.num_positions) + 1):
-        size = (min(w, threat.num_positions[0]) + ph - 1, min(w, threat.num_positions[1]) + pw - 1)
-        if size == (H, W):
-            continue
-        try:
-            ms = make_maskset(threat, k, "patchcleanser" if k == 1 else "replicated", mask_size=size)
-        except CertMaskError:
-            continue
-        built.append((len(ms), size[0] * size[1], size))
-    front, smallest = [], math.inf
-    for count, area, size in sorted(built, key=lambda b: (b[0], b[1], abs(b[2][0] - b[2][1]), b[2][0])):
-        if area < smallest:
-            front.append((count, list(size)))
-            smallest = area
-    return front
-
-
 def planner(image: int = 64, patch: int = 5, k: int = 3) -> dict:
     threat = PatchThreat(image, patch)
     t_plan, layouts = _timed(lambda: plan_layouts(threat, k))
-    t_build, front = _timed(lambda: front_by_building(threat, k))
+    t_build, front = _timed(lambda: front_by_building(threat, k, make_maskset))
     assert front == [(d["num_masks"], d["mask_size"]) for d in layouts]
     return {"image": image, "patch": patch, "k": k, "layouts": len(layouts), "planner_s": round(t_plan, 4),
             "build_every_size_s": round(t_build, 3), "speedup": round(t_build / t_plan, 1)}

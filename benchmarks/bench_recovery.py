@@ -12,7 +12,7 @@ linear layer) shows how fast the host feeds recovery's second round. Its model-a
 the backend's ``masked_predictions`` over the images; the recovery pass rate is the pairs evaluated
 per second of ``certify(..., "recovery")`` run as the run layer runs it (batches of 100 images, one
 :class:`~certmask_core.sizes.PairCache` per batch, ``pair_chunk`` = the backend's batch size), for
-both certificates, with the per-image implementations of :mod:`proofs.reference` (before) and the
+both certificates, with the per-image implementations of :mod:`certmask_core.reference` (before) and the
 array ones of :mod:`certmask_core.double_masking` (after). The two must certify the same images with
 the same passes (asserted).
 
@@ -30,10 +30,9 @@ import torch
 from certmask_backends.pytorch import TorchBackend
 from certmask_backends.pytorch.models import load_model
 
-from certmask_core import PatchThreat, certify, double_masking, make_maskset
-from certmask_core.run.experiment import load_dataset
+from certmask_core import PatchThreat, certify, double_masking, make_maskset, reference
+from certmask_core.run.datasets import load_dataset
 from certmask_core.sizes import PairCache
-from proofs import reference
 
 SETS = ((1, 4), (4, 3), (6, 4))
 """(k, masks per axis) of the replicated sets: 16, 36 and 96 masks for a 3x3 patch on 28x28."""
@@ -106,7 +105,7 @@ def cheap_model(images: np.ndarray, labels: np.ndarray, classes: int = 10) -> to
 @contextlib.contextmanager
 def implementation(name: str):
     """Run ``certify``'s recovery with the array code (``"after"``) or the per-image twins of
-    :mod:`proofs.reference` (``"before"``); yields the PairCache class to use."""
+    :mod:`certmask_core.reference` (``"before"``); yields the PairCache class to use."""
     if name == "after":
         yield PairCache
         return

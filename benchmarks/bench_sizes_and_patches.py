@@ -19,11 +19,8 @@ import time
 import numpy as np
 
 from certmask_core import PatchThreat, all_pairs_groups, certify, certify_sizes, make_maskset
-from certmask_core.multipatch import (
-    all_pairs_coverage_min,
-    tuple_coverage_bruteforce,
-    tuple_coverage_extremes,
-)
+from certmask_core.multipatch import all_pairs_coverage_min, tuple_coverage_extremes
+from certmask_core.reference import tuple_coverage_bruteforce
 
 
 def _timed(fn):
@@ -101,7 +98,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     from certmask_backends.pytorch import TorchBackend
 
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     images, labels, _ = load_dataset("fashion-mnist-subset", limit=args.images)
     backend = TorchBackend()
     print(json.dumps({"sizes": sizes(backend, backend.load_model("bundled"), images, labels),

@@ -17,7 +17,7 @@ from certmask_backends.pytorch.models import FashionCNN
 from certmask_backends.pytorch.training import TrainConfig, train
 
 from certmask_core import PatchThreat, make_maskset
-from certmask_core.run.experiment import load_dataset
+from certmask_core.run.datasets import load_dataset
 
 RECIPES = (("none", None), ("cutout", None),
            ("maskset", {"p_none": 0.2, "p_single": 0.4, "p_pair": 0.4}),

@@ -11,11 +11,12 @@ Examples
 """
 from .certification import ALERT, CertificationReport, certify, defend
 from .constructions import exact_minimum, make_maskset, plan_summary, union_maskset
-from .coverage import coverage_counts, coverage_counts_bruteforce, is_k_covered
+from .coverage import coverage_counts, is_k_covered
 from .errors import CertMaskError
 from .geometry import MaskSet, MaskSpec, PatchThreat, effective_coverage, lower_bound
 from .multipatch import MaskGroups, all_pairs_groups, combination_groups
 from .planning import plan_layouts
+from .reference import coverage_counts_bruteforce
 from .registry import get_backend
 from .sizes import SizeReport, certify_sizes
 

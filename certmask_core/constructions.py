@@ -108,6 +108,9 @@ def exact_minimum(threat: PatchThreat, mask_size, k: int = 1) -> int | None:
     exactly this size. It equals :func:`lower_bound` while ``k`` shift classes cost no extra row or
     column, and exceeds it otherwise (repeated masks would be needed to reach the bound).
 
+    Slow twins: :func:`certmask_core.reference.fewest_by_search` (subset search),
+    :func:`certmask_core.reference.milp_minimum` (integer program).
+
     Returns
     -------
     int or None

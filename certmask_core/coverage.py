@@ -1,9 +1,10 @@
 """Coverage verification for any mask set (theorem T1 applied to every mask), in any number of axes.
 
 :func:`coverage_counts` is the fast path (numba difference array, ``O(n 2^d + d prod P)``);
-:func:`coverage_counts_bruteforce` is its obviously correct twin (the definition, ``O(n prod P)``) and
-the oracle of the tests. The d-axis kernel is :func:`box_coverage_counts` (with its own twin); images
-(d = 2) keep a fused 2-D kernel, 2.4x faster at 4096x4096.
+:func:`certmask_core.reference.coverage_counts_bruteforce` is its obviously correct twin (the
+definition, ``O(n prod P)``) and the oracle of the tests. The d-axis kernel is
+:func:`box_coverage_counts` (with its own twin); images (d = 2) keep a fused 2-D kernel, 2.4x faster
+at 4096x4096. Every slow twin is in :mod:`certmask_core.reference`.
 """
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ def box_coverage_counts(lows, highs, positions) -> np.ndarray:
     patch positions form such a box (T1 per axis). ``O(n 2^d + d prod P)``; empty boxes count nowhere
     and boxes are clipped to the grid.
 
+    Slow twin: :func:`certmask_core.reference.box_coverage_counts_bruteforce`.
+
     Parameters
     ----------
     lows, highs : array_like of int, shape (n, d)
@@ -167,19 +170,6 @@ def box_coverage_counts(lows, highs, positions) -> np.ndarray:
     return flat.reshape(tuple(extent + 1))[tuple(slice(0, p) for p in extent.tolist())].copy()
 
 
-def box_coverage_counts_bruteforce(lows, highs, positions) -> np.ndarray:
-    """Reference twin of :func:`box_coverage_counts`: every box tested at every point."""
-    grids = np.meshgrid(*(np.arange(p) for p in positions), indexing="ij")
-    counts = np.zeros(tuple(positions), dtype=np.int64)
-    d = len(positions)
-    for low, high in zip(np.asarray(lows).reshape(-1, d), np.asarray(highs).reshape(-1, d)):
-        inside = np.ones(tuple(positions), dtype=bool)
-        for axis, grid in enumerate(grids):
-            inside &= (low[axis] <= grid) & (grid <= high[axis])
-        counts += inside
-    return counts
-
-
 def _window_counts(windows: np.ndarray, positions) -> np.ndarray:
     """Coverage counts of inclusive windows ``(n, 2 d)`` on a grid of ``positions`` per axis."""
     windows = np.ascontiguousarray(windows, dtype=np.int64)
@@ -191,6 +181,8 @@ def _window_counts(windows: np.ndarray, positions) -> np.ndarray:
 
 def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
     """Number of masks covering each patch position.
+
+    Slow twin: :func:`certmask_core.reference.coverage_counts_bruteforce`.
 
     Parameters
     ----------
@@ -227,19 +219,6 @@ def coverage_counts(maskset: MaskSet, patch) -> np.ndarray:
                             f"{total} "
                             f"entries (limit {MAX_DENSE_POSITIONS}); use coverage_extremes or is_k_covered")
     return _window_counts(covered_windows(maskset, threat), threat.num_positions)
-
-
-def coverage_counts_bruteforce(maskset: MaskSet, patch) -> np.ndarray:
-    """Reference twin of :func:`coverage_counts`: test the covering definition for every pair."""
-    threat = threat_for(maskset, patch)
-    grids = np.meshgrid(*(np.arange(P) for P in threat.num_positions), indexing="ij")
-    counts = np.zeros(threat.num_positions, dtype=np.int64)
-    for origin, size in zip(maskset.origins, maskset.sizes):
-        inside = np.ones(threat.num_positions, dtype=bool)
-        for a, y, m, p in zip(grids, origin, size, threat.patch_size):
-            inside &= (y <= a) & (a + p <= y + m)
-        counts += inside
-    return counts
 
 
 class CellGrid:
@@ -326,6 +305,8 @@ def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...
     2-D the cells are counted a block of the first axis at a time (:meth:`CellGrid.count_blocks`), each
     block at most :data:`MAX_DENSE_POSITIONS` cells.
 
+    Slow twin: :func:`certmask_core.reference.coverage_counts_bruteforce` (its min, max and argmin).
+
     Examples
     --------
     >>> ms = MaskSet((1, 6), [[0, 0], [0, 2]], [[1, 4], [1, 4]])
@@ -347,7 +328,10 @@ def coverage_extremes(maskset: MaskSet, patch) -> tuple[int, int, tuple[int, ...
 
 
 def is_k_covered(maskset: MaskSet, patch, k: int = 1) -> bool:
-    """True when every patch position is covered by at least ``k`` masks."""
+    """True when every patch position is covered by at least ``k`` masks.
+
+    Slow twin: :func:`certmask_core.reference.coverage_counts_bruteforce` (its min against ``k``).
+    """
     k = positive_int("k", k, whole_range=True)
     return bool(coverage_extremes(maskset, patch)[0] >= k)
 
@@ -358,6 +342,8 @@ def covering_set_bits(maskset: MaskSet, patch, chunk_words: int = 2**22) -> np.n
     ``S(l)`` of a cell is the intersection of its per-axis mask bitsets. The intersection is built
     one axis at a time, deduplicating after each (``{r & c}`` over distinct ``r`` is the same set),
     a block at a time (at most ``chunk_words`` words in memory). Cached on the mask set.
+
+    Slow twin: :func:`certmask_core.reference.covering_sets_reference`.
     """
     threat = threat_for(maskset, patch)
 
@@ -409,7 +395,10 @@ def _minimal_flags(bits, popcounts):  # pragma: no cover - compiled
 
 
 def minimal_covering_set_bits(maskset: MaskSet, patch) -> np.ndarray:
-    """The inclusion-minimal covering sets as bitsets (see :func:`covering_set_bits`). Cached."""
+    """The inclusion-minimal covering sets as bitsets (see :func:`covering_set_bits`). Cached.
+
+    Slow twin: :func:`certmask_core.reference.minimal_sets_reference`.
+    """
     threat = threat_for(maskset, patch)
 
     def minimal():
@@ -428,6 +417,8 @@ def minimal_rows(bits: np.ndarray) -> np.ndarray:
 
 def covering_sets(maskset: MaskSet, patch) -> np.ndarray:
     """The distinct covering sets ``S(l)`` over all positions, as a boolean incidence matrix.
+
+    Slow twin: :func:`certmask_core.reference.covering_sets_reference`.
 
     Returns
     -------

@@ -4,7 +4,7 @@ Pair predictions are asked for many images at once: every round gathers the requ
 images still undecided into one call of the pair predictor, so a backend sees full batches. The
 decisions of a round are taken for all those images together, in array operations (no Python loop
 over images or pairs), so that the host keeps up with a fast model. Each function has a slow twin in
-:mod:`proofs.reference` that decides one image at a time; the twins ask the same pairs in the same
+:mod:`certmask_core.reference` that decides one image at a time; the twins ask the same pairs in the same
 order and return the same results.
 
 A pair predictor is a callable ``pair_predictor(image_index, pairs)`` answering one image
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import CertMaskError
+from .predictions import DEFAULT_MARGIN_TOLERANCE, labels_and_margins
 
 # pair states of the hitting-set certificate
 _UNKNOWN, _SURE, _NEAR, _WRONG = 0, 1, 2, 3
@@ -60,7 +61,9 @@ def _group_starts(images: np.ndarray) -> np.ndarray:
 
 def majorities(first: np.ndarray, no_vote: int, alert: int) -> np.ndarray:
     """First-round majority of every row: the most frequent label, ties to the smallest, ``no_vote``
-    votes for none; ``alert`` for a row without a vote."""
+    votes for none; ``alert`` for a row without a vote.
+
+    Slow twin: :func:`certmask_core.reference.majority_reference` (one row at a time)."""
     B, n = first.shape
     if n == 0:
         return np.full(B, alert, dtype=np.int64)
@@ -89,7 +92,7 @@ def patchcleanser_defence(first: np.ndarray, ask, no_vote: int, alert: int
     ``ask(image_indices, pairs)`` returns the pair labels. Each round asks, for every image still
     trying, the ``n - 1`` pairs of its next disagreeing mask, images in index order.
 
-    Slow twin: :func:`proofs.reference.patchcleanser_defence_reference` (same output, same pairs
+    Slow twin: :func:`certmask_core.reference.patchcleanser_defence_reference` (same output, same pairs
     asked in the same order, same passes).
     """
     B, n = first.shape
@@ -124,7 +127,7 @@ def all_pairs_certificate(first, sure, y, ask, chunk: int):
     moves one chunk a round, so a round asks the same chunk of :func:`all_pairs` of every image
     still in. Returns (holds, holds on labels alone, pair passes, smallest margin seen).
 
-    Slow twin: :func:`proofs.reference.all_pairs_certificate_reference` (same results, same pairs
+    Slow twin: :func:`certmask_core.reference.all_pairs_certificate_reference` (same results, same pairs
     asked in the same order, same passes and margins).
     """
     B, n = first.shape
@@ -159,7 +162,7 @@ class _HittingSearches:
     Each search first looks for surely good masks; if that becomes impossible it goes on with good
     ones (to tell a refusal for margins from a failure).
 
-    The rule is that of :class:`proofs.reference.HittingSearchReference`, step for step, in array
+    The rule is that of :class:`certmask_core.reference.HittingSearchReference`, step for step, in array
     operations over the images: ``state`` holds every image's ``(n, n)`` pair states, and per-row
     summaries (pairs not asked yet, a wrong pair, a near pair) are kept up to date as answers
     arrive, so that a round reads the summaries, products with the membership and the state rows of
@@ -323,7 +326,7 @@ def hitting_set_certificate(first, sure, y, member, ask):
     both are the image's T11 certificates over all its pairs. The smallest margin is over the pairs
     the search asked (all pairs would cost what the search saves).
 
-    Slow twin: :func:`proofs.reference.hitting_set_certificate_reference` (same results, same pairs
+    Slow twin: :func:`certmask_core.reference.hitting_set_certificate_reference` (same results, same pairs
     asked in the same order, same passes and margins).
     """
     B, n = first.shape
@@ -353,14 +356,29 @@ def hitting_set_certificate(first, sure, y, member, ask):
 class PairAsker:
     """``ask(image_indices, pairs)`` -> validated (labels, margins) from a user's pair predictor.
 
-    ``tolerance`` is the margin at or below which a pair prediction is unsure (certificates only).
+    ``num_classes`` (optional) range-checks the answers; ``tolerance`` is the margin at or below which
+    a pair prediction is unsure (certificates only: the defence reads labels alone).
     """
 
-    def __init__(self, pair_predictor, validate, tolerance: float):
+    def __init__(self, pair_predictor, num_classes: int | None, tolerance: float = DEFAULT_MARGIN_TOLERANCE):
         if not callable(pair_predictor):
             raise CertMaskError(f"mode 'recovery' needs a callable pair_predictor for its second round, "
                                 f"got {pair_predictor!r}")
-        self.pair_predictor, self.validate, self.tolerance = pair_predictor, validate, tolerance
+        self.pair_predictor, self.num_classes, self.tolerance = pair_predictor, num_classes, tolerance
+
+    def validate(self, answer, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """The labels and margins of an answer for ``m`` pairs: labels ``(m,)`` or logits ``(m, K)``."""
+        try:
+            answer = np.asarray(answer)
+        except ValueError as err:  # a ragged answer
+            raise CertMaskError(f"pair_predictor's answer is not an array: {err}") from None
+        if answer.ndim not in (1, 2):
+            raise CertMaskError(f"pair_predictor must return labels (m,) or logits (m, K), got shape "
+                                f"{answer.shape}")
+        labels, margins = labels_and_margins(answer[None], None, self.num_classes, "pair predictions")
+        if labels.shape[1] != m:
+            raise CertMaskError(f"pair_predictor returned {labels.shape[1]} predictions for {m} pairs")
+        return labels[0], margins[0]
 
     def __call__(self, image_indices, pairs):
         return ask_pairs(self.pair_predictor, np.asarray(image_indices, dtype=np.int64),

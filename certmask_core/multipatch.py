@@ -15,7 +15,7 @@ Computation. Let ``U(l)`` be the groups holding a mask that covers ``l``; then
 the inclusion-minimal covering sets are found among the intersections of ``m`` inclusion-minimal
 ``U`` rows (with repetition: two patches may share a cell). For the family of all pairs of a set the
 count has a closed form (:func:`all_pairs_coverage_min`), the verifier's fast path;
-:func:`tuple_coverage_bruteforce` is the definition, the oracle of the tests.
+:func:`certmask_core.reference.tuple_coverage_bruteforce` is the definition, the oracle of the tests.
 """
 from __future__ import annotations
 
@@ -110,7 +110,10 @@ class MaskGroups:
         return out
 
     def dense(self) -> np.ndarray:
-        """Boolean ``(n, H, W)``: True where group ``g`` hides the pixel (the union of its masks)."""
+        """Boolean ``(n, H, W)``: True where group ``g`` hides the pixel (the union of its masks).
+
+        Slow twin: :func:`certmask_core.reference.dense_pixels`.
+        """
         return self.base.dense()[self.members].any(1)
 
 
@@ -228,6 +231,8 @@ def tuple_coverage_extremes(family, patch, patches: int = 2):
 
     ``argmin`` is a tuple of ``m`` positions ``(a, b)``. A MaskSet is the family of single masks.
 
+    Slow twin: :func:`certmask_core.reference.tuple_coverage_bruteforce`.
+
     Examples
     --------
     >>> from certmask_core import PatchThreat, make_maskset
@@ -251,7 +256,10 @@ def family_coverage(family, patch, patches: int = 1):
 
 
 def tuple_minimal_sets(family, patch, patches: int = 2) -> np.ndarray:
-    """The inclusion-minimal covering sets of m-tuples as bitsets over the family. Cached."""
+    """The inclusion-minimal covering sets of m-tuples as bitsets over the family. Cached.
+
+    Slow twin: :func:`certmask_core.reference.tuple_minimal_sets_reference`.
+    """
 
     def minimal():
         bits = unique_rows(tuple_covering_sets(family, patch, patches)[0])
@@ -267,6 +275,8 @@ def all_pairs_coverage_min(maskset: MaskSet, patch) -> int:
     ``A`` and a mask of ``B`` number ``C(n,2) - C(n-|A|,2) - C(n-|B|,2) + C(n-|A ∪ B|,2)``
     (inclusion-exclusion over the pairs missing ``A`` or ``B``). The count grows with ``A`` and
     ``B``, so the minimum is over pairs of minimal covering sets.
+
+    Slow twin: :func:`certmask_core.reference.tuple_coverage_bruteforce`.
     """
     from .coverage import minimal_covering_set_bits
 
@@ -283,24 +293,3 @@ def all_pairs_coverage_min(maskset: MaskSet, patch) -> int:
     counts = pairs(n) - pairs(n - size)[:, None] - pairs(n - size)[None, :] + pairs(n - union)
     return int(counts.min())
 
-
-def tuple_coverage_bruteforce(family, patch, patches: int = 2) -> np.ndarray:
-    """Reference twin: count, for every m-tuple of positions, the members covering it (definition).
-
-    Returns an ``(P,) * m`` array over flat positions (row-major: ``a * P_w + b`` for images).
-    Small inputs only.
-    """
-    patches = check_patches(patches)
-    base, incidence = _family_parts(family)
-    threat = threat_for(base, patch)
-    positions = list(itertools.product(*(range(P) for P in threat.num_positions)))
-    covers = np.zeros((len(positions), len(base)), dtype=bool)  # position x base mask, by containment
-    for i, (origin, size) in enumerate(zip(base.origins.tolist(), base.sizes.tolist())):
-        for flat, position in enumerate(positions):
-            covers[flat, i] = all(y <= a and a + p <= y + m
-                                  for a, y, m, p in zip(position, origin, size, threat.patch_size))
-    holds = (covers.astype(np.int64) @ incidence.astype(np.int64)) > 0  # position x member
-    counts = np.zeros((len(positions),) * patches, dtype=np.int64)
-    for tup in itertools.product(range(len(positions)), repeat=patches):
-        counts[tup] = int(np.logical_and.reduce(holds[list(tup)], axis=0).sum())
-    return counts

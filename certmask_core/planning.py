@@ -72,6 +72,8 @@ def plan_layouts(threat: PatchThreat, k: int = 1, strategy: str | None = None, *
     giving it), so the list runs from few large masks to many small ones. A mask hiding the whole image
     is never proposed (every masked prediction would be the same).
 
+    Slow twin: :func:`certmask_core.reference.front_by_building`.
+
     Parameters
     ----------
     threat : PatchThreat
@@ -257,6 +259,8 @@ def tune_candidates(threat: PatchThreat, budget: int, ks=(1, 2, 3, 4), strategie
 def pareto_front(passes, accuracy) -> np.ndarray:
     """Indices of the points no other point beats: fewer or equal passes with higher accuracy, or
     fewer passes with equal accuracy. Sorted by passes.
+
+    Slow twin: :func:`certmask_core.reference.pareto_front_reference`.
 
     Examples
     --------

@@ -33,11 +33,12 @@ from .certification import (
     PairPredictor,
     certificate_check,
     certify_inputs,
-    family_geometry,
 )
+from .double_masking import PairAsker
 from .errors import CertMaskError
+from .family_geometry import geometry_of
 from .geometry import MaskSet, PatchThreat, check_sizes
-from .multipatch import MaskGroups, base_set, check_patches, family_coverage
+from .multipatch import MaskGroups, base_set, check_patches
 
 
 def patch_sizes(sizes, ndim: int = 2) -> tuple[tuple[int, ...], ...]:
@@ -75,7 +76,7 @@ class PairCache:
     appending columns. It holds 2 L (L + 1) bytes per image for the L masks met (about 2 KB at 32
     masks, 19 KB at 96; room for half again as many masks when they are met a few at a time).
 
-    Slow twin: :class:`proofs.reference.PairCacheReference` (a dict keyed by ``(image, i, j)``).
+    Slow twin: :class:`certmask_core.reference.PairCacheReference` (a dict keyed by ``(image, i, j)``).
     """
 
     def __init__(self, pair_predictor, num_images: int):
@@ -326,10 +327,6 @@ size they are told, so each size may be certified by its own certificate. ``plur
 ``covering_consensus`` decide with the minimal covering sets of the size they are deployed for."""
 
 
-def _minimal_sets(family, size, patches: int) -> np.ndarray:
-    return family_geometry(family, size, 1, patches).minimal_sets()
-
-
 def _contains_one_of(sets: np.ndarray, smaller: np.ndarray) -> bool:
     """Every row of ``sets`` contains some row of ``smaller`` (bitsets over the same members)."""
     inside = ((smaller[None, :, :] & ~sets[:, None, :]) == 0).all(2)
@@ -410,18 +407,19 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
             raise CertMaskError(f"pair_cache must be a PairCache for these {B} images, got {pair_cache!r}")
     if mode == "recovery" and pair_cache is None:
         pair_cache = PairCache(pair_predictor, B)
-    coverage = np.array([family_coverage(maskset, size, patches)[0] for size in sizes], dtype=np.int64)
+    geometries = [geometry_of(maskset, size, patches) for size in sizes]
+    coverage = np.array([geometry.min_coverage for geometry in geometries], dtype=np.int64)
     certified = np.zeros((B, len(sizes)), dtype=bool)
     certificate = recovery_certificate if mode == "recovery" else CERTIFICATES[mode]
     certifiable = coverage > 0
     if deployed is not None:
-        minimal = _minimal_sets(maskset, deployed, patches)
-        certifiable &= [ok and _contains_one_of(_minimal_sets(maskset, size, patches), minimal)
-                        for ok, size in zip(certifiable, sizes)]
+        deployed_geometry = geometry_of(maskset, deployed, patches)
+        certifiable &= [ok and _contains_one_of(geometry.minimal_sets, deployed_geometry.minimal_sets)
+                        for ok, geometry in zip(certifiable, geometries)]
         if certifiable.any():
-            geo = family_geometry(maskset, deployed, 1, patches)
-            held = certificate_check(mode, first, margins, y, geo, None, num_classes, tolerance,
-                                     certificate, 1024)[0]
+            deployed_geometry.require(1)  # the deployed defence must cover every position
+            held = certificate_check(mode, first, margins, y, deployed_geometry, None, tolerance, certificate,
+                                     1024)[0]
             certified[:, certifiable] = held[:, None]
     else:
         # largest first: an image certified for a size is certified for every size inside it (T14(b))
@@ -431,10 +429,9 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
             rows = np.flatnonzero(~implied)
             if coverage[s] == 0 or not len(rows):
                 continue
-            predictor = pair_cache.view(rows) if mode == "recovery" else None
-            geo = family_geometry(maskset, sizes[s], 1, patches)
-            certified[rows, s] = certificate_check(mode, first[rows], margins[rows], y[rows], geo, predictor,
-                                                   num_classes, tolerance, certificate, 1024)[0]
+            ask = PairAsker(pair_cache.view(rows), num_classes, tolerance) if mode == "recovery" else None
+            certified[rows, s] = certificate_check(mode, first[rows], margins[rows], y[rows], geometries[s],
+                                                   ask, tolerance, certificate, 1024)[0]
     passes = np.full(B, len(maskset), dtype=np.int64)
     if mode == "recovery":
         passes += pair_cache.evaluated

@@ -8,14 +8,13 @@ the budgets (pair budget, refinement, group sample) that experiments/attack_size
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 from certmask_backends.pytorch import TorchBackend
-from certmask_backends.pytorch.attack import run_attack
+from certmask_backends.pytorch.attack import run_attack_with_examples
 
-from certmask_core.run.experiment import load_data
+from certmask_core.run.datasets import load_data
+from certmask_core.run.outputs import write_attack_outputs
 
 
 def main(argv=None) -> int:
@@ -45,14 +44,14 @@ def main(argv=None) -> int:
               "group_sample": args.group_sample} if args.part == "two"
              else {"true_patch": (args.true_patch, args.true_patch)})
     start = time.perf_counter()
-    result = run_attack(backend, model, data.images, data.labels, (args.patch, args.patch), args.k,
-                        args.strategy, args.mode, steps=args.steps, stride=args.stride,
-                        masks_per_axis=(args.masks_per_axis, args.masks_per_axis), out_dir=args.out,
-                        show_progress=False, attack_all=args.attack_all, **extra)
+    outcome = run_attack_with_examples(backend, model, data.images, data.labels, (args.patch, args.patch),
+                                       args.k, args.strategy, args.mode, steps=args.steps, stride=args.stride,
+                                       masks_per_axis=(args.masks_per_axis, args.masks_per_axis),
+                                       show_progress=False, attack_all=args.attack_all, **extra)
+    result = outcome.results
     result.update(part=args.part, data_source=data.source, model=args.model,
                   runtime_s=round(time.perf_counter() - start, 1))
-    out = Path(args.out)
-    (out / "attack.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_attack_outputs(result, args.out, outcome.examples, classes=data.classes)
     keys = ("mode", "patches", "patch", "true_patch", "images", "certified_accuracy",
             "certified_planned_accuracy", "certified_true_size_accuracy", "true_size_covered",
             "empirical_robust_accuracy", "certified_broken", "attack_success_on_planned_certified",

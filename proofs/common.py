@@ -1,9 +1,14 @@
-"""Small helpers shared by the theorem modules: independent, pure-python twins of core code."""
+"""Small helpers shared by the theorem modules: test geometries, windows, boxes and positions.
+
+The slow twins of core code the proofs compare with (covering sets from painted pixels
+``covers``/``pair_covers``, ``dense_pixels``, ``box_containment``, the coverage brute forces, the
+decision rules) are in :mod:`certmask_core.reference`; the modules here import them from there.
+"""
 import itertools
 
 import numpy as np
 
-from certmask_core import MaskSet, PatchThreat, make_maskset
+from certmask_core import PatchThreat, make_maskset
 
 
 def counts_1d(windows, P: int) -> list[int]:
@@ -21,32 +26,6 @@ def small_threats(limit: int, patches=(1, 2, 3)):
         for p in patches:
             if p <= min(H, W):
                 yield PatchThreat((H, W), p)
-
-
-def dense_pixels(family) -> np.ndarray:
-    """``(n, H, W)`` bool, True where member ``i`` of a MaskSet or MaskGroups hides the pixel: each
-    rectangle painted from its origin and size (independent of the core's ``dense``); a group hides
-    the union of its masks."""
-    base = getattr(family, "base", family)
-    H, W = base.image_size
-    masks = np.zeros((len(base), H, W), dtype=bool)
-    for i, ((y, x), (mh, mw)) in enumerate(zip(base.origins.tolist(), base.sizes.tolist())):
-        masks[i, y:y + mh, x:x + mw] = True
-    if family is base:
-        return masks
-    return np.stack([masks[list(row)].any(0) for row in family.members.tolist()])
-
-
-def box_containment(dense: np.ndarray, patch) -> np.ndarray:
-    """``(P_h, P_w, n)`` bool: member ``i`` hides every pixel of the ``ph x pw`` box at ``(a, b)``,
-    by counting its hidden pixels in the box (a summed-area table): covered iff the count is the area."""
-    ph, pw = patch
-    n, H, W = dense.shape
-    table = np.zeros((n, H + 1, W + 1), dtype=np.int64)
-    table[:, 1:, 1:] = dense.cumsum(1).cumsum(2)
-    inside = (table[:, ph:, pw:] - table[:, :H - ph + 1, pw:] - table[:, ph:, :W - pw + 1]
-              + table[:, :H - ph + 1, :W - pw + 1])
-    return np.moveaxis(inside == ph * pw, 0, -1)
 
 
 def box(image, patch, position) -> np.ndarray:
@@ -83,41 +62,6 @@ def make_random_masks(rng, image, max_masks: int = 5, min_masks: int = 1):
                        np.array(image) - origins)
     origins[-1], sizes[-1] = origins[0], sizes[0]
     return MaskSet(image, origins, sizes)
-
-
-# Covering sets from painted pixels (T1 by definition), shared by proofs.soundness, proofs.exact and
-# proofs.reference.
-
-
-def _positions(maskset: MaskSet, patch):
-    """Every patch position of the set's input (any number of axes), with the pixel slices it holds."""
-    ranges = [range(n - p + 1) for n, p in zip(maskset.image_size, patch)]
-    for position in itertools.product(*ranges):
-        yield position, tuple(slice(a, a + p) for a, p in zip(position, patch))
-
-
-def covers(maskset: MaskSet, patch) -> np.ndarray:
-    """``(P_h, P_w, n)`` boolean (``(*P, n)`` in any number of axes): mask ``i`` covers position ``l``,
-    from dense bitmaps (T1)."""
-    patch = tuple(patch)
-    dense = maskset.dense()
-    d = maskset.ndim
-    out = np.zeros(tuple(n - p + 1 for n, p in zip(maskset.image_size, patch)) + (len(maskset),), dtype=bool)
-    for position, pixels in _positions(maskset, patch):
-        out[position] = dense[(slice(None),) + pixels].all(axis=tuple(range(1, d + 1)))
-    return out
-
-
-def pair_covers(maskset: MaskSet, patch) -> np.ndarray:
-    """``(*P, n, n)`` boolean: the union of masks ``i`` and ``j`` hides the patch at position ``l``."""
-    patch = tuple(patch)
-    dense = maskset.dense()
-    d, n = maskset.ndim, len(maskset)
-    union = dense[:, None] | dense[None, :]
-    out = np.zeros(tuple(m - p + 1 for m, p in zip(maskset.image_size, patch)) + (n, n), dtype=bool)
-    for position, pixels in _positions(maskset, patch):
-        out[position] = union[(slice(None), slice(None)) + pixels].all(axis=tuple(range(2, d + 2)))
-    return out
 
 
 def small_geometries(max_masks: int = 8):

@@ -36,8 +36,9 @@ import numpy as np
 
 from certmask_core import MaskSet, PatchThreat, make_maskset
 from certmask_core.certification import ALERT, GUARANTEES, NO_VOTE, certify, defend
+from certmask_core.reference import covers, dense_pixels, pair_covers, recovery_robust_reference
 
-from .common import box, covers, dense_pixels, pair_covers, positions, small_geometries
+from .common import box, positions, small_geometries
 
 SURE, UNSURE = 1.0, 1e-4  # margins of the logits built from a label; UNSURE is below the tolerance
 
@@ -85,7 +86,9 @@ def _position_classes(maskset, patch, with_pairs: bool):
 
 
 def logits_of(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray:
-    """Logits whose top-1 is ``rows`` with margin SURE or UNSURE (where ``unsure``); NaN for NO_VOTE."""
+    """Logits whose top-1 is ``rows`` with margin SURE or UNSURE (where ``unsure``); NaN for NO_VOTE.
+
+    ``tests/strategies.py`` keeps the same builder for the tests, which do not import ``proofs``."""
     out = np.zeros(rows.shape + (alphabet,))
     label = np.where(rows == NO_VOTE, 0, rows)
     np.put_along_axis(out, label[..., None], np.where(unsure, UNSURE, SURE)[..., None], axis=-1)
@@ -311,11 +314,10 @@ def recovery_certified(maskset, patch, certificate: str, y: int, alphabet: int =
                        patches: int = 1, k: int | None = None) -> np.ndarray:
     """The certificate on every :func:`clean_tables` entry for label ``y``: ``hitting_set`` or
     ``all_pairs`` (the package's, through :func:`certify`) or ``exact`` (T11(b),
-    :func:`proofs.reference.recovery_robust_reference`, with the attacks of ``classes``)."""
+    :func:`certmask_core.reference.recovery_robust_reference`, with the attacks of ``classes``)."""
     n = len(maskset)
     index, first, pairs = clean_tables(n, alphabet)
-    if certificate == "exact":  # T11(b): the exact condition, from proofs.reference
-        from .reference import recovery_robust_reference
+    if certificate == "exact":  # T11(b): the exact condition, from certmask_core.reference
         if classes is None:
             classes = _position_classes(maskset, patch, with_pairs=True)
         positions = [(cover, forced) for cover, forced, _ in classes]
@@ -333,7 +335,7 @@ def recovery_exact(maskset, patch, certificate: str = "hitting_set", alphabet: i
     """Certificate vs robustness of PatchCleanser's defence on every clean (row, pair table).
 
     ``certificate`` is ``hitting_set`` or ``all_pairs`` (the package's, through :func:`certify`) or
-    ``exact`` (T11(b), :func:`proofs.reference.recovery_robust_reference`). ``classes`` and
+    ``exact`` (T11(b), :func:`certmask_core.reference.recovery_robust_reference`). ``classes`` and
     ``patches`` as in :func:`recovery_robustness` (T15: MaskGroups, several patches).
     """
     _, first, pairs = clean_tables(len(maskset), alphabet)

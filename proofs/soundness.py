@@ -27,8 +27,9 @@ import numpy as np
 
 from certmask_core import MaskSet
 from certmask_core.certification import ALERT, GUARANTEES, MODES, NO_VOTE, defend
+from certmask_core.reference import covers, pair_covers
 
-from .common import covers, pair_covers, small_geometries
+from .common import small_geometries
 
 GUARANTEE_NAMES = ("label", "label-or-alert")
 

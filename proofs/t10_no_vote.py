@@ -24,9 +24,9 @@ of the small geometries that has one ``NO_VOTE``.
 import numpy as np
 
 from certmask_core.certification import NO_VOTE, certify
+from certmask_core.reference import covering_sets_reference, minimal_sets_reference
 
 from .exact import geometries, one_round_exact
-from .reference import covering_sets_reference, minimal_sets_reference
 from .soundness import exhaustive_mode, small_geometries
 
 THEOREM = "T10"

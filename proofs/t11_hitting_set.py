@@ -28,7 +28,7 @@ labelled ``y`` is accepted, so the output is ``c`` or another wrong label; with 
 mask that can be accepted with a wrong label is made a disagreer and accepted. (M) needs the masks
 covering ``l`` to outvote all the others, so it never holds when every covering set holds less than
 half of the masks (every set of docs/results.md); the package certifies with the hitting set, and
-``proofs/reference.py`` holds (b) as ``recovery_robust_reference``, which the checker confirms
+``certmask_core/reference.py`` holds (b) as ``recovery_robust_reference``, which the checker confirms
 equals robustness on every table enumerated.
 
 Unsure predictions (margin at or below the tolerance, T10) never make a mask good. The exhaustive

@@ -27,7 +27,7 @@ version (own certificates closed under inclusion for every mode) claimed what no
 
 The exhaustive part checks (a) with independent pixel arithmetic (summed-area tables over painted
 masks) on every image up to 5 x 5 (``big``: 7 x 7), for package constructions and seeded random sets,
-every pair of sizes, against :mod:`proofs.reference`'s covering and minimal sets and the core's
+every pair of sizes, against :mod:`certmask_core.reference`'s covering and minimal sets and the core's
 ``coverage_extremes``; and (b) with the every-clean-table checker of :mod:`proofs.exact`: every
 one-mask row over 3 labels (and, for recovery on sets of at most 3 masks, every pair table), the
 defence configured for each covered size ``p``, attacked at every covered ``q <= p`` (rectangles, and
@@ -44,8 +44,14 @@ import sympy as sp
 from certmask_core import CertMaskError, MaskSet, PatchThreat, certify, certify_sizes, defend, make_maskset
 from certmask_core.certification import ALERT, GUARANTEES
 from certmask_core.coverage import coverage_extremes
+from certmask_core.reference import (
+    box_containment,
+    covering_sets_reference,
+    dense_pixels,
+    minimal_sets_reference,
+)
 
-from .common import box_containment, dense_pixels, make_random_masks, sizes_within, within
+from .common import make_random_masks, sizes_within, within
 from .exact import (
     all_rows,
     answer_from,
@@ -60,7 +66,6 @@ from .exact import (
     row_keys,
     shape_attacks,
 )
-from .reference import covering_sets_reference, minimal_sets_reference
 
 THEOREM = "T14"
 STATEMENT = "q <= p: S_p ⊆ S_q, coverage monotone; certified at p => robust at q; one deployment per column"
@@ -135,7 +140,7 @@ def coverage_monotone(limit: int = 6, seed: int = 14) -> int:
             low = {s: int(cover[s].sum(-1).min()) for s in sizes}
             for s in sizes:
                 assert low[s] == coverage_extremes(ms, s)[0], (image, name, s, "core min coverage")
-                if H * W <= 16:  # the loop-based reference of proofs/reference.py, on the smaller images
+                if H * W <= 16:  # the loop-based twin of certmask_core/reference.py, on the smaller images
                     assert sets[s] == covering_sets_reference(ms, s), (image, name, s)
             for p, q in itertools.product(sizes, sizes):
                 if not within(q, p):

@@ -24,7 +24,7 @@ The exhaustive part checks (1) the verifier: on 1-D strips and 2-D images up to 
 of side 1 and 2, for the set itself, all pairs, all triples and seeded random groups (repeated
 indices included), ``m = 1, 2, 3``: the fewest covering groups, the argmin tuple, the all-pairs closed
 form and the minimal covering sets of ``certmask_core.multipatch`` against counts from painted pixels
-and :func:`proofs.reference.minimal_sets_reference`; (2) soundness against the *physical* threat:
+and :func:`certmask_core.reference.minimal_sets_reference`; (2) soundness against the *physical* threat:
 every clean row over 3 labels (every pair table too, for recovery on families of 3 groups), every
 m-tuple of positions, a member fixed iff its hidden pixels contain every patch pixel and a pair iff
 their union does; no certificate of the package (``certify(..., patches=m)``) is attacked
@@ -48,14 +48,15 @@ from certmask_core import (
     make_maskset,
 )
 from certmask_core.coverage import coverage_extremes, unpack
-from certmask_core.multipatch import (
-    all_pairs_coverage_min,
+from certmask_core.multipatch import all_pairs_coverage_min, tuple_coverage_extremes, tuple_minimal_sets
+from certmask_core.reference import (
+    box_containment,
+    dense_pixels,
+    minimal_sets_reference,
     tuple_coverage_bruteforce,
-    tuple_coverage_extremes,
-    tuple_minimal_sets,
 )
 
-from .common import box_containment, dense_pixels, make_random_masks
+from .common import make_random_masks
 from .exact import (
     ExactResult,
     attack_classes,
@@ -68,7 +69,6 @@ from .exact import (
     tally,
     tuple_attacks,
 )
-from .reference import minimal_sets_reference
 
 THEOREM = "T15"
 STATEMENT = "m patches, mask groups: T6, T8, T11-T13 hold with S(l_1..l_m) = the groups covering the tuple"

@@ -25,7 +25,8 @@ the mean of ``x`` over class ``o``: then ``k <= E[x(block)] = sum_o c(o)`` and
 ``y_block = v mu(block)``, ``z_p = max(0, v / N(p) - 1)`` with ``v`` the ``k``-th smallest count.
 
 Checked here: the measure's exact coverage ``1 / N(p)`` and the dual's value (exact fractions), and
-the closed form against an integer program (scipy's ``milp``, a test-only dependency) on small cases.
+the closed form against an integer program (:func:`certmask_core.reference.milp_minimum`, scipy's
+``milp``, a test-only dependency) on small cases.
 """
 import functools
 import itertools
@@ -35,29 +36,10 @@ import numpy as np
 import sympy as sp
 
 from certmask_core import PatchThreat, exact_minimum
+from certmask_core.reference import milp_minimum
 
 THEOREM = "T16"
 STATEMENT = "exact minimum of distinct k-fold masks = sum of the k smallest shifted-copy counts"
-
-
-def milp_minimum(P, w, k, relax: bool = False):
-    """Fewest origins with ``k`` in every block, by integer (or, with ``relax``, linear) programming;
-    None when infeasible. Needs scipy (a test-only dependency)."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    w = [min(wi, p) for wi, p in zip(w, P)]
-    L = [p + wi - 1 for p, wi in zip(P, w)]
-    index = np.arange(int(np.prod(L))).reshape(L)
-    rows = []
-    for pos in itertools.product(*(range(p) for p in P)):
-        block = index[tuple(slice(a, a + wi) for a, wi in zip(pos, w))].ravel()
-        row = np.zeros(index.size)
-        row[block] = 1
-        rows.append(row)
-    res = milp(np.ones(index.size), constraints=LinearConstraint(np.array(rows), k, np.inf),
-               bounds=Bounds(0, 1), integrality=None if relax else np.ones(index.size))
-    if res.status != 0:
-        return None
-    return float(res.fun) if relax else int(round(res.fun))
 
 
 def uniform_window_measure(P: int, w: int) -> dict[int, Fraction]:

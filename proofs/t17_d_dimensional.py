@@ -12,7 +12,7 @@ per-axis windows of ``w_i = m_i - p_i + 1`` positions. Restated and checked here
   their count is the core's closed form ``minimum_of_classes`` for the same axes (T16, proven for
   every d), which also equals scipy's integer program on small 1-D and 3-D cases.
 * The core's own d-dimensional constructions (``make_maskset`` on 1-D and 3-D threats, every strategy)
-  are k-fold and distinct when painted pixel by pixel (:func:`proofs.common.covers`), have the
+  are k-fold and distinct when painted pixel by pixel (:func:`certmask_core.reference.covers`), have the
   reference's count, and the core's coverage counts equal the painted ones (:func:`core_constructions`).
 * The certificates (T6-T8, T11-T13) are statements about the family of covering sets only, so they
   hold in any number of axes; :func:`certificates` re-checks them exhaustively on 1-D and 3-D
@@ -25,6 +25,7 @@ import numpy as np
 
 from certmask_core import PatchThreat, coverage_counts, lower_bound, make_maskset
 from certmask_core.constructions import axis_classes, minimum_of_classes, shifted_cover_windows
+from certmask_core.reference import box_coverage_counts_bruteforce, covers, milp_minimum
 
 THEOREM = "T17"
 STATEMENT = "T2, T4 and T16 in 1, 2 and 3 dimensions (independent d-dimensional reference)"
@@ -42,14 +43,6 @@ def cheapest_copies(P, w, k):
     boxes = [tuple(windows) for o in shifts[:k]
              for windows in itertools.product(*(per_axis[i][oi] for i, oi in enumerate(o)))]
     return np.array(boxes, dtype=np.int64).reshape(-1, len(P), 2)
-
-
-def coverage_bruteforce(boxes, P) -> np.ndarray:
-    """Boxes holding each position (the definition, position by position)."""
-    counts = np.zeros(P, dtype=np.int64)
-    for pos in itertools.product(*(range(p) for p in P)):
-        counts[pos] = sum(all(b[i, 0] <= pos[i] <= b[i, 1] for i in range(len(P))) for b in boxes)
-    return counts
 
 
 def geometries(d: int, largest: int):
@@ -70,7 +63,7 @@ def reference_constructions(limit: int = 5) -> int:
             most = int(np.prod(w))
             for k in sorted({k for k in (1, 2, most // 2 or 1, most) if k <= most}):
                 boxes = cheapest_copies(P, w, k)
-                counts = coverage_bruteforce(boxes, P)
+                counts = box_coverage_counts_bruteforce(boxes[:, :, 0], boxes[:, :, 1], P)
                 assert counts.min() >= k, (P, w, k)
                 assert len({b.tobytes() for b in boxes}) == len(boxes), (P, w, k)
                 closed = int(minimum_of_classes([axis_classes(p, wi) for p, wi in zip(P, w)], k))
@@ -87,7 +80,6 @@ def reference_constructions(limit: int = 5) -> int:
 
 def milp_agreement(cases=((5,), (7,), (3, 3, 3), (4, 3, 2))) -> int:
     """The closed form against scipy's integer program on a few 1-D and 3-D geometries (test-only)."""
-    from .t16_exact_minimum import milp_minimum
     checked = 0
     for P in cases:
         for w in itertools.product(*(range(1, min(p, 3) + 1) for p in P)):
@@ -110,7 +102,6 @@ def small_nd_threats(limit: int = 4):
 
 def core_constructions(limit: int = 4) -> int:
     """The core's 1-D and 3-D sets against the painted reference; returns the sets checked."""
-    from .common import covers
     checked = 0
     for threat in small_nd_threats(limit):
         P = threat.num_positions

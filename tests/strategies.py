@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from certmask_core import MaskSet, PatchThreat
+from certmask_core.certification import NO_VOTE
 
 
 @st.composite
@@ -92,6 +93,23 @@ def covering_masksets(draw, threat, max_masks=8, attach_threat=None):
     attach = draw(st.booleans()) if attach_threat is None else attach_threat
     return MaskSet((H, W), [origins[i] for i in order], [sizes[i] for i in order],
                    threat=threat if attach else None)
+
+
+# --- predictions given as logits ---------------------------------------------------------------------
+
+SURE, UNSURE = 1.0, 1e-4  # margins of the logits built from a label; UNSURE is below the tolerance
+
+
+def logits_of(rows: np.ndarray, unsure: np.ndarray, alphabet: int) -> np.ndarray:
+    """Logits whose top-1 is ``rows`` with margin SURE or UNSURE (where ``unsure``); NaN for NO_VOTE.
+
+    The same inputs as ``proofs.exact.logits_of`` builds for the exhaustive checkers (tests do not
+    import ``proofs``)."""
+    out = np.zeros(rows.shape + (alphabet,))
+    label = np.where(rows == NO_VOTE, 0, rows)
+    np.put_along_axis(out, label[..., None], np.where(unsure, UNSURE, SURE)[..., None], axis=-1)
+    out[rows == NO_VOTE] = np.nan
+    return out
 
 
 class Hang(BaseException):

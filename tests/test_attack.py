@@ -1,4 +1,7 @@
-"""The adaptive patch attack against every certificate; two patches and a misestimated patch size."""
+"""The adaptive patch attack against every certificate; two patches and a misestimated patch size; its
+files, written by the run layer with the data's own class names."""
+import json
+
 import numpy as np
 import pytest
 
@@ -10,12 +13,16 @@ from certmask_backends.pytorch.attack import (  # noqa: E402
     PatchAttack,
     attack_undefended,
     run_attack,
+    run_attack_with_examples,
 )
 from certmask_backends.pytorch.models import load_model  # noqa: E402
 
 from certmask_core import ALERT, CertMaskError, PatchThreat, certify, defend, make_maskset  # noqa: E402
 from certmask_core.coverage import coverage_counts, coverage_extremes  # noqa: E402
-from certmask_core.run.experiment import load_dataset  # noqa: E402
+from certmask_core.run import plots  # noqa: E402
+from certmask_core.run.cli import main  # noqa: E402
+from certmask_core.run.datasets import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
+from certmask_core.run.outputs import write_attack_outputs  # noqa: E402
 
 
 class BrightSpot(torch.nn.Module):
@@ -66,8 +73,10 @@ def data():
                                      ("plurality", 3), ("recovery", 3)])
 def test_no_certified_image_is_broken(data, mode, k, tmp_path):
     backend, model, x, y = data
-    result = run_attack(backend, model, x, y, (5, 5), k, "replicated", mode, steps=6, stride=10,
-                        masks_per_axis=(3, 3), out_dir=tmp_path, show_progress=False)
+    outcome = run_attack_with_examples(backend, model, x, y, (5, 5), k, "replicated", mode, steps=6,
+                                       stride=10, masks_per_axis=(3, 3), show_progress=False)
+    result = outcome.results
+    written = write_attack_outputs(result, tmp_path, outcome.examples, classes=FASHION_MNIST_CLASSES)
     assert result["images"] == 4 and result["certified_accuracy"] > 0
     assert result["certified_broken"] == 0, result["certified_broken_images"]
     for row in result["per_image"]:
@@ -75,6 +84,8 @@ def test_no_certified_image_is_broken(data, mode, k, tmp_path):
             assert row["attacked"] and row["attacked_output"] in ((row["label"], ALERT)
                                                                   if mode != "recovery" else (row["label"],))
     assert (tmp_path / "attack.json").exists() and (tmp_path / "attack.png").exists()
+    assert written == ["attack.json", "attack.png"]
+    assert json.loads((tmp_path / "attack.json").read_text()) == json.loads(json.dumps(result))
 
 
 def test_the_attack_breaks_the_undefended_model(data):
@@ -121,9 +132,11 @@ def test_two_patches_break_a_weak_image_that_one_patch_cannot():
 def test_two_patch_attack_never_breaks_a_certified_image(data, tmp_path):
     backend, model, x, y = data
     for mode, n in (("detection", 2), ("recovery", 1)):
-        result = run_attack(backend, model, x[:n], y[:n], (3, 3), 1, "replicated", mode, steps=3,
-                            stride=13, masks_per_axis=(3, 3), show_progress=False, attack_all=True,
-                            patches=2, pair_budget=3, group_sample=12, out_dir=tmp_path / mode)
+        outcome = run_attack_with_examples(backend, model, x[:n], y[:n], (3, 3), 1, "replicated", mode,
+                                           steps=3, stride=13, masks_per_axis=(3, 3), show_progress=False,
+                                           attack_all=True, patches=2, pair_budget=3, group_sample=12)
+        result = outcome.results
+        write_attack_outputs(result, tmp_path / mode, outcome.examples)
         assert result["patches"] == 2 and result["num_groups"] == 36 and result["images"] == n
         assert result["certified_broken"] == 0, result["certified_broken_images"]
         for row in result["per_image"]:
@@ -206,3 +219,68 @@ def test_true_size_certified_only_when_the_set_covers_it(data):
         assert result["certified_planned_accuracy"] > 0
         assert result["certified_broken"] == 0
         assert sorted(s["patch"] for s in result["sizes"]) == sorted([[5, 5], list(true)])
+
+
+# ---------------------------------------------------------------- the files, written by the run layer
+ATTACK = ["attack", "--patch", "5", "5", "--k", "1", "--masks-per-axis", "2", "--steps", "2",
+          "--stride", "13", "--attack-all", "--quiet"]
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What ``attack.png`` was drawn with: the class names and each image's title."""
+    seen = {}
+    original = plots.example_images
+
+    def spy(images, maskset, outputs, class_names, path, **kwargs):
+        seen.update(class_names=list(class_names), titles=plots.example_titles(outputs, class_names))
+        return original(images, maskset, outputs, class_names, path, **kwargs)
+
+    monkeypatch.setattr(plots, "example_images", spy)
+    return seen
+
+
+def test_an_npz_attack_names_classes_by_index(tmp_path, drawn, capsys):
+    """An .npz names no classes: the figure titles the outputs by index, never Fashion-MNIST's names."""
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=2)
+    np.savez(tmp_path / "mine.npz", images=(x[:, 0] * 255).round().astype(np.uint8), labels=y)
+    out = tmp_path / "attack"
+    assert main([*ATTACK, "--data", str(tmp_path / "mine.npz"), "--out", str(out)]) == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert result["images"] == 2 and (out / "attack.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {out}/attack.json, attack.png" in capsys.readouterr().out
+    outputs = [row["attacked_output"] for row in result["per_image"]]
+    assert drawn["class_names"] == []
+    assert drawn["titles"] == ["out ALERT" if c == ALERT else f"out {c}" for c in outputs]
+    assert not any(name in title for title in drawn["titles"] for name in FASHION_MNIST_CLASSES)
+
+
+def test_an_image_folder_attack_names_its_own_classes(tmp_path, drawn):
+    Image = pytest.importorskip("PIL.Image")
+    x, y, _ = load_dataset("fashion-mnist-subset", limit=2)
+    names = [f"kind{c}" for c in range(10)]
+    for i, (image, label) in enumerate(zip(x, y)):
+        folder = tmp_path / "data" / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
+    out = tmp_path / "attack"
+    assert main([*ATTACK, "--data", str(tmp_path / "data"), "--classes", *names, "--out", str(out)]) == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert drawn["class_names"] == names and (out / "attack.png").is_file()
+    outputs = [row["attacked_output"] for row in result["per_image"]]
+    assert drawn["titles"] == ["out ALERT" if c == ALERT else f"out {names[c]}" for c in outputs]
+
+
+def test_a_failing_figure_never_loses_the_attack_results(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plots, "example_images", broken)
+    out = tmp_path / "attack"
+    assert main([*ATTACK, "--data", "fashion-mnist-subset", "--limit", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads((out / "attack.json").read_text())
+    assert result["images"] == 1 and result["per_image"][0]["attacked"]
+    assert "the figure was not drawn (RuntimeError: no display); attack.json is written" in captured.err
+    assert f"wrote {out}/attack.json\n" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["attack.json"]  # no figure, no half-written leftovers

@@ -21,7 +21,8 @@ from certmask_core import CertMaskError, PatchThreat, combination_groups, make_m
 from certmask_core.array_backend import NumpyBackend
 from certmask_core.certification import MODES, NO_VOTE
 from certmask_core.multipatch import MaskGroups
-from certmask_core.run.experiment import RunConfig, run_certification
+from certmask_core.run.config import RunConfig
+from certmask_core.run.experiment import run_certification
 
 BACKENDS = ("torch", "numpy", "onnx")
 CLASSES = 5

@@ -15,9 +15,9 @@ def test_reference_patchcleanser_loop_agrees_with_early_exit_certify():
     from certmask_backends.pytorch import TorchBackend
     from certmask_backends.pytorch.models import load_model
 
-    from benchmarks.bench_inference import reference_patchcleanser
     from certmask_core import PatchThreat, certify, make_maskset
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.reference import reference_patchcleanser
+    from certmask_core.run.datasets import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=6)
     backend, model = TorchBackend(), load_model("bundled")
     ms = make_maskset(PatchThreat(28, 3), 1, "patchcleanser", masks_per_axis=3)
@@ -29,8 +29,9 @@ def test_reference_patchcleanser_loop_agrees_with_early_exit_certify():
 
 
 def test_decision_benchmark_twins_agree_on_a_small_case():
-    from benchmarks.bench_decisions import dense_reference, grid_plus_random, predictions
+    from benchmarks.bench_decisions import grid_plus_random, predictions
     from certmask_core import defend
+    from certmask_core.reference import dense_reference
     ms = grid_plus_random(12, image=64, patch=4)
     pred = predictions(len(ms), 50)
     for mode in ("covering_consensus", "paper"):
@@ -44,7 +45,7 @@ def test_recovery_benchmark_compares_both_certificates_on_one_run():
 
     from benchmarks.bench_recovery import measure
     from certmask_core import PatchThreat, make_maskset
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=4)
     row = measure(TorchBackend(), load_model("bundled"), x, y, k=2, per_axis=2)
     hit, every = row["hitting_set"], row["all_pairs"]
@@ -59,7 +60,7 @@ def test_recovery_benchmark_compares_both_certificates_on_one_run():
 def test_training_benchmark_measures_every_recipe_in_one_run():
     pytest.importorskip("torch")
     from benchmarks.bench_training import RECIPES, measure
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=64)
     rows = measure(x, y, steps=2, batch=32)
     assert [r["augmentation"] for r in rows] == [a for a, _ in RECIPES]
@@ -74,7 +75,7 @@ def test_sizes_and_patches_benchmark_paths_agree_on_small_cases():
     from certmask_backends.pytorch import TorchBackend
 
     from benchmarks.bench_sizes_and_patches import sizes, verifier
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     rows = verifier(cases=((10, 2, 3), (16, 3, 4)))  # asserts closed form == general == brute force
     assert [r["min_coverage"] for r in rows] == [1, 1]
     x, y, _ = load_dataset("fashion-mnist-subset", limit=3)
@@ -97,3 +98,20 @@ def test_ndim_benchmark_twins_agree_on_small_cases():
     assert len(coverage_rows(cases=(((300,), (5,), 20), ((4, 9, 9), (2, 2, 3), 15)))) == 2
     assert covering_set_rows(cases=(((4, 6, 6), (2, 2, 2), (2, 2, 2), 2),))[0]["sets"] > 1
     assert all(r["masks"] < r["naive_product"] for r in cost_rows())
+
+
+def test_host_ceiling_benchmark_runs_both_implementations_on_one_case():
+    """The benchmark's own check: before and after certify the same images with the same passes."""
+    pytest.importorskip("torch")
+    from certmask_backends.pytorch import TorchBackend
+
+    from benchmarks.bench_recovery import cheap_model, host_ceiling
+    from certmask_core.run.datasets import load_dataset
+    images, labels, _ = load_dataset("fashion-mnist-subset", limit=24)
+    backend = TorchBackend(batch_size=256)
+    row = host_ceiling(backend, cheap_model(images, labels), images, labels, k=2, per_axis=2, image_batch=10,
+                       repeats=1)
+    for certificate in ("hitting_set", "all_pairs"):
+        before, after = row[f"before {certificate}"], row[f"after {certificate}"]
+        assert before["pair_passes"] == after["pair_passes"] > 0 and before["certified"] == after["certified"]
+        assert after["ratio_to_model_alone"] > 0

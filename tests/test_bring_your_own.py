@@ -10,12 +10,12 @@ Image = pytest.importorskip("PIL.Image")
 
 from certmask_core import CertMaskError  # noqa: E402
 from certmask_core.run.cli import main  # noqa: E402
-from certmask_core.run.datasets import read_idx  # noqa: E402
-from certmask_core.run.experiment import (  # noqa: E402
+from certmask_core.run.datasets import (  # noqa: E402
     load_data,
     load_dataset,
-    read_per_image,  # noqa: E402
+    read_idx,  # noqa: E402
 )
+from certmask_core.run.records import read_per_image  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 

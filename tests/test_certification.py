@@ -1,4 +1,3 @@
-import itertools
 
 import numpy as np
 import pytest
@@ -6,16 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certmask_core import ALERT, CertMaskError, MaskSet, PatchThreat, certify, defend, make_maskset
-from certmask_core.certification import GUARANTEES, all_pairs
-from proofs.soundness import (
-    check,
-    covers,
-    disjoint_covering_sets,
-    pair_covers,
-    recovery_outcomes_abstract,
-    recovery_outcomes_bruteforce,
-    small_geometries,
-)
+from certmask_core.certification import all_pairs
+from certmask_core.reference import covers, pair_covers
+from certmask_core.run.records import per_image_records
 
 STRIP = make_maskset(PatchThreat((1, 6), (1, 2)), 1, "patchcleanser", masks_per_axis=(1, 2))
 
@@ -101,16 +93,20 @@ def test_certify_summary_and_records():
     s = rep.summary()
     assert s["certified_accuracy"] == pytest.approx(1 / 3) and s["clean_accuracy"] == pytest.approx(1 / 3)
     assert s["alert_rate"] == pytest.approx(1 / 3) and s["guarantee"] == "label-or-alert"
-    assert rep.records()[1] == {"label": 3, "output": "ALERT", "certified": False, "claim_holds": False,
-                                "min_margin": None, "guarantee": "label-or-alert"}
+    record = per_image_records(range(3), rep.labels, rep.output, {("replicated", 1, "detection"): rep})[1]
+    assert record["label"] == 3 and record["runs"]["replicated/k1/detection"] == {
+        "output": ALERT, "certified": False, "claim_holds": False, "min_margin": "inf", "below_margin": False,
+        "certificate_passes": 2, "defence_passes": 2}
     paper_report = certify(pred, np.array([3, 3, 3]), STRIP, "paper")
     paper = paper_report.summary()
     assert not paper["sound"] and "certified_accuracy" not in paper
     assert paper["claimed_certified_accuracy_UNSOUND"] == pytest.approx(1 / 3)
     # an unsound mode never reports an image as certified, anywhere
     assert not paper_report.certified.any() and paper_report.claim_holds.tolist() == [True, False, False]
-    assert all(r["certified"] is False for r in paper_report.records())
-    assert paper_report.records()[0]["claim_holds"] is True
+    records = per_image_records(range(3), paper_report.labels, paper_report.output,
+                                {("replicated", 1, "paper"): paper_report})
+    assert all(r["runs"]["replicated/k1/paper"]["certified"] is False for r in records)
+    assert records[0]["runs"]["replicated/k1/paper"]["claim_holds"] is True
 
 
 @pytest.mark.parametrize("call,message", [
@@ -137,66 +133,6 @@ def test_user_maskset_not_covering_is_refused():
     holes = MaskSet((1, 6), [[0, 0]], [[1, 3]])
     with pytest.raises(CertMaskError, match="not 1-fold"):
         certify(np.array([[0]]), [0], holes, patch=(1, 2))
-
-
-# ---- the soundness checker (T6-T9) ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def geometries():
-    return list(small_geometries())
-
-
-@pytest.mark.parametrize("mode,guarantee", [("detection", "label-or-alert"),
-                                            ("covering_consensus", "label-or-alert")])
-def test_one_round_detection_modes_are_proven(geometries, mode, guarantee):
-    for name, ms, patch in geometries:
-        result = check(ms, patch, mode, geometry=name)
-        assert result.held[guarantee], (name, result.counterexamples)
-        assert GUARANTEES[mode] == guarantee
-        # they are detection rules, not recovery: an attacker can force ALERT
-        assert not result.held["label"] and result.counterexamples["label"]["output"] == "ALERT"
-
-
-def test_recovery_is_proven_on_small_geometries(geometries):
-    checked = 0
-    for name, ms, patch in geometries:
-        if len(ms) <= 6:
-            result = check(ms, patch, "recovery", geometry=name)
-            assert result.held["label"], (name, result.counterexamples)
-            checked += 1
-    assert checked >= 5
-
-
-def test_paper_has_a_counterexample_whenever_covering_sets_are_disjoint(geometries):
-    for name, ms, patch in geometries:
-        result = check(ms, patch, "paper", geometry=name)
-        assert disjoint_covering_sets(ms, patch)
-        assert not result.held["label"] and result.kept == "none", name
-        ce = result.counterexamples["label"]
-        # replay the counterexample through the public API
-        assert defend(np.array([ce["attacked_one_mask_predictions"]]), ms, "paper").output[0] \
-            == ce["output"] != ce["true_label"]
-        report = certify(np.array([ce["clean_one_mask_predictions"]]), [ce["true_label"]], ms, "paper")
-        assert report.claim_holds[0] and not report.certified[0]
-
-
-def test_paper_keeps_recovery_when_no_covering_sets_are_disjoint():
-    # one mask covering every position: nothing is left to the attacker
-    full = MaskSet((1, 4), [[0, 0]], [[1, 4]])
-    result = check(full, (1, 2), "paper")
-    assert not disjoint_covering_sets(full, (1, 2)) and result.held["label"]
-
-
-@pytest.mark.parametrize("position", [(0, 0), (0, 2), (0, 4)])
-def test_recovery_abstraction_equals_bruteforce_over_pair_tables(position):
-    for y in range(3):
-        assert recovery_outcomes_abstract(STRIP, (1, 2), position, y) == \
-            recovery_outcomes_bruteforce(STRIP, (1, 2), position, y)
-    three = make_maskset(PatchThreat((1, 6), (1, 2)), 1, "patchcleanser", masks_per_axis=(1, 3))
-    assert recovery_outcomes_abstract(three, (1, 2), position, 1) == \
-        recovery_outcomes_bruteforce(three, (1, 2), position, 1)
-    # T10: with NO_VOTE in the attacker's alphabet (one- and two-mask answers) the abstraction still holds
-    assert recovery_outcomes_abstract(STRIP, (1, 2), position, 1, no_vote=True) == \
-        recovery_outcomes_bruteforce(STRIP, (1, 2), position, 1, no_vote=True)
 
 
 def test_pair_union_can_cover_what_no_single_mask_covers():
@@ -227,17 +163,3 @@ def test_random_attacks_never_break_sound_certificates(data):
     out = defend(attacked[None], ms, "recovery",
                  pair_predictor=lambda _, p: table[p[:, 0], p[:, 1]]).output[0]
     assert out == y
-
-
-def test_exhaustive_tiny_sets_every_pattern():
-    """All 1-D sets of 2-3 masks on strips up to 7: recovery proven, paper refuted where it must be."""
-    for L, p in itertools.product(range(3, 8), range(1, 3)):
-        for n_axis in (2, 3):
-            if n_axis > L - p + 1:
-                continue
-            ms = make_maskset(PatchThreat((1, L), (1, p)), 1, "patchcleanser", masks_per_axis=(1, n_axis))
-            assert check(ms, (1, p), "recovery").held["label"]
-            assert check(ms, (1, p), "detection").held["label-or-alert"]
-            paper = check(ms, (1, p), "paper")
-            if disjoint_covering_sets(ms, (1, p)):
-                assert not paper.held["label"]

@@ -106,7 +106,17 @@ def test_certify_bad_input(capsys, tmp_path, argv, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_attack_command_writes_json_and_png(capsys, tmp_path):
+def test_attack_command_writes_json_and_png(capsys, tmp_path, monkeypatch):
+    from certmask_core.run import plots
+    from certmask_core.run.datasets import FASHION_MNIST_CLASSES
+    names = []
+    original = plots.example_images
+
+    def spy(*args, **kwargs):
+        names.append(list(args[3]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "example_images", spy)
     out = tmp_path / "attack"
     assert main(["attack", "--data", "fashion-mnist-subset", "--patch", "5", "5", "--k", "1",
                  "--masks-per-axis", "3", "--mode", "covering_consensus", "--limit", "2", "--steps", "3",
@@ -115,6 +125,9 @@ def test_attack_command_writes_json_and_png(capsys, tmp_path):
     assert result["mode"] == "covering_consensus" and result["images"] == 2
     assert result["certified_broken"] == 0
     assert "certified_broken" in capsys.readouterr().out
+    # Fashion-MNIST's images are titled with its class names, which the data bring (not the attack)
+    if any(row["attacked"] for row in result["per_image"]):
+        assert names == [list(FASHION_MNIST_CLASSES)] and (out / "attack.png").is_file()
 
 
 def test_every_option_of_every_command_has_a_help_text():

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from certmask_core import CertMaskError
-from certmask_core.run.datasets import load_fashion_mnist, read_idx
-from certmask_core.run.experiment import load_dataset
+from certmask_core.run.datasets import load_dataset, load_fashion_mnist, read_idx
 
 
 def _write_idx(path, array):

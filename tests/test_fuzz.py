@@ -4,7 +4,7 @@ Every call gets what a caller, a file or a command line could hand it: huge and 
 (past int64 and uint64 too), floats (0.5, 1e300, inf, NaN), bools, None, strings, empty and ragged
 arrays, mismatched shapes, masks outside the image or smaller than the patch. The property is always
 the same: the call EITHER raises :class:`CertMaskError` (the package's one error type) OR returns what
-its twin returns (``coverage_counts_bruteforce``, ``proofs.reference`` or a few lines of plain Python
+its twin returns (``coverage_counts_bruteforce``, ``certmask_core.reference`` or a few lines of plain Python
 below). Any other exception, a crash or a hang (:func:`tests.strategies.deadline`) fails. Where the
 input is valid by the twin's rules the call must succeed: refusing valid input is a bug too.
 
@@ -41,17 +41,18 @@ from certmask_core import (
 from certmask_core.certification import MODES, NO_VOTE
 from certmask_core.coverage import coverage_extremes, covering_sets, minimal_covering_set_bits, unpack
 from certmask_core.geometry import MAX_SIDE, STRATEGIES
-from certmask_core.run.cli import main
-from proofs.reference import (
+from certmask_core.reference import (
     consensus_certificate_reference,
     covering_sets_reference,
+    covers,
     hitting_set_reference,
     minimal_sets_reference,
     one_round_reference,
     plurality_certificate_reference,
     recovery_reference,
 )
-from proofs.soundness import covers
+from certmask_core.run.cli import main
+from certmask_core.run.records import per_image_records
 from tests.strategies import (
     any_masksets,
     covering_masksets,
@@ -143,7 +144,8 @@ def expected_patch(patch, maskset: MaskSet) -> tuple[int, int] | None:
 
 
 def dense_counts(maskset: MaskSet, patch: tuple[int, int]) -> np.ndarray:
-    """Coverage from the pixel bitmaps (proofs.soundness.covers): independent of the package's maths."""
+    """Coverage from the pixel bitmaps (certmask_core.reference.covers), independent of the package's
+    maths."""
     return covers(maskset, patch).sum(axis=2)
 
 
@@ -731,7 +733,7 @@ def disagreeing(row: list) -> list[int]:
 
 
 def defence_twin(row: list, sets, mode: str, k: int, pairs: PairTable, b: int) -> tuple[int, int]:
-    """(output, second-round passes) of one image, from proofs.reference."""
+    """(output, second-round passes) of one image, from certmask_core.reference."""
     if mode != "recovery":
         return one_round_reference(row, sets, mode, k), 0
     output = recovery_reference(row, lambda i, j: pairs.answer(b, i, j)[0])
@@ -794,7 +796,7 @@ test_defend, test_defend_slow = fuzz_twins(check_defend, data=st.data())
 
 def certificate_twin(b: int, row: list, margins: list, y: int, mode: str, pairs: PairTable,
                      tolerance, minimal) -> tuple[bool, bool]:
-    """(certified, claim_holds) of one clean image, from proofs.reference.
+    """(certified, claim_holds) of one clean image, from certmask_core.reference.
 
     A prediction with a margin at or below the tolerance is unsure and may take any value. Unanimity
     (detection, and the claim of ``paper``, which is never certified), T12 (plurality), T13
@@ -864,7 +866,8 @@ def check_certify(data):
         assert all(min(m, a) <= r <= m for r, m, a in zip(report.min_margin.tolist(), one_mask_margin, asked))
         assert all(n <= p <= n + n * (n - 1) // 2 for p in report.certificate_passes.tolist())
     assert report.margin_tolerance == float(kwargs["margin_tolerance"])
-    json.dumps([report.summary(), report.records()], allow_nan=False)  # what results.json is made of
+    records = per_image_records(range(len(y)), report.labels, report.output, {("family", 1, mode): report})
+    json.dumps([report.summary(), records], allow_nan=False)  # what results.json and per_image.jsonl hold
 
 
 test_certify, test_certify_slow = fuzz_twins(check_certify, data=st.data())

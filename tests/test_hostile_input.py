@@ -15,14 +15,19 @@ from certmask_core import CertMaskError, MaskSet, PatchThreat, certify, coverage
 from certmask_core.certification import NO_VOTE
 from certmask_core.coverage import (
     _difference_array_counts,
-    coverage_counts_bruteforce,
     coverage_extremes,
     covering_set_bits,
     minimal_covering_set_bits,
     unpack,
 )
+from certmask_core.reference import (
+    coverage_counts_bruteforce,
+    covering_sets_reference,
+    minimal_sets_reference,
+    one_round_reference,
+)
 from certmask_core.run.cli import main
-from proofs.reference import covering_sets_reference, minimal_sets_reference, one_round_reference
+from certmask_core.run.records import per_image_records
 from tests.strategies import threats
 
 FORGED = ([[0, 0], [6, 0], [2**58, 0]], [[2, 8], [2, 8], [2**63 - 1, 8]])
@@ -159,7 +164,8 @@ def test_margins_are_recorded_and_close_calls_refused():
     assert certify(logits, [1, 1], ms, "detection", margin_tolerance=0.0).certified.all()
     assert certify(logits, [1, 1], ms, "detection", margin_tolerance=0.5).certified.tolist() == [False, False]
     assert report.summary()["refused_for_margin"] == 1
-    assert report.records()[0]["min_margin"] == pytest.approx(0.5)
+    record = per_image_records([0, 1], report.labels, report.output, {("replicated", 1, "detection"): report})
+    assert record[0]["runs"]["replicated/k1/detection"]["min_margin"] == pytest.approx(0.5)
     labels_only = certify(logits.argmax(2), [1, 1], ms, "detection")
     assert labels_only.certified.all() and np.isinf(labels_only.min_margin).all()
 
@@ -221,7 +227,9 @@ class ConstantBackend:
 
 
 def test_paper_is_never_certified_in_results_json_tables_or_plots(tmp_path):
-    from certmask_core.run.experiment import RunConfig, results_table, run_certification, write_outputs
+    from certmask_core.run.config import RunConfig
+    from certmask_core.run.experiment import run_certification
+    from certmask_core.run.outputs import results_table, write_outputs
     images = np.zeros((4, 1, 8, 8), np.float32)
     config = RunConfig((2, 2), (1,), ("replicated",), ("detection", "paper"), masks_per_axis=(2, 2))
     results = run_certification(ConstantBackend(), None, images, np.ones(4, np.int64), config,

@@ -1,4 +1,4 @@
-"""Certificates that gain from k (T11-T13): core vs the slow twins of proofs/reference.py, the pair
+"""Certificates that gain from k (T11-T13): core vs the slow twins of certmask_core/reference.py, the pair
 scheduling of the hitting-set certificate, batching across images, and unsure predictions."""
 from collections import Counter
 
@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from certmask_core import PatchThreat, certify, defend, make_maskset
 from certmask_core.certification import ALERT, NO_VOTE
-from proofs.exact import logits_of
-from proofs.reference import (
+from certmask_core.reference import (
     consensus_certificate_reference,
     covering_sets_reference,
     hitting_set_reference,
@@ -20,7 +19,7 @@ from proofs.reference import (
     recovery_reference,
 )
 
-from .strategies import covering_masksets, threats
+from .strategies import covering_masksets, logits_of, threats
 
 
 class PairTable:

@@ -1,6 +1,5 @@
 """Several patches (T15): group coverage (fast path, general path, brute force), covering sets,
 certificates over groups, and the backend's group masking against a numpy twin."""
-import itertools
 
 import numpy as np
 import pytest
@@ -19,12 +18,8 @@ from certmask_core import (
     make_maskset,
 )
 from certmask_core.coverage import coverage_extremes, unpack
-from certmask_core.multipatch import (
-    all_pairs_coverage_min,
-    tuple_coverage_bruteforce,
-    tuple_coverage_extremes,
-    tuple_minimal_sets,
-)
+from certmask_core.multipatch import all_pairs_coverage_min, tuple_coverage_extremes, tuple_minimal_sets
+from certmask_core.reference import tuple_coverage_bruteforce, tuple_minimal_sets_reference
 from certmask_core.registry import get_backend
 
 from .strategies import any_masksets, covering_masksets, threats
@@ -42,21 +37,6 @@ def families(draw, max_side=5, max_masks=5):
     return MaskGroups(base, np.array(rows)), threat.patch_size
 
 
-def minimal_sets_by_definition(family, patch, patches):
-    """Every m-tuple's covering set from the brute-force position x member table, then the minimal."""
-    base = family.base
-    (P_h, P_w) = PatchThreat(base.image_size, patch).num_positions
-    dense = base.dense()
-    ph, pw = patch
-    holds = np.zeros((P_h * P_w, len(family)), dtype=bool)
-    for a, b in itertools.product(range(P_h), range(P_w)):
-        in_mask = dense[:, a:a + ph, b:b + pw].all(axis=(1, 2))
-        holds[a * P_w + b] = in_mask[family.members].any(1)
-    sets = {frozenset(np.flatnonzero(np.logical_and.reduce(holds[list(t)], axis=0)).tolist())
-            for t in itertools.product(range(P_h * P_w), repeat=patches)}
-    return {s for s in sets if not any(o < s for o in sets)}
-
-
 @given(families(), st.integers(1, 3))
 def test_group_coverage_equals_brute_force(family_patch, patches):
     family, patch = family_patch
@@ -69,7 +49,7 @@ def test_group_coverage_equals_brute_force(family_patch, patches):
     assert counts[tuple(a * P_w + b for a, b in where)] == low
     found = {frozenset(np.flatnonzero(row).tolist())
              for row in unpack(tuple_minimal_sets(family, patch, patches), len(family))}
-    assert found == minimal_sets_by_definition(family, patch, patches)
+    assert found == tuple_minimal_sets_reference(family, patch, patches)
 
 
 @given(st.data())

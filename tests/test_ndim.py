@@ -22,9 +22,8 @@ from certmask_core import (
     plan_layouts,
 )
 from certmask_core.coverage import coverage_extremes, covering_sets
-from certmask_core.multipatch import all_pairs_groups, tuple_coverage_bruteforce, tuple_coverage_extremes
-from proofs.reference import covering_sets_reference
-from proofs.soundness import covers
+from certmask_core.multipatch import all_pairs_groups, tuple_coverage_extremes
+from certmask_core.reference import covering_sets_reference, covers, tuple_coverage_bruteforce
 
 
 @st.composite

@@ -83,7 +83,8 @@ def test_a_certification_runs_with_torch_absent(tmp_path):
         import json
         from certmask_core import get_backend
         from certmask_core.run.datasets import load_data
-        from certmask_core.run.experiment import RunConfig, run_certification
+        from certmask_core.run.config import RunConfig
+        from certmask_core.run.experiment import run_certification
         backend = get_backend("numpy", batch_size=128)
         model = backend.load_model({FACTORY!r})
         data = load_data("fashion-mnist-subset", limit=10)

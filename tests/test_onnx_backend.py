@@ -23,8 +23,9 @@ from certmask_backends.pytorch.models import load_model  # noqa: E402
 
 from certmask_core import CertMaskError, PatchThreat, get_backend, make_maskset  # noqa: E402
 from certmask_core.certification import MODES  # noqa: E402
+from certmask_core.run.config import RunConfig  # noqa: E402
 from certmask_core.run.datasets import load_data  # noqa: E402
-from certmask_core.run.experiment import RunConfig, run_certification  # noqa: E402
+from certmask_core.run.experiment import run_certification  # noqa: E402
 
 FIXED_BATCH = 8
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.bench_planning import front_by_building
 from certmask_core import (
     CertMaskError,
     PatchThreat,
@@ -23,24 +22,7 @@ from certmask_core import (
 )
 from certmask_core.constructions import shift_classes
 from certmask_core.planning import pareto_front, passes_per_image, tune_candidates
-
-
-def _fewest_by_search(P, w, k):
-    """Smallest subset of the origin lattice with k points in every w-block, by trying every subset
-    size from the bound up (tiny lattices only)."""
-    L = [p + wi - 1 for p, wi in zip(P, w)]
-    points = list(itertools.product(*(range(n) for n in L)))
-    blocks = [[points.index(tuple(a + d for a, d in zip(pos, off)))
-               for off in itertools.product(*(range(wi) for wi in w))]
-              for pos in itertools.product(*(range(p) for p in P))]
-    masks = np.zeros((len(blocks), len(points)), bool)
-    for row, block in enumerate(blocks):
-        masks[row, block] = True
-    for size in range(len(points) + 1):
-        for chosen in itertools.combinations(range(len(points)), size):
-            if (masks[:, list(chosen)].sum(1) >= k).all():
-                return size
-    return None
+from certmask_core.reference import fewest_by_search, front_by_building, milp_minimum, pareto_front_reference
 
 
 @pytest.mark.parametrize("P,w", [((1, 5), (1, 2)), ((1, 6), (1, 3)), ((2, 3), (2, 2)), ((3, 3), (2, 2)),
@@ -48,14 +30,13 @@ def _fewest_by_search(P, w, k):
 def test_exact_minimum_equals_exhaustive_subset_search(P, w):
     threat = PatchThreat((P[0], P[1]), (1, 1))
     for k in range(1, w[0] * w[1] + 2):
-        expected = _fewest_by_search(P, w, k) if k <= w[0] * w[1] else None
+        expected = fewest_by_search(P, w, k) if k <= w[0] * w[1] else None
         assert exact_minimum(threat, w, k) == expected, (P, w, k)
 
 
 def test_exact_minimum_equals_integer_programming():
     """The closed form against scipy's milp (a test-only dependency) on every small 1-D and 2-D case."""
     pytest.importorskip("scipy")
-    from proofs.t16_exact_minimum import milp_minimum
     checked = 0
     for P_h, P_w in itertools.product(range(1, 6), range(1, 7)):
         for w_h, w_w in itertools.product(range(1, P_h + 1), range(1, P_w + 1)):
@@ -120,7 +101,7 @@ def test_offset_spreads_its_copies_where_cost_allows():
 def test_plan_layouts_equal_building_every_size(image, patch, k):
     threat = PatchThreat(image, patch)
     got = [(d["num_masks"], d["mask_size"]) for d in plan_layouts(threat, k)]
-    assert got == front_by_building(threat, k)
+    assert got == front_by_building(threat, k, make_maskset)
 
 
 def test_plan_layouts_any_shape_counts_equal_the_constructions():
@@ -164,12 +145,8 @@ def test_plan_layouts_errors_name_the_values(kwargs, message):
 def test_pareto_front_equals_quadratic_twin(points):
     passes, accuracy = zip(*points)
     front = pareto_front(passes, accuracy).tolist()
-
-    def beaten(i):
-        return any((p <= passes[i] and a > accuracy[i]) or (p < passes[i] and a >= accuracy[i])
-                   for p, a in zip(passes, accuracy))
     kept = {(passes[i], accuracy[i]) for i in front}
-    assert kept == {(p, a) for i, (p, a) in enumerate(points) if not beaten(i)}
+    assert kept == {points[i] for i in pareto_front_reference(passes, accuracy)}
     assert [passes[i] for i in front] == sorted(passes[i] for i in front)
 
 

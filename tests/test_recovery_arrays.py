@@ -1,11 +1,11 @@
 """Recovery's second round in arrays (certmask_core.double_masking, sizes.PairCache) against the
-per-image implementations it replaced, kept as slow twins in proofs/reference.py.
+per-image implementations it replaced, kept as slow twins in certmask_core/reference.py.
 
 The twins decide one image at a time; the array code decides every image of a round at once. They
 must agree on everything the array code promises: certificates, the defence's output, the passes,
 the smallest margin, and the pairs asked, call by call and in order (so a backend sees the same
 batches). The hitting-set certificates are also checked against their definition (every pair
-evaluated, :func:`proofs.reference.hitting_set_reference`): they do not depend on the order in which
+evaluated, :func:`certmask_core.reference.hitting_set_reference`): they do not depend on the order in which
 candidates are tried, so they survive a renumbering of the masks.
 """
 import itertools
@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 
 from certmask_core import MaskSet, PatchThreat, certify, make_maskset
 from certmask_core import double_masking as dm
-from certmask_core.certification import ALERT, NO_VOTE, family_geometry
+from certmask_core import reference as ref
+from certmask_core.certification import ALERT, NO_VOTE
 from certmask_core.errors import CertMaskError
-from certmask_core.sizes import PairCache
-from proofs import reference as ref
-from proofs.exact import logits_of
-from proofs.reference import (
+from certmask_core.family_geometry import family_geometry
+from certmask_core.reference import (
     PairCacheReference,
     all_pairs_certificate_reference,
     covering_sets_reference,
@@ -31,8 +30,9 @@ from proofs.reference import (
     minimal_sets_reference,
     patchcleanser_defence_reference,
 )
+from certmask_core.sizes import PairCache
 
-from .strategies import covering_masksets, threats
+from .strategies import covering_masksets, logits_of, threats
 
 
 class Oracle:
@@ -59,7 +59,7 @@ def symmetrise(table: np.ndarray) -> np.ndarray:
 
 
 def membership(ms, k=None, patch=None) -> np.ndarray:
-    return family_geometry(ms, patch, k).membership()
+    return family_geometry(ms, patch, k)[0].membership
 
 
 def assert_same_calls(fast: Oracle, slow: Oracle):
@@ -174,7 +174,7 @@ def test_majorities_match_the_per_row_vote():
     rng = np.random.default_rng(1)
     first = rng.choice([NO_VOTE, 0, 1, 5, 2**40, 7], size=(500, 9))
     first[:10] = NO_VOTE
-    want = [ref._majority(row, NO_VOTE, ALERT) for row in first]
+    want = [ref.majority_reference(row, NO_VOTE, ALERT) for row in first]
     assert dm.majorities(first, NO_VOTE, ALERT).tolist() == want
     assert dm.majorities(np.zeros((3, 0), np.int64), NO_VOTE, ALERT).tolist() == [ALERT] * 3
 
@@ -451,20 +451,3 @@ def test_mask_sets_of_user_shapes_keep_their_membership():
     ms = MaskSet((1, 6), [[0, 4], [0, 0], [0, 1]], [[1, 2], [1, 4], [1, 4]])
     minimal = minimal_sets_reference(covering_sets_reference(ms, (1, 2)))
     assert {frozenset(np.flatnonzero(c).tolist()) for c in membership(ms, patch=(1, 2)).T} == minimal
-
-
-def test_host_ceiling_benchmark_runs_both_implementations_on_one_case():
-    """The benchmark's own check: before and after certify the same images with the same passes."""
-    pytest.importorskip("torch")
-    from certmask_backends.pytorch import TorchBackend
-
-    from benchmarks.bench_recovery import cheap_model, host_ceiling
-    from certmask_core.run.experiment import load_dataset
-    images, labels, _ = load_dataset("fashion-mnist-subset", limit=24)
-    backend = TorchBackend(batch_size=256)
-    row = host_ceiling(backend, cheap_model(images, labels), images, labels, k=2, per_axis=2, image_batch=10,
-                       repeats=1)
-    for certificate in ("hitting_set", "all_pairs"):
-        before, after = row[f"before {certificate}"], row[f"after {certificate}"]
-        assert before["pair_passes"] == after["pair_passes"] > 0 and before["certified"] == after["certified"]
-        assert after["ratio_to_model_alone"] > 0

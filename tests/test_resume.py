@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from certmask_core import CertMaskError  # noqa: E402
 from certmask_core.run.cli import main  # noqa: E402
-from certmask_core.run.experiment import read_per_image  # noqa: E402
+from certmask_core.run.records import read_per_image  # noqa: E402
 
 ARGS = ["certify", "--data", "fashion-mnist-subset", "--limit", "600", "--patch", "3", "3", "--k", "1", "2",
         "--sizes", "2-4", "--mode", "detection", "plurality", "paper", "--no-plots", "--quiet",

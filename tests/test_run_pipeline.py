@@ -13,15 +13,14 @@ torch = pytest.importorskip("torch")
 from certmask_backends.pytorch import TorchBackend  # noqa: E402
 
 from certmask_core import PatchThreat, certify, make_maskset  # noqa: E402
+from certmask_core.run.config import RunConfig  # noqa: E402
 from certmask_core.run.experiment import (  # noqa: E402
     ArrayData,
     CertificationRun,
-    RunConfig,
     auto_image_batch,
-    read_per_image,
     run_certification,
 )
-from certmask_core.run.records import SHARD_GLOB  # noqa: E402
+from certmask_core.run.records import SHARD_GLOB, read_per_image  # noqa: E402
 
 
 class TinyNet(torch.nn.Module):

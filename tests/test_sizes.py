@@ -14,15 +14,14 @@ from certmask_core import (
     make_maskset,
 )
 from certmask_core.coverage import coverage_extremes
+from certmask_core.reference import covering_sets_reference, minimal_sets_reference
 from certmask_core.sizes import PairCache, patch_sizes
-from proofs.exact import logits_of
-from proofs.reference import covering_sets_reference, minimal_sets_reference
 
-from .strategies import covering_masksets, threats
+from .strategies import covering_masksets, logits_of, threats
 
 
 def per_size_twin(predictions, labels, maskset, sizes, mode, deployed=None, **kwargs):
-    """The definition, through certify and proofs.reference: a size-free defence (detection, recovery)
+    """The definition, through certify and certmask_core.reference: a size-free defence (detection, recovery)
     by each size's own certificate, closed under inclusion; a size-dependent one by the deployed
     size's certificate wherever each minimal set of the size holds a deployed minimal set."""
     sizes = patch_sizes(sizes)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certmask_core import CertMaskError
-from certmask_core.run import datasets, sources
+from certmask_core.run import sources
 from certmask_core.run.datasets import (
     DATA_SPECS,
     FASHION_MNIST_CLASSES,
@@ -305,8 +305,8 @@ def test_an_image_folder_decodes_only_the_images_read(tmp_path, monkeypatch):
     root = write_images(tmp_path / "f", {f"{c}/{i}.png": rng.integers(0, 256, (6, 6), dtype=np.uint8)
                                          for c in "ab" for i in range(10)})
     decoded = []
-    real = datasets._decode_image
-    monkeypatch.setattr(datasets, "_decode_image", lambda *a: decoded.append(1) or real(*a))
+    real = sources.decode_image
+    monkeypatch.setattr(sources, "decode_image", lambda *a: decoded.append(1) or real(*a))
     with open_data(str(root)) as data:
         assert len(data) == 20 and decoded == []
         data.fingerprint()

@@ -150,7 +150,7 @@ def test_bundled_models_load_are_accurate_and_have_their_record(spec):
 
     from certmask_backends.pytorch.models import BUNDLED, bundled_weights_path
 
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     x, y, _ = load_dataset("fashion-mnist-subset", limit=300)
     backend = get_backend("torch")
     pred = backend.predict(backend.load_model(spec), x)
@@ -160,7 +160,7 @@ def test_bundled_models_load_are_accurate_and_have_their_record(spec):
 
 
 def test_autocast_bf16_runs_and_mostly_agrees():
-    from certmask_core.run.experiment import load_dataset
+    from certmask_core.run.datasets import load_dataset
     x, _, _ = load_dataset("fashion-mnist-subset", limit=20)
     model = load_model("bundled")
     ms = make_maskset(PatchThreat(28, 3), 1, "patchcleanser", masks_per_axis=3)

@@ -21,7 +21,7 @@ from certmask_backends.pytorch.training import (  # noqa: E402
 
 from certmask_core import CertMaskError, PatchThreat, make_maskset  # noqa: E402
 from certmask_core.run.cli import main  # noqa: E402
-from certmask_core.run.experiment import load_dataset  # noqa: E402
+from certmask_core.run.datasets import load_dataset  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certmask_core import CertMaskError
-from certmask_core.run import datasets
+from certmask_core.run import datasets, formats
 from certmask_core.run.datasets import (
     MAX_DECODED_BYTES,
     load_cifar,
@@ -277,7 +277,7 @@ def test_images_whose_range_is_not_known_are_refused(tmp_path, monkeypatch):
     Image.fromarray(np.full((4, 4), 1000.0, np.float32)).save(tmp_path / "data/a/x.png", format="TIFF")
     refused(r"cannot read .*x\.png", load_data, str(tmp_path / "data"))
     # were TIFF admitted, its mode would be refused by name
-    monkeypatch.setattr(datasets, "_PIL_FORMATS", (*datasets._PIL_FORMATS, "TIFF"))
+    monkeypatch.setattr(formats, "PIL_FORMATS", (*formats.PIL_FORMATS, "TIFF"))
     refused(r"x\.png' has mode 'F' \(TIFF\), whose value range is not known", load_data,
             str(tmp_path / "data"))
 
@@ -455,7 +455,8 @@ def test_npz_limit_decompresses_only_the_first_images(tmp_path):
 
 def test_the_decoded_size_is_bounded_and_named(tmp_path, monkeypatch):
     assert MAX_DECODED_BYTES == 8 * 2**30
-    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 100_000)
+    assert datasets.MAX_DECODED_BYTES is formats.MAX_DECODED_BYTES  # the public name is the limit applied
+    monkeypatch.setattr(formats, "MAX_DECODED_BYTES", 100_000)
     np.savez(tmp_path / "some.npz", images=np.zeros((100, 28, 28), np.uint8), labels=np.zeros(100, np.int64))
     refused(r"would decode to 313,600 bytes .*above the 100,000 bytes .*pass --limit N", load_data,
             str(tmp_path / "some.npz"))

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 from certmask_core.run import experiment  # noqa: E402
 from certmask_core.run.cli import main  # noqa: E402
 from certmask_core.run.datasets import FASHION_MNIST_CLASSES, load_bundled_subset  # noqa: E402
-from certmask_core.run.experiment import LOCK_FILE, SEAL_FILE, locked_out_dir, read_per_image  # noqa: E402
+from certmask_core.run.outputs import LOCK_FILE, locked_out_dir  # noqa: E402
+from certmask_core.run.records import SEAL_FILE, read_per_image  # noqa: E402
 from tests.strategies import deadline  # noqa: E402
 
 RUN = ["certify", "--data", "fashion-mnist-subset", "--limit", "12", "--patch", "3", "3", "--k", "1", "2",
@@ -460,7 +461,8 @@ HOSTILE_VALUES = st.sampled_from([None, "x", "", -1, -2**70, 2**70, 1e308, float
 def test_any_edited_field_is_refused_or_harmless(finished, data):
     """Property: check_records on a record with any field (at any depth) replaced by a hostile value
     raises CertMaskError or accepts it; never another exception."""
-    from certmask_core.run.experiment import RunConfig, check_records, masksets_of
+    from certmask_core.run.config import RunConfig, masksets_of
+    from certmask_core.run.records import check_records
     done, args = finished
     records = read_per_image(done / "per_image.jsonl")
     labels = np.array([records[i]["label"] for i in sorted(records)])

@@ -41,9 +41,10 @@ EXTRA = [
 
 MODULE_ORDER = [
     "certmask_core.geometry", "certmask_core.constructions", "certmask_core.coverage",
-    "certmask_core.certification", "certmask_core.sizes", "certmask_core.multipatch",
-    "certmask_core.planning", "certmask_core.errors", "certmask_core.registry", "certmask_core.contract",
-    "certmask_core.array_backend", "certmask_core.run.experiment", "certmask_core.run.sources",
+    "certmask_core.reference", "certmask_core.certification", "certmask_core.predictions",
+    "certmask_core.sizes", "certmask_core.multipatch", "certmask_core.planning", "certmask_core.errors",
+    "certmask_core.registry", "certmask_core.contract", "certmask_core.array_backend",
+    "certmask_core.run.config", "certmask_core.run.experiment", "certmask_core.run.sources",
     "certmask_core.run.datasets",
 ]
 """Sections in this order; a module not listed comes after them, by name."""

@@ -43,9 +43,8 @@ reported as the attack's success rate against them, not as broken certificates.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,6 +63,7 @@ from certmask_core import (
 )
 from certmask_core.coverage import coverage_extremes, covered_windows
 from certmask_core.multipatch import check_patches
+from certmask_core.run.outputs import AttackExamples
 from certmask_core.run.progress import progress_bar
 
 from .backend import eval_mode
@@ -542,10 +542,37 @@ def _position_list(positions, single: bool) -> list:
     return list(positions[0]) if single else [list(q) for q in positions]
 
 
-def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mode: str, steps: int = 40,
-               stride: int = 3, masks_per_axis=(4, 4), mask_size=None, out_dir=None,
-               show_progress=None, attack_all: bool = False, patches: int = 1, true_patch=None,
-               pair_budget: int = 16, refine: int = 1, group_sample: int | None = None) -> dict:
+@dataclass(frozen=True)
+class AttackOutcome:
+    """What :func:`run_attack_with_examples` found: the results and the images to show.
+
+    Attributes
+    ----------
+    results : dict
+        :func:`run_attack`'s results (``attack.json``).
+    examples : AttackExamples or None
+        The first attacked images with their patches pasted in; None for clips and signals (no
+        picture) or when no image was attacked.
+    """
+
+    results: dict
+    examples: AttackExamples | None
+
+
+def run_attack(*args, **kwargs) -> dict:
+    """The results of :func:`run_attack_with_examples` (same arguments), without the example images.
+
+    The attack writes no file: the run layer does (:func:`certmask_core.run.outputs.write_attack_outputs`,
+    given the data's class names).
+    """
+    return run_attack_with_examples(*args, **kwargs).results
+
+
+def run_attack_with_examples(backend, model, images, labels, patch, k: int, strategy: str, mode: str,
+                             steps: int = 40, stride: int = 3, masks_per_axis=(4, 4), mask_size=None,
+                             show_progress=None, attack_all: bool = False, patches: int = 1,
+                             true_patch=None, pair_budget: int = 16, refine: int = 1,
+                             group_sample: int | None = None) -> AttackOutcome:
     """Certify, then attack, every image; report breaks of certified images and robust accuracy.
 
     Certified images are always attacked (a break is a bug); with ``attack_all`` the others too, which
@@ -566,6 +593,9 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
     ``certified_broken`` are against the true size; ``attack_success_on_planned_certified`` is the
     share of the images certified for the planned size that the attack breaks (``None`` when there
     are none). ``paper`` is refused.
+
+    Nothing is written: the outcome's ``results`` are ``attack.json`` and its ``examples`` the first
+    attacked images for ``attack.png`` (:func:`certmask_core.run.outputs.write_attack_outputs`).
     """
     patches = check_patches(patches)
     if patches > 2:
@@ -664,28 +694,25 @@ def run_attack(backend, model, images, labels, patch, k: int, strategy: str, mod
                                                     if on_planned else None),
             "sizes": sizes.summary()["sizes"],
         })
-    if out_dir is not None:
-        _write(result, rows, images, ms, attack_patch, Path(out_dir))
-    return result
+    return AttackOutcome(result, _examples(rows, images, ms, attack_patch))
 
 
-def _write(result, rows, images, ms, patch, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    shown = [i for i, r in enumerate(rows) if r.get("attacked")][:8]
-    if shown and ms.ndim == 2:  # the picture is of images; clips and signals get the JSON only
-        from certmask_core.run.datasets import FASHION_MNIST_CLASSES
-        from certmask_core.run.plots import example_images
-        attacked = images[shown].copy()
-        boxes = []
-        for j, i in enumerate(shown):
-            # several patches are pasted in order (a later one over an earlier one)
-            positions, contents = ((rows[i]["positions"], rows[i]["patch"]) if "positions" in rows[i]
-                                   else ([rows[i]["position"]], [rows[i]["patch"]]))
-            for (a, b), content in zip(positions, contents):
-                attacked[j, :, a:a + patch[0], b:b + patch[1]] = content
-            boxes.append([(tuple(position), patch) for position in positions])
-        example_images(attacked, ms, [rows[i]["attacked_output"] for i in shown], FASHION_MNIST_CLASSES,
-                       out / "attack.png", patch_boxes=boxes)
-    tmp = out / "attack.json.partial"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out / "attack.json")
+EXAMPLES = 8
+"""Attacked images shown in ``attack.png``."""
+
+
+def _examples(rows, images, ms: MaskSet, patch) -> AttackExamples | None:
+    """The first :data:`EXAMPLES` attacked images with their best patches pasted in (2-D images only)."""
+    shown = [i for i, r in enumerate(rows) if r.get("attacked")][:EXAMPLES]
+    if not shown or ms.ndim != 2:  # the picture is of images; clips and signals get the JSON only
+        return None
+    attacked = images[shown].copy()
+    boxes = []
+    for j, i in enumerate(shown):
+        # several patches are pasted in order (a later one over an earlier one)
+        positions, contents = ((rows[i]["positions"], rows[i]["patch"]) if "positions" in rows[i]
+                               else ([rows[i]["position"]], [rows[i]["patch"]]))
+        for (a, b), content in zip(positions, contents):
+            attacked[j, :, a:a + patch[0], b:b + patch[1]] = content
+        boxes.append([(tuple(position), tuple(patch)) for position in positions])
+    return AttackExamples(attacked, [rows[i]["attacked_output"] for i in shown], boxes, ms)

@@ -1,5 +1,5 @@
-"""The files of a certify run: the results table, results and figures written atomically, the output
-folder's lock and its preparation for a fresh, resumed or overwritten run."""
+"""The files of a run: the results table, results and figures written atomically (a certify run's, an
+attack's), the output folder's lock and its preparation for a fresh, resumed or overwritten run."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,11 @@ import fcntl
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..constructions import make_maskset
 from ..errors import CertMaskError
@@ -120,12 +124,94 @@ def write_outputs(results: dict, out_dir: str | os.PathLike, images=None, plots:
 
     write_atomically(out, write_results, last="results.json")
     if plots:
-        try:
-            write_atomically(out, draw, last="accuracy_vs_k.png")
-        except Exception as err:  # noqa: BLE001 (a figure is never worth the results: they are written)
-            print(f"certmask: warning: the figures were not drawn ({type(err).__name__}: {err}); "
-                  f"results.json and results.md are written", file=sys.stderr)
+        _draw_after_results(out, draw, "accuracy_vs_k.png", "the figures were not drawn",
+                            "results.json and results.md are written")
     return out
+
+
+def _draw_after_results(out: Path, draw: Callable[[Path], None], last: str, failed: str, kept: str) -> bool:
+    """``draw`` the figures into ``out`` atomically (``last`` last), once the results are written.
+
+    A figure that cannot be drawn (matplotlib missing, odd data) is reported on stderr, ``failed`` and
+    ``kept`` saying what was lost and what is safe, and never raises: the results are worth more.
+    Returns whether the figures were drawn.
+    """
+    try:
+        write_atomically(out, draw, last=last)
+    except Exception as err:  # noqa: BLE001 (a figure is never worth the results: they are written)
+        print(f"certmask: warning: {failed} ({type(err).__name__}: {err}); {kept}", file=sys.stderr)
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class AttackExamples:
+    """The first attacked images of an attack, with the patches it found pasted in (2-D images).
+
+    Attributes
+    ----------
+    images : ndarray, shape (n, C, H, W)
+        The attacked images, pixels in ``[0, 1]``.
+    outputs : sequence of int
+        The defended output on each attacked image (``-1``: ALERT).
+    patch_boxes : sequence of list of ((a, b), (ph, pw))
+        Each image's patches: top-left pixel and size, in the order they were pasted.
+    maskset : MaskSet
+        The mask set the defence ran (outlined on each image).
+    """
+
+    images: np.ndarray
+    outputs: Sequence[int]
+    patch_boxes: Sequence[list]
+    maskset: MaskSet
+
+
+ATTACK_FILE = "attack.json"
+ATTACK_FIGURE = "attack.png"
+"""What ``certmask attack`` writes into its output folder: the results, then the attacked images."""
+
+
+def write_attack_outputs(results: dict, out_dir: str | os.PathLike, examples: AttackExamples | None = None,
+                         classes: Sequence[str] | None = None) -> list[str]:
+    """Write an attack's ``attack.json``, then ``attack.png`` (its first attacked images), into ``out_dir``.
+
+    Parameters
+    ----------
+    results : dict
+        The attack's results (:func:`certmask_backends.pytorch.attack.run_attack`), written as they are.
+    out_dir : str or path-like
+        The folder, created when missing.
+    examples : AttackExamples, optional
+        The attacked images to draw; without them (clips, signals, no image attacked) no figure.
+    classes : sequence of str, optional
+        The data's class names in label order, which title each image; without them (data that name
+        no classes, e.g. an ``.npz``) a class is named by its index.
+
+    Returns
+    -------
+    list of str
+        The names of the files written, ``attack.json`` first.
+
+    ``attack.json`` is written beside its final name and renamed into place, so it is whole or absent.
+    The figure comes after it: a figure that cannot be drawn is reported on stderr and never loses the
+    results.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(out / ATTACK_FILE, results)
+    written = [ATTACK_FILE]
+    if examples is None:
+        return written
+
+    def draw(tmp: Path) -> None:
+        from . import plots as _plots
+        # an empty list names every class by its index (plots.example_titles)
+        _plots.example_images(examples.images, examples.maskset, examples.outputs, list(classes or []),
+                              tmp / ATTACK_FIGURE, patch_boxes=examples.patch_boxes)
+
+    if _draw_after_results(out, draw, ATTACK_FIGURE, "the figure was not drawn", f"{ATTACK_FILE} is written"):
+        written.append(ATTACK_FIGURE)
+    return written
 
 
 def _refuse_foreign(out: Path) -> None:

@@ -16,11 +16,11 @@ import numpy as np
 from ..certification import CERTIFICATES, GUARANTEES, NO_VOTE, SOUND, CertificationReport
 from ..errors import CertMaskError
 from ..sizes import SizeReport, certify_sizes
-from .datasets import open_regular_file
 from .files import read_json_file, write_json_atomically
+from .formats import open_regular_file
 
 if TYPE_CHECKING:
-    from .experiment import RunConfig
+    from .config import RunConfig
 
 
 @dataclass
@@ -216,6 +216,46 @@ def read_sealed(path: Path) -> tuple[dict[int, dict], list[int]]:
         raise CertMaskError(f"--resume: {str(path)!r} differs from what the run wrote ({seal.name}): its "
                             f"records were edited; rerun with --overwrite")
     return records, [json.loads(line)["id"] for line in lines[sealed:]]
+
+
+def gather_record_files(per_image_path: Path) -> tuple[dict[int, dict], list[int], dict[int, dict]] | None:
+    """Every record of a run's record files: the run's own and each process's of a sharded run.
+
+    Returns ``(records by id, ids written after their file's seal, records found only in process
+    files)``, or None when the run has no record file. CertMaskError when a file's sealed lines were
+    changed (:func:`read_sealed`) or two files hold different records of one image.
+    """
+    per_image_path = Path(per_image_path)
+    shards = sorted(per_image_path.parent.glob(SHARD_GLOB[:-1] + "*.jsonl"))
+    if not per_image_path.is_file() and not shards:
+        return None
+    done, unsealed = read_sealed(per_image_path) if per_image_path.is_file() else ({}, [])
+    from_shards = {}
+    for shard in shards:
+        records, shard_unsealed = read_sealed(shard)
+        for index, record in records.items():
+            # a kill between gathering a shard into the run's file and removing it leaves both
+            if index in done and done[index] != record or index in from_shards:
+                raise CertMaskError(f"--resume: image {index} has two different records "
+                                    f"({str(shard)!r}); rerun with --overwrite")
+            if index not in done:
+                from_shards[index] = record
+        unsealed += [index for index in shard_unsealed if index in from_shards]
+    return {**done, **from_shards}, unsealed, from_shards
+
+
+def merge_record_files(per_image_path: Path, from_shards: dict[int, dict]) -> None:
+    """Append the records found only in process files to the run's record file (made if missing),
+    in image order, and delete the process files and their seals."""
+    per_image_path = Path(per_image_path)
+    if not per_image_path.is_file():
+        SealedRecords(per_image_path, []).close()
+    if from_shards:
+        main = SealedRecords(per_image_path)
+        main.append([record_line(from_shards[index]) for index in sorted(from_shards)])
+        main.close()
+    for leftover in per_image_path.parent.glob(SHARD_GLOB):  # gathered shards, and orphan seals
+        leftover.unlink()
 
 
 BOOL_FIELDS = ("certified", "claim_holds", "below_margin")

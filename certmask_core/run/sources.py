@@ -20,8 +20,11 @@ What each kind of data costs:
   gives the item shape; each image is decoded when read.
 - ``fashion-mnist-clips`` reads the Fashion-MNIST images of a batch and makes only their clips.
 
-Everything here is framework-free (numpy; Pillow for images). Every file is read as hostile data, as
-:mod:`certmask_core.run.datasets` describes: a malformed one is a one-line :class:`CertMaskError` naming
+The file formats themselves (``.npy`` headers, idx headers, CIFAR batches, image decoding) and their
+checks are :mod:`certmask_core.run.formats`, and which files a data spec names is
+:mod:`certmask_core.run.catalog`; this module reads them by rows and per batch. Everything here is
+framework-free (numpy; Pillow for images). Every file is read as hostile data, as
+:mod:`certmask_core.run.formats` describes: a malformed one is a one-line :class:`CertMaskError` naming
 it, whenever the defect is met (opening or reading).
 """
 from __future__ import annotations
@@ -45,38 +48,43 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CertMaskError
-from . import datasets as _datasets  # looked up at use: tests count the decodes of _decode_image
-from .datasets import (
-    _CHUNK,
-    _LAYOUT_ORDER,
+from .catalog import (
     BUNDLED_SUBSET_SOURCE,
     FASHION_MNIST_CLASSES,
-    _check_class_names,
-    _check_decoded,
-    _check_image_size,
-    _check_labels,
-    _check_layout,
-    _check_limit,
-    _cifar_batch,
-    _class_images,
-    _decoding,
-    _image_family,
-    _labels_refused,
-    _layout_of,
-    _npz_member,
-    _npz_rows,
-    _pixel_range,
-    _to_unit_interval,
     bundled_subset_path,
-    channels_first,
     cifar_batch_names,
     data_kind,
     fashion_mnist_files,
     idx_files,
+)
+from .formats import (
+    CHUNK,
+    IMAGE_SUFFIXES,
+    LAYOUT_ORDER,
+    channels_first,
+    check_class_names,
+    check_decoded,
+    check_image_size,
+    check_labels,
+    check_layout,
+    check_limit,
+    cifar_batch,
+    class_images,
+    decode_image,
+    decoding,
     idx_header,
     idx_labels,
+    image_family,
+    labels_refused,
+    layout_of,
+    npz_member,
+    npz_rows,
+    open_image,
     open_regular_file,
+    pixel_range,
     resize_images,
+    scale_text,
+    to_unit_interval,
 )
 from .video import CLIP_DEFAULTS, moving_clips_of
 
@@ -140,6 +148,10 @@ class DataSource:
         Whether reads of different batches proceed at once. False where one stream is decoded in order
         (compressed ``.npz``, gzip idx): such reads queue behind one another, so :func:`prefetch` gives
         the source one worker.
+    files : tuple of Path
+        The files the source reads (read-only).
+    bytes_per_item : int
+        What one item costs while a read decodes it (read-only).
     """
 
     parallel_reads = True
@@ -149,12 +161,11 @@ class DataSource:
                  files: Sequence[Path] = (), closing: Sequence = (), bytes_per_item: int | None = None):
         self.labels, self.source, self.item_shape = labels, source, tuple(int(v) for v in item_shape)
         self.ids, self.classes = ids, classes
-        self._files = list(files)  # hashed by fingerprint(), checked unchanged by every read
+        self._files = list(files)
         self._stamps = {path: _stamp(path) for path in self._files}
         self._closing = list(closing)  # closed (last first) with the source
         self._native_shape = self.item_shape  # before resizing
         self._resize_to: tuple[int, int] | None = None
-        # bytes one item takes while a read decodes it (its stored values, its float32 pixels)
         self._bytes_per_item = bytes_per_item or 4 * math.prod(self.item_shape)
         self._state = threading.Condition()
         self._active = 0
@@ -171,6 +182,16 @@ class DataSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the source reads: hashed by :meth:`fingerprint`, checked unchanged by every read."""
+        return tuple(self._files)
+
+    @property
+    def bytes_per_item(self) -> int:
+        """The bytes one item takes while a read decodes it (its stored values, its float32 pixels)."""
+        return self._bytes_per_item
 
     def read(self, indices) -> np.ndarray:
         """The items at ``indices``, decoded.
@@ -190,10 +211,10 @@ class DataSource:
         """
         indices = self._indices(indices)
         n = len(indices)
-        _check_decoded(n * self._bytes_per_item, f"{n} items of {self._native_shape} from {self.source}")
+        check_decoded(n * self._bytes_per_item, f"{n} items of {self._native_shape} from {self.source}")
         if self._resize_to is not None:
-            _check_decoded(n * math.prod(self.item_shape) * 4,
-                           f"{n} images resized to {self._resize_to[0]}x{self._resize_to[1]}")
+            check_decoded(n * math.prod(self.item_shape) * 4,
+                          f"{n} images resized to {self._resize_to[0]}x{self._resize_to[1]}")
         if n == 0:
             return np.zeros((0,) + self.item_shape, np.float32)
         order, back = _sorted_unique(indices)
@@ -214,11 +235,26 @@ class DataSource:
         digest = hashlib.sha256(described.encode("utf-8", "surrogatepass"))
         digest.update(np.ascontiguousarray(self.labels, "<i8").tobytes())
         for path in self._files:
-            with _datasets.open_regular_file(path, "data file") as f:
+            with open_regular_file(path, "data file") as f:
                 while chunk := f.read(1 << 22):
                     digest.update(chunk)
             self._check_unchanged([path])
         return digest.hexdigest()
+
+    def resize(self, image_size: tuple[int, int]) -> None:
+        """Resize every item to ``image_size`` (H, W) as it is read from now on (bilinear, as load_data
+        always did): :func:`open_data`'s ``image_size``, for the kinds of data that do not resize as they
+        decode."""
+        if len(self.item_shape) != 3:
+            raise CertMaskError(f"image size {image_size[0]}x{image_size[1]} resizes images (C, H, W); "
+                                f"{self.source} holds items of shape {self.item_shape}")
+        try:
+            import PIL.Image  # noqa: F401
+        except ImportError:
+            raise CertMaskError("--image-size needs Pillow: pip install 'certmask[images]'") from None
+        if self.item_shape[1:] != tuple(image_size):
+            self._resize_to = tuple(image_size)
+            self.item_shape = self.item_shape[:1] + tuple(image_size)
 
     def _files_of(self, order: np.ndarray) -> list[Path]:
         """The files a read of the items ``order`` decodes from (every file, unless a kind knows)."""
@@ -276,19 +312,6 @@ class DataSource:
                 self._active -= 1
                 self._state.notify_all()
 
-    def _resize(self, image_size: tuple[int, int]) -> None:
-        """Resize every item to ``image_size`` (H, W) as it is read (bilinear, as load_data always did)."""
-        if len(self.item_shape) != 3:
-            raise CertMaskError(f"image size {image_size[0]}x{image_size[1]} resizes images (C, H, W); "
-                                f"{self.source} holds items of shape {self.item_shape}")
-        try:
-            import PIL.Image  # noqa: F401
-        except ImportError:
-            raise CertMaskError("--image-size needs Pillow: pip install 'certmask[images]'") from None
-        if self.item_shape[1:] != tuple(image_size):
-            self._resize_to = tuple(image_size)
-            self.item_shape = self.item_shape[:1] + tuple(image_size)
-
 
 # --- reading rows of stored arrays ------------------------------------------------------------------------
 
@@ -304,13 +327,13 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
         if hasattr(os, "preadv"):
             got = os.preadv(fd, [rest], offset + done)
         elif hasattr(os, "pread"):
-            chunk = os.pread(fd, min(len(rest), _CHUNK), offset + done)
+            chunk = os.pread(fd, min(len(rest), CHUNK), offset + done)
             got = len(chunk)
             rest[:got] = chunk
         else:  # no positional reads (Windows): one reader at a time moves the shared position
             with _SEEK_LOCK:
                 os.lseek(fd, offset + done, os.SEEK_SET)
-                chunk = os.read(fd, min(len(rest), _CHUNK))
+                chunk = os.read(fd, min(len(rest), CHUNK))
             got = len(chunk)
             rest[:got] = chunk
         if got == 0:
@@ -388,7 +411,7 @@ class _PositionalRows:
         """``(len(order), *item_shape)`` as stored, for increasing ``order``."""
         out = np.empty((len(order),) + self.item_shape, self.dtype)
         flat, row = _byte_view(out), self._row
-        with _decoding(self._path, self._what):
+        with decoding(self._path, self._what):
             for first, stop, at in _runs(order):
                 view = flat[at * row:(at + stop - first) * row]
                 got = _pread_into(self._fd, memoryview(view), self._offset + first * row)
@@ -433,7 +456,7 @@ class _StreamRows:
         """``(len(order), *item_shape)`` as stored, for increasing ``order``."""
         out = np.empty((len(order),) + self.item_shape, self.dtype)
         flat, row = _byte_view(out), self._row
-        with self._lock, _decoding(self._path, self._what):
+        with self._lock, decoding(self._path, self._what):
             try:
                 for first, stop, at in _runs(order):
                     if self._stream is None or first < self._next:
@@ -466,7 +489,7 @@ class _StreamRows:
     def _fill(self, view: np.ndarray, start: int) -> None:
         done = 0
         while done < len(view):
-            got = self._stream.readinto(memoryview(view[done:done + _CHUNK]))
+            got = self._stream.readinto(memoryview(view[done:done + CHUNK]))
             if not got:
                 raise CertMaskError(self._short(start + done))
             done += got
@@ -496,18 +519,12 @@ class _WholeRows:
         return self._array[order]
 
 
-def _scale_text(dtype: np.dtype) -> str:
-    """The scaling rule :func:`_to_unit_interval` applies to ``dtype`` (sources state it)."""
-    top = _pixel_range(dtype, "")
-    return "float" if top is None else f"uint{8 * dtype.itemsize} / {top}"
-
-
 class _ArraySource(DataSource):
     """Items that are rows of a stored array of a known layout (``.npz``, idx, Fashion-MNIST)."""
 
     def __init__(self, reader, layout: str, where: str, labels: np.ndarray, source: str, **kwargs):
         stored = reader.item_shape
-        channel = _LAYOUT_ORDER[layout][1]
+        channel = LAYOUT_ORDER[layout][1]
         shape = ((1,) + stored if channel < 0 else stored if channel == 1
                  else (stored[-1],) + stored[:-1])
         super().__init__(labels, source, shape, **kwargs,
@@ -515,8 +532,18 @@ class _ArraySource(DataSource):
         self._reader, self._layout, self._where = reader, layout, where
         self.parallel_reads = reader.parallel
 
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The dtype the items are stored in (read-only)."""
+        return self._reader.dtype
+
+    def stored_rows(self, order: np.ndarray) -> np.ndarray:
+        """The items at strictly increasing ``order`` as stored: their dtype and layout, unscaled (what a
+        source made from these items, such as the clips, decodes from)."""
+        return self._reader.rows(order)
+
     def _decode(self, order: np.ndarray) -> np.ndarray:
-        unit, _ = _to_unit_interval(self._reader.rows(order), self._where, items=order)
+        unit = to_unit_interval(self.stored_rows(order), self._where, items=order)
         return channels_first(unit, self._layout)
 
 
@@ -559,8 +586,8 @@ def _npz_items_reader(zf: zipfile.ZipFile, raw, path: Path, name: str, header: i
     item = tuple(shape[1:])
     if fortran:
         def load():
-            with contextlib.ExitStack() as stack, _decoding(path, "an .npz file"):
-                return _npz_rows(_npz_member(zf, name, path, stack), count, where)
+            with contextlib.ExitStack() as stack, decoding(path, "an .npz file"):
+                return npz_rows(npz_member(zf, name, path, stack), count, where)
         return _WholeRows(load, count, item, dtype)
     stored = info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size
     if stored and not info.flag_bits & 1:  # bit 0: encrypted, which zipfile refuses when opened
@@ -582,7 +609,8 @@ def _npz_items_reader(zf: zipfile.ZipFile, raw, path: Path, name: str, header: i
                        at_end=lambda stream: stream.read(1))
 
 
-def open_npz(path: str | os.PathLike, limit: int | None = None, layout: str | None = None) -> DataSource:
+def open_npz(path: str | os.PathLike, limit: int | None = None, layout: str | None = None, *,
+             source: str | None = None) -> DataSource:
     """An ``.npz`` of ``images`` (or ``clips``) and ``labels`` as a source (see
     :func:`~certmask_core.run.datasets.load_npz` for what is accepted).
 
@@ -593,18 +621,21 @@ def open_npz(path: str | os.PathLike, limit: int | None = None, layout: str | No
         The first ``limit`` items.
     layout : str, optional
         One of :data:`~certmask_core.run.datasets.LAYOUTS`.
+    source : str, optional
+        What the source is called (its ``source``, and the name its reads' errors give the items), as the
+        bundled subset is; by default the path, layout, scaling and channels.
 
     Returns
     -------
     DataSource
         Opening reads the zip directory, the two ``.npy`` headers and the labels.
     """
-    path, limit, stated = Path(path), _check_limit(limit), _check_layout(layout)
+    path, limit, stated = Path(path), check_limit(limit), check_layout(layout)
     where = f"{str(path)!r}"
     raw = open_regular_file(path, "data file")
     closing = [raw]
     try:
-        with _decoding(path, "an .npz file"):
+        with decoding(path, "an .npz file"):
             if raw.read(6) == b"\x93NUMPY":
                 raise CertMaskError(f"{where} is a .npy file (one array) named .npz; save images and labels "
                                     "together with np.savez(path, images=..., labels=...)")
@@ -613,26 +644,26 @@ def open_npz(path: str | os.PathLike, limit: int | None = None, layout: str | No
             closing.append(zf)
             name = _items_member([name[:-4] for name in zf.namelist() if name.endswith(".npy")], where)
             with contextlib.ExitStack() as stack:
-                member, shape, fortran, dtype = _npz_member(zf, name, path, stack)
-                labels_member = _npz_member(zf, "labels", path, stack)
-                found = _layout_of(shape, stated, where)
+                member, shape, fortran, dtype = npz_member(zf, name, path, stack)
+                labels_member = npz_member(zf, "labels", path, stack)
+                found = layout_of(shape, stated, where)
                 n = shape[0]
                 if 0 in shape[1:]:
                     raise CertMaskError(f"{where}: images of shape {shape} hold no pixels")
                 label_shape, label_dtype = labels_member[1], labels_member[3]
                 if label_shape != (n,) or label_dtype.kind not in "iu":
-                    raise _labels_refused(n, label_shape, label_dtype, where)
-                _pixel_range(dtype, where)
+                    raise labels_refused(n, label_shape, label_dtype, where)
+                pixel_range(dtype, where)
                 rows = n if limit is None else min(limit, n)
-                labels = _npz_rows(labels_member, rows, f"{where}: array 'labels'")
-                labels = _check_labels(labels, rows, where)
+                labels = npz_rows(labels_member, rows, f"{where}: array 'labels'")
+                labels = check_labels(labels, rows, where)
                 header = member.tell()
             reader = _npz_items_reader(zf, raw, path, name, header, shape, fortran, dtype, rows)
             if isinstance(reader, _StreamRows):
                 closing.append(reader)
-        data = _ArraySource(reader, found, where, labels, "", files=[path], closing=closing)
-        data.source = (f"{path} ({found}{' as stated' if stated and found != 'NHW' else ''}, "
-                       f"{_scale_text(dtype)}, {data.item_shape[0]} channel(s))")
+        data = _ArraySource(reader, found, source or where, labels, "", files=[path], closing=closing)
+        data.source = source or (f"{path} ({found}{' as stated' if stated and found != 'NHW' else ''}, "
+                                 f"{scale_text(dtype)}, {data.item_shape[0]} channel(s))")
         return data
     except BaseException:
         for item in reversed(closing):
@@ -648,7 +679,7 @@ def _idx_reader(path: Path, limit: int | None, check: Callable) -> tuple[object,
     gz = path.suffix == ".gz"
     raw = open_regular_file(path, "idx file")
     try:
-        with _decoding(path, "an idx file"):
+        with decoding(path, "an idx file"):
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
             shape, dtype = idx_header(stream, path, None if gz else os.fstat(raw.fileno()).st_size)
             check(shape, dtype)
@@ -684,7 +715,7 @@ def _open_idx_pair(images_file: Path, labels_file: Path, limit: int | None, wher
     stored_labels, check = idx_labels(labels_file, limit, where)
     reader, raw = _idx_reader(images_file, limit, lambda shape, dtype: check(shape, dtype, images_file))
     try:
-        labels = _check_labels(stored_labels, reader.count, f"{str(labels_file)!r}")
+        labels = check_labels(stored_labels, reader.count, f"{str(labels_file)!r}")
     except BaseException:
         raw.close()
         raise
@@ -696,10 +727,10 @@ def _open_idx_pair(images_file: Path, labels_file: Path, limit: int | None, wher
 def open_idx_folder(folder: str | os.PathLike, split: str = "test", limit: int | None = None) -> DataSource:
     """MNIST-style idx files in ``folder`` as a source (see
     :func:`~certmask_core.run.datasets.load_idx_folder`); opening reads the labels and the images' header."""
-    folder, limit = Path(folder), _check_limit(limit)
+    folder, limit = Path(folder), check_limit(limit)
     images_file, labels_file = idx_files(folder, split)
     data = _open_idx_pair(images_file, labels_file, limit, f"{str(folder)!r}", "", f"{str(images_file)!r}")
-    data.source = f"{folder} (idx files, {split}, {_scale_text(data._reader.dtype)})"
+    data.source = f"{folder} (idx files, {split}, {scale_text(data.stored_dtype)})"
     return data
 
 
@@ -708,8 +739,7 @@ def open_idx_folder(folder: str | os.PathLike, split: str = "test", limit: int |
 
 def open_bundled_subset(limit: int | None = None) -> DataSource:
     """The Fashion-MNIST test images bundled in the package, as a source."""
-    data = open_npz(bundled_subset_path(), limit)
-    data.source = data._where = BUNDLED_SUBSET_SOURCE
+    data = open_npz(bundled_subset_path(), limit, source=BUNDLED_SUBSET_SOURCE)
     data.classes = list(FASHION_MNIST_CLASSES)
     return data
 
@@ -718,7 +748,7 @@ def open_fashion_mnist(split: str = "test", root: str | os.PathLike | None = Non
                        limit: int | None = None) -> DataSource:
     """Fashion-MNIST as a source: the Debian package's (or ``root``'s) gzip idx files, else the bundled
     test subset (see :func:`~certmask_core.run.datasets.load_fashion_mnist`)."""
-    limit = _check_limit(limit)
+    limit = check_limit(limit)
     files = fashion_mnist_files(split, root)
     if files is None:
         return open_bundled_subset(limit)
@@ -737,14 +767,14 @@ class _ClipSource(DataSource):
         frames, size = params["frames"], params["size"]
         described = ", ".join(f"{name} {value}" for name, value in params.items())
         super().__init__(images.labels, f"{images.source} (moving clips, {split}, {described})",
-                         (1, frames, size, size), classes=images.classes, files=images._files,
+                         (1, frames, size, size), classes=images.classes, files=images.files,
                          closing=[images],
-                         bytes_per_item=5 * frames * size * size + images._bytes_per_item)
+                         bytes_per_item=5 * frames * size * size + images.bytes_per_item)
         self.parallel_reads = images.parallel_reads
 
     def _decode(self, order: np.ndarray) -> np.ndarray:
-        clips = moving_clips_of(self._images._reader.rows(order), order, **self._params)
-        return _to_unit_interval(clips, f"clips of {self._images.source}", items=order)[0]
+        clips = moving_clips_of(self._images.stored_rows(order), order, **self._params)
+        return to_unit_interval(clips, f"clips of {self._images.source}", items=order)
 
 
 def open_fashion_mnist_clips(split: str = "test", root: str | os.PathLike | None = None,
@@ -770,7 +800,7 @@ class _CifarSource(DataSource):
         labels, count = [], 0
         for name in cifar_batch_names(folder, split):
             rows = None if limit is None else limit - count
-            images, batch_labels = _cifar_batch(folder / name, rows)
+            images, batch_labels = cifar_batch(folder / name, rows)
             self._batches.append((folder / name, count, rows, self._checksum(images), images.dtype))
             if len(self._cache) < CACHED_CIFAR_BATCHES:  # reads start at item 0: keep the first
                 self._cache[len(self._batches) - 1] = images
@@ -793,7 +823,7 @@ class _CifarSource(DataSource):
                 self._cache.move_to_end(b)
                 return self._cache[b]
             path, first, rows, checksum, _ = self._batches[b]
-            images, labels = _cifar_batch(path, rows)
+            images, labels = cifar_batch(path, rows)
             known = self.labels[first:first + len(labels)]
             if self._checksum(images) != checksum or not np.array_equal(labels, known):
                 raise CertMaskError(f"CIFAR batch {str(path)!r} changed since the data was opened")
@@ -810,7 +840,7 @@ class _CifarSource(DataSource):
         for a, z in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
             b = int(which[a])
             stored = self._batch(b)[order[a:z] - self._batches[b][1]]
-            out[a:z] = _to_unit_interval(stored, self._where, items=order[a:z])[0].reshape(-1, 3, 32, 32)
+            out[a:z] = to_unit_interval(stored, self._where, items=order[a:z]).reshape(-1, 3, 32, 32)
         return out
 
 
@@ -818,7 +848,7 @@ def open_cifar(folder: str | os.PathLike, split: str = "test", limit: int | None
     """CIFAR-10 or CIFAR-100 python batches as a source (see
     :func:`~certmask_core.run.datasets.load_cifar`). Opening unpickles every batch file needed (the
     labels are inside), one at a time; later batches past ``limit`` are not read."""
-    return _CifarSource(Path(folder), split, _check_limit(limit))
+    return _CifarSource(Path(folder), split, check_limit(limit))
 
 
 # --- image folders ---------------------------------------------------------------------------------------
@@ -831,15 +861,15 @@ class _ImageFolderSource(DataSource):
 
     def __init__(self, root: Path, image_size: tuple[int, int] | None, classes: list[str] | None,
                  limit: int | None):
-        classes, files = _class_images(root, classes)
+        classes, files = class_images(root, classes)
         if not files:
             raise CertMaskError(f"{str(root)!r} holds no class subfolders with images "
-                                f"({', '.join(_datasets.IMAGE_SUFFIXES)})")
+                                f"({', '.join(IMAGE_SUFFIXES)})")
         files = files[:limit]
         self._root, self._image_size = root, image_size
         self._paths = [path for _, path in files]
-        with _datasets._open_image(self._paths[0]) as image:  # the header only: no pixel is decoded
-            family = _image_family(image, self._paths[0])
+        with open_image(self._paths[0]) as image:  # the header only: no pixel is decoded
+            family = image_family(image, self._paths[0])
             shape = (3 if family == "RGB" else 1,) + (image_size or (image.height, image.width))
         super().__init__(np.array([label for label, _ in files], np.int64),
                          f"{root} (image folder, {len(classes)} classes)", shape,
@@ -851,8 +881,8 @@ class _ImageFolderSource(DataSource):
         first = self._paths[0]
         for j, i in enumerate(order.tolist()):
             path = self._paths[i]
-            with _datasets._open_image(path) as image:
-                family = _image_family(image, path)
+            with open_image(path) as image:
+                family = image_family(image, path)
                 shape = (3 if family == "RGB" else 1,) + (self._image_size or (image.height, image.width))
                 if shape[0] != self.item_shape[0]:
                     raise CertMaskError(f"{str(self._root)!r} mixes grayscale and RGB images "
@@ -861,7 +891,7 @@ class _ImageFolderSource(DataSource):
                     raise CertMaskError(f"{str(self._root)!r} holds images of sizes {self.item_shape[1:]} "
                                         f"({str(first)!r}) and {shape[1:]} ({str(path)!r}); pass "
                                         "--image-size H W")
-                out[j] = _datasets._decode_image(image, family, self._image_size, path)
+                out[j] = decode_image(image, family, self._image_size, path)
         return out
 
     def _files_of(self, order: np.ndarray) -> list[Path]:
@@ -877,8 +907,8 @@ def open_image_folder(root: str | os.PathLike, image_size: tuple[int, int] | Non
         import PIL.Image  # noqa: F401
     except ImportError:
         raise CertMaskError("reading an image folder needs Pillow: pip install 'certmask[images]'") from None
-    return _ImageFolderSource(Path(root), _check_image_size(image_size), _check_class_names(classes),
-                              _check_limit(limit))
+    return _ImageFolderSource(Path(root), check_image_size(image_size), check_class_names(classes),
+                              check_limit(limit))
 
 
 # --- any data spec ---------------------------------------------------------------------------------------
@@ -912,11 +942,11 @@ def open_data(spec: str, root: str | os.PathLike | None = None, limit: int | Non
     DataSource
         Opening reads labels, headers and listings only: memory follows the batches read.
     """
-    limit = _check_limit(limit)
+    limit = check_limit(limit)
     if split not in ("test", "train"):
         raise CertMaskError(f"split must be 'test' or 'train', got {split!r}")
-    image_size, layout = _check_image_size(image_size), _check_layout(layout)
-    classes = _check_class_names(classes)
+    image_size, layout = check_image_size(image_size), check_layout(layout)
+    classes = check_class_names(classes)
     path = Path(spec)
     kind = data_kind(spec, path)
     if layout is not None and kind != "npz":
@@ -938,7 +968,7 @@ def open_data(spec: str, root: str | os.PathLike | None = None, limit: int | Non
             raise CertMaskError(f"data {spec!r} from {data.source} is empty")
         if image_size is not None:
             if kind != "folder":  # an image folder resizes each image as Pillow decodes it
-                data._resize(image_size)
+                data.resize(image_size)
             data.source += f", resized to {image_size[0]}x{image_size[1]}"
     except BaseException:
         data.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CertMaskError
-from .datasets import load_fashion_mnist
+from .catalog import load_fashion_mnist
 
 CLIP_DEFAULTS = {"frames": 16, "size": 28, "item": 20, "seed": 0}
 
