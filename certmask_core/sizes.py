@@ -414,10 +414,10 @@ def certify_sizes(predictions, labels, maskset: MaskSet | MaskGroups, sizes, mod
     certifiable = coverage > 0
     if deployed is not None:
         deployed_geometry = geometry_of(maskset, deployed, patches)
+        deployed_geometry.require(1)  # the deployed defence must cover every position
         certifiable &= [ok and _contains_one_of(geometry.minimal_sets, deployed_geometry.minimal_sets)
                         for ok, geometry in zip(certifiable, geometries)]
         if certifiable.any():
-            deployed_geometry.require(1)  # the deployed defence must cover every position
             held = certificate_check(mode, first, margins, y, deployed_geometry, None, tolerance, certificate,
                                      1024)[0]
             certified[:, certifiable] = held[:, None]

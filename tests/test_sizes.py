@@ -195,3 +195,11 @@ def test_hostile_pair_answers_and_caches_are_named():
         with pytest.raises(CertMaskError, match="pair_cache must be a PairCache for these 1 images"):
             certify_sizes(first, labels, ms, [1], "recovery", pair_cache=cache)
     assert certify_sizes(first, labels, ms, [1], "recovery", pair_cache=zeros).certified.tolist() == [[True]]
+
+
+def test_a_deployment_its_set_does_not_cover_is_refused_whatever_the_sizes():
+    """plurality deployed for a size the set leaves uncovered is an error, even when every listed size
+    is uncovered too (nothing to certify is no reason to accept the deployment)."""
+    ms = make_maskset(PatchThreat((1, 8), (1, 2)), masks_per_axis=(1, 2))
+    with pytest.raises(CertMaskError, match="not 1-fold"):
+        certify_sizes(np.array([[2, 2]]), [2], ms, [(1, 6)], "plurality", patch=(1, 6))
