@@ -138,6 +138,10 @@ def test_auto_image_batch_fills_the_device_within_the_pixel_budget():
     assert auto_image_batch(100_000, 10, (1, 28, 28)) == 2 ** 26 // (4 * 28 * 28)  # pixels cap it
     assert auto_image_batch(512, 36, (3, 224, 224)) == 2 ** 26 // (4 * 3 * 224 * 224)  # 111 images
     assert auto_image_batch(512, 36, (3, 5000, 5000)) == 1
+    # a short run is cut in about ten batches (progress, overlap), never below one device batch of passes
+    assert auto_image_batch(512, 96, (1, 28, 28), num_images=500) == 50
+    assert auto_image_batch(4096, 96, (1, 28, 28), num_images=200) == 43     # ceil(4096 / 96) > 20
+    assert auto_image_batch(512, 16, (1, 28, 28), num_images=10**6) == 4096  # a long run: unchanged
 
 
 class ThreadGather:

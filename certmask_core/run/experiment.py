@@ -130,11 +130,22 @@ PREFETCH_DEPTH = 2
 """Batches decoded ahead of the one being certified."""
 
 
-def auto_image_batch(effective_batch: int, num_masks: int, item_shape) -> int:
+PROGRESS_BATCHES = 10
+"""An automatic image batch is at most this fraction of a run's images (but never less than one device
+batch of passes): a short run then shows its progress and decodes, computes and decides in parallel."""
+
+
+def auto_image_batch(effective_batch: int, num_masks: int, item_shape, num_images: int | None = None) -> int:
     """Images certified together: enough that their one-mask passes fill the device several times over
     (at least :data:`PASSES_PER_BATCH`, at least 8 effective batches), at most
-    :data:`BATCH_PIXEL_BYTES` of pixels."""
-    wanted = math.ceil(max(PASSES_PER_BATCH, 8 * effective_batch) / max(1, num_masks))
+    :data:`BATCH_PIXEL_BYTES` of pixels, and with ``num_images`` (the run's) at most a
+    :data:`PROGRESS_BATCHES`-th of them unless that is less than one effective batch of passes.
+    Certificates never depend on the batch (docs/theory.md, "Reproducibility"): this is speed only."""
+    masks = max(1, num_masks)
+    wanted = math.ceil(max(PASSES_PER_BATCH, 8 * effective_batch) / masks)
+    if num_images is not None:
+        one_device_batch = math.ceil(effective_batch / masks)
+        wanted = min(wanted, max(one_device_batch, math.ceil(num_images / PROGRESS_BATCHES)))
     fits = BATCH_PIXEL_BYTES // (4 * math.prod(item_shape))
     return max(1, min(wanted, fits))
 
@@ -223,7 +234,7 @@ class CertificationRun:
         per_pass = (effective(self.model, self.data.read(np.arange(1))) if callable(effective)
                     else self.backend.batch_size)
         return auto_image_batch(per_pass, max(len(ms) for ms in self.masksets.values()),
-                                self.data.item_shape)
+                                self.data.item_shape, len(self.data))
 
     # ------------------------------------------------------------------ certifying images
     def _first_round(self, indices, images) -> tuple:
