@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .certification import DEFAULT_MARGIN_TOLERANCE
 from .contract import (
     check_class_count,
     check_fill_space,
@@ -41,6 +40,7 @@ from .contract import (
 from .errors import CertMaskError
 from .geometry import MaskSet
 from .multipatch import MaskGroups
+from .predictions import DEFAULT_MARGIN_TOLERANCE
 
 
 class NormalizedModel:

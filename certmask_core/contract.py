@@ -111,10 +111,10 @@ class Backend(Protocol):
 # (``int64`` for numpy, ``torch.int64`` for torch): the messages are otherwise the same text.
 # ------------------------------------------------------------------------------------------------------
 
-from .certification import NO_VOTE  # noqa: E402 (below the Protocol, which needs none of this)
 from .errors import CertMaskError  # noqa: E402
 from .geometry import MaskSet  # noqa: E402
 from .multipatch import MaskGroups  # noqa: E402
+from .predictions import NO_VOTE  # noqa: E402 (below the Protocol, which needs none of this)
 from .validation import positive_int  # noqa: E402
 
 

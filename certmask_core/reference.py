@@ -66,9 +66,9 @@ from collections import Counter
 
 import numpy as np
 
-from .certification import ALERT, NO_VOTE
 from .errors import CertMaskError
 from .geometry import MaskSet, PatchThreat
+from .predictions import ALERT, NO_VOTE
 
 
 def _threat(maskset: MaskSet, patch) -> PatchThreat:

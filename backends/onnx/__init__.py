@@ -25,9 +25,9 @@ import numpy as np
 import onnxruntime
 
 from certmask_core.array_backend import ArrayBackend, NormalizedModel, unwrapped
-from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE
 from certmask_core.contract import check_class_count, checked_logits
 from certmask_core.errors import CertMaskError
+from certmask_core.predictions import DEFAULT_MARGIN_TOLERANCE
 
 __all__ = ["OnnxBackend", "OnnxModel"]
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from certmask_core import CertMaskError, MaskSet, contract
-from certmask_core.certification import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 from certmask_core.multipatch import MaskGroups
+from certmask_core.predictions import DEFAULT_MARGIN_TOLERANCE, NO_VOTE
 
 from .distributed import join_process_group
 from .models import Normalized
