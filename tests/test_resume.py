@@ -57,11 +57,19 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path):
 
 
 def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie, dead but not yet reaped, holds no lock)."""
+    """Whether any thread of ``pid`` still runs. A killed process's first thread can be a zombie while
+    its other threads are still exiting, and they keep its files (and the lock on --out) open."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except OSError:  # the thread ended meanwhile
+            continue
+    return False
 
 
 def descendants(pid: int) -> list[int]:

@@ -12,7 +12,7 @@ What each kind of data costs:
   own rows and nothing else. Compressed members (``np.savez_compressed``) are decompressed in order from
   a cursor; a read before the cursor starts the member again, so reading in increasing order is cheap.
   Fortran-ordered members store every item scattered: the whole member is decoded once, at the first
-  read (within :data:`~certmask_core.run.datasets.MAX_DECODED_BYTES`).
+  read (within :data:`~certmask_core.run.formats.MAX_DECODED_BYTES`).
 - idx files: plain ones are read by offset, ``.gz`` ones from a cursor, as above.
 - CIFAR python batches are pickles of 10,000 images: each is unpickled once when opened (its labels are
   needed then) and again when a read needs its pixels; at most two are kept decoded.
@@ -192,7 +192,7 @@ class DataSource:
         -------
         ndarray, shape (n, *item_shape), float32 in [0, 1]
             Equal byte for byte to ``load_data(...).images[indices]``. One read decodes at most
-            :data:`~certmask_core.run.datasets.MAX_DECODED_BYTES`; beyond it the read is refused before
+            :data:`~certmask_core.run.formats.MAX_DECODED_BYTES`; beyond it the read is refused before
             anything is allocated.
         """
         indices = self._indices(indices)
@@ -352,7 +352,7 @@ def open_npz(path: str | os.PathLike, limit: int | None = None, layout: str | No
     limit : int, optional
         The first ``limit`` items.
     layout : str, optional
-        One of :data:`~certmask_core.run.datasets.LAYOUTS`.
+        One of :data:`~certmask_core.run.formats.LAYOUTS`.
     source : str, optional
         What the source is called (its ``source``, and the name its reads' errors give the items), as the
         bundled subset is; by default the path, layout, scaling and channels.
@@ -630,7 +630,7 @@ def open_data(spec: str, root: str | os.PathLike | None = None, limit: int | Non
     image_size : (int, int), optional
         Resize every image to (H, W) as it is read; items with other than two spatial axes are refused.
     layout : str, optional
-        The layout of ``.npz`` arrays, one of :data:`~certmask_core.run.datasets.LAYOUTS`.
+        The layout of ``.npz`` arrays, one of :data:`~certmask_core.run.formats.LAYOUTS`.
     classes : sequence of str, optional
         An image folder's class names in label order.
 
